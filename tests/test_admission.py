@@ -1,0 +1,331 @@
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from typing import Any
+
+import jsonpatch
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from webhook.admission import AdmissionPolicy, outcomes, review_admission
+from webhook.errors import MalformedReview
+from webhook.identity import Signer, key_ring, verify_token
+
+from .conftest import NOW, load_json
+
+POLICY = AdmissionPolicy(exclude_users=("system:serviceaccount:kube-system:*",))
+
+
+def admit(review: Any, signer: Signer, trusted: Any, policy: AdmissionPolicy = POLICY, **kw: Any):
+    return review_admission(review, policy, signer, trusted, now=NOW, **kw)
+
+
+def applied(review: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    """Apply the returned patch the way kube-apiserver does (RFC 6902)."""
+    assert response["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(response["patch"]))
+    return jsonpatch.apply_patch(review["request"]["object"], ops)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "allowed", "outcome", "patched"),
+    [
+        ("exec_interactive_shell.json", True, "injected", True),
+        ("exec_kubectl_cp_tar.json", True, "injected", True),
+        ("exec_no_container_named.json", True, "injected", True),
+        ("exec_dry_run.json", True, "injected", True),
+        ("exec_spoofed_identity.json", False, "denied", False),
+        ("exec_spoofed_identity_later_arg.json", False, "denied", False),
+        ("exec_empty_command.json", True, "skipped-empty-command", False),
+        ("exec_argv0_assignment.json", True, "skipped-argv0-assignment", False),
+        ("exec_kube_system_serviceaccount.json", True, "skipped-excluded-user", False),
+        ("attach_shell.json", True, "skipped-attach", False),
+        ("debug_ephemeral_container.json", True, "injected", True),
+        ("debug_two_ephemeral_containers.json", True, "injected", True),
+        ("debug_no_new_container.json", True, "skipped-no-new-container", False),
+        ("debug_spoofed_env.json", False, "denied", False),
+        ("pod_create.json", True, "skipped-not-exec", False),
+    ],
+)
+def test_each_request_kind_gets_its_outcome(signer, trusted, fixture, allowed, outcome, patched):
+    review = load_json(f"admission/{fixture}")
+    admission = admit(review, signer, trusted)
+    response = admission.response["response"]
+    assert admission.response["apiVersion"] == "admission.k8s.io/v1"
+    assert admission.response["kind"] == "AdmissionReview"
+    assert response["uid"] == review["request"]["uid"]
+    assert response["allowed"] is allowed
+    assert response["auditAnnotations"]["outcome"] == outcome
+    assert ("patch" in response) is patched
+    assert outcome in outcomes()
+    if allowed:
+        assert "status" not in response
+    else:
+        assert response["status"]["code"] == 403
+        assert "WHOEXEC_IDENTITY" in response["status"]["message"]
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    [
+        "exec_interactive_shell.json",
+        "exec_kubectl_cp_tar.json",
+        "exec_no_container_named.json",
+        "exec_dry_run.json",
+    ],
+)
+def test_exec_patch_prepends_env_and_a_token_and_keeps_everything_else(signer, trusted, fixture):
+    review = load_json(f"admission/{fixture}")
+    original = copy.deepcopy(review["request"]["object"])
+    response = admit(review, signer, trusted).response["response"]
+    patched = applied(review, response)
+
+    env, assignment, *rest = patched["command"]
+    assert env == "/usr/bin/env"
+    assert rest == original["command"], "the caller's argv follows the token unchanged"
+    assert {k: v for k, v in patched.items() if k != "command"} == {
+        k: v for k, v in original.items() if k != "command"
+    }
+    name, token = assignment.split("=", 1)
+    assert name == "WHOEXEC_IDENTITY"
+    identity = verify_token(token, trusted, now=NOW)
+    request = review["request"]
+    assert identity.session_id == request["uid"] == response["auditAnnotations"]["session-id"]
+    assert identity.user == request["userInfo"]["username"] == response["auditAnnotations"]["user"]
+    assert identity.uid == request["userInfo"]["uid"]
+    assert list(identity.groups) == request["userInfo"]["groups"]
+    assert (identity.namespace, identity.pod) == (request["namespace"], request["name"])
+    assert identity.container == original.get("container", "")
+    assert identity.issued_at == NOW
+
+
+def test_patch_is_a_single_add_on_command_so_it_cannot_fail_to_apply(signer, trusted):
+    review = load_json("admission/exec_interactive_shell.json")
+    response = admit(review, signer, trusted).response["response"]
+    ops = json.loads(base64.b64decode(response["patch"]))
+    assert [(op["op"], op["path"]) for op in ops] == [("add", "/command")]
+    # `add` works even on an object that has no command member at all
+    del review["request"]["object"]["command"]
+    assert jsonpatch.apply_patch(review["request"]["object"], ops)["command"][0] == "/usr/bin/env"
+
+
+def test_variable_name_and_env_path_are_settings(signer, trusted):
+    policy = AdmissionPolicy(identity_variable="K8S_WHO", env_path="/.whoexec/env")
+    review = load_json("admission/exec_interactive_shell.json")
+    patched = applied(review, admit(review, signer, trusted, policy).response["response"])
+    assert patched["command"][0] == "/.whoexec/env"
+    assert patched["command"][1].startswith("K8S_WHO=v1.")
+
+
+def test_our_own_earlier_rewrite_is_left_unchanged_not_denied(signer, trusted):
+    review = load_json("admission/exec_interactive_shell.json")
+    first = admit(review, signer, trusted).response["response"]
+    reinvoked = copy.deepcopy(review)
+    reinvoked["request"]["object"] = applied(review, first)
+    again = admit(reinvoked, signer, trusted).response["response"]
+    assert again["allowed"] is True
+    assert "patch" not in again
+    assert again["auditAnnotations"]["outcome"] == "skipped-already-injected"
+    assert again["auditAnnotations"]["session-id"] == review["request"]["uid"]
+
+
+def test_replaying_a_real_token_as_another_user_is_denied(signer, trusted):
+    review = load_json("admission/exec_interactive_shell.json")
+    alices_command = applied(review, admit(review, signer, trusted).response["response"])
+    replay = copy.deepcopy(review)
+    replay["request"]["userInfo"] = {"username": "mallory", "groups": ["system:authenticated"]}
+    replay["request"]["object"] = alices_command
+    response = admit(replay, signer, trusted).response["response"]
+    assert response["allowed"] is False
+    assert response["auditAnnotations"]["outcome"] == "denied"
+
+
+def test_replaying_a_real_token_into_another_pod_is_denied(signer, trusted):
+    review = load_json("admission/exec_interactive_shell.json")
+    alices_command = applied(review, admit(review, signer, trusted).response["response"])
+    replay = copy.deepcopy(review)
+    replay["request"]["name"] = "payments-0"
+    replay["request"]["object"] = alices_command
+    assert admit(replay, signer, trusted).response["response"]["allowed"] is False
+
+
+def test_rewrite_with_a_second_identity_argument_is_denied(signer, trusted):
+    review = load_json("admission/exec_interactive_shell.json")
+    patched = applied(review, admit(review, signer, trusted).response["response"])
+    sneaky = copy.deepcopy(review)
+    sneaky["request"]["object"]["command"] = [*patched["command"][:2], "WHOEXEC_IDENTITY=x", "sh"]
+    assert admit(sneaky, signer, trusted).response["response"]["allowed"] is False
+
+
+def test_token_from_a_key_we_do_not_trust_counts_as_spoofing(signer, trusted):
+    other = Signer(Ed25519PrivateKey.generate())
+    review = load_json("admission/exec_interactive_shell.json")
+    foreign = applied(
+        review, admit(review, other, key_ring([other.public_key])).response["response"]
+    )
+    spoof = copy.deepcopy(review)
+    spoof["request"]["object"] = foreign
+    assert admit(spoof, signer, trusted).response["response"]["allowed"] is False
+
+
+def test_caller_supplied_identity_variable_is_denied_even_for_excluded_users(signer, trusted):
+    review = load_json("admission/exec_kube_system_serviceaccount.json")
+    review["request"]["object"]["command"] = ["env", "WHOEXEC_IDENTITY=forged", "sh"]
+    response = admit(review, signer, trusted).response["response"]
+    assert response["allowed"] is False
+
+
+@pytest.mark.parametrize(
+    ("policy", "outcome"),
+    [
+        (AdmissionPolicy(exclude_namespaces=("sho?",)), "skipped-excluded-namespace"),
+        (AdmissionPolicy(exclude_users=("*@corp.example",)), "skipped-excluded-user"),
+        (AdmissionPolicy(exclude_groups=("platform-*",)), "skipped-excluded-group"),
+        (AdmissionPolicy(exclude_groups=("platform",)), "injected"),
+    ],
+)
+def test_exclusions_are_globs_and_allow_unchanged(signer, trusted, policy, outcome):
+    review = load_json("admission/exec_interactive_shell.json")
+    response = admit(review, signer, trusted, policy).response["response"]
+    assert response["allowed"] is True
+    assert response["auditAnnotations"]["outcome"] == outcome
+    assert ("patch" in response) is (outcome == "injected")
+
+
+def test_ephemeral_container_gets_the_variable_in_its_env(signer, trusted):
+    review = load_json("admission/debug_ephemeral_container.json")
+    response = admit(review, signer, trusted).response["response"]
+    pod = applied(review, response)
+    old, new = pod["spec"]["ephemeralContainers"]
+    assert "env" not in old, "existing ephemeral containers are untouched"
+    (entry,) = new["env"]
+    assert entry["name"] == "WHOEXEC_IDENTITY"
+    identity = verify_token(entry["value"], trusted, now=NOW)
+    assert (identity.user, identity.container) == ("alice@corp.example", "debugger-8xk2p")
+    assert {k: v for k, v in pod.items() if k != "spec"} == {
+        k: v for k, v in review["request"]["object"].items() if k != "spec"
+    }
+
+
+def test_each_new_ephemeral_container_gets_its_own_token(signer, trusted):
+    review = load_json("admission/debug_two_ephemeral_containers.json")
+    pod = applied(review, admit(review, signer, trusted).response["response"])
+    _, first, second = pod["spec"]["ephemeralContainers"]
+    assert second["env"][0] == {"name": "DEBUG", "value": "1"}, "existing env is kept, in order"
+    tokens = [first["env"][-1]["value"], second["env"][-1]["value"]]
+    containers = [verify_token(t, trusted, now=NOW).container for t in tokens]
+    assert containers == ["debugger-8xk2p", "debugger-withenv"]
+
+
+def test_reinvoked_ephemeral_update_is_idempotent(signer, trusted):
+    review = load_json("admission/debug_ephemeral_container.json")
+    again = copy.deepcopy(review)
+    again["request"]["object"] = applied(
+        review, admit(review, signer, trusted).response["response"]
+    )
+    response = admit(again, signer, trusted).response["response"]
+    assert response["allowed"] is True
+    assert "patch" not in response
+    assert response["auditAnnotations"]["outcome"] == "skipped-already-injected"
+
+
+def test_pod_uid_goes_into_the_token_when_known(signer, trusted):
+    review = load_json("admission/exec_interactive_shell.json")
+    response = admit(review, signer, trusted, pod_uid="c0ffee00-1111").response["response"]
+    token = applied(review, response)["command"][1].split("=", 1)[1]
+    assert verify_token(token, trusted, now=NOW).pod_uid == "c0ffee00-1111"
+
+
+def test_audit_annotation_keys_are_valid_qualified_name_parts(signer, trusted):
+    import re
+
+    name_part = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+    for fixture in ("exec_interactive_shell.json", "attach_shell.json", "pod_create.json"):
+        annotations = admit(load_json(f"admission/{fixture}"), signer, trusted).response[
+            "response"
+        ]["auditAnnotations"]
+        assert annotations, fixture
+        assert all(name_part.fullmatch(key) for key in annotations), annotations
+
+
+def test_huge_user_name_is_allowed_without_injection(signer, trusted):
+    review = load_json("admission/exec_interactive_shell.json")
+    review["request"]["userInfo"]["username"] = "u" * 2000
+    response = admit(review, signer, trusted).response["response"]
+    assert response["allowed"] is True
+    assert response["auditAnnotations"]["outcome"] == "skipped-token-too-large"
+
+
+def _without(path: str):
+    def mutate(review: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        target = review
+        for part in parents:
+            target = target[part]
+        del target[last]
+
+    return mutate
+
+
+def _set(path: str, value: Any):
+    def mutate(review: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        target = review
+        for part in parents:
+            target = target[part]
+        target[last] = value
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_set("apiVersion", "admission.k8s.io/v1beta1"), "apiVersion"),
+        (_set("kind", "Pod"), "AdmissionReview"),
+        (_without("request"), "body.request must be dict"),
+        (_set("request", []), "body.request must be dict"),
+        (_without("request.uid"), "request.uid must be str"),
+        (_set("request.uid", ""), "request.uid must not be empty"),
+        (_set("request.uid", 42), "request.uid must be str, got 42"),
+        (_without("request.userInfo"), "request.userInfo must be dict"),
+        (_set("request.userInfo.groups", "devs"), "request.userInfo.groups must be list"),
+        (_set("request.userInfo.groups", ["devs", 7]), r"groups\[1\] must be str"),
+        (_set("request.object", "sh"), "request.object must be dict"),
+        (_set("request.object", None), "PodExecOptions"),
+        (_set("request.object.command", "/bin/sh"), "request.object.command must be list"),
+        (_set("request.object.kind", "PodAttachOptions"), "must be PodExecOptions"),
+        (_set("request.namespace", ["shop"]), "request.namespace must be str"),
+        (_set("request.dryRun", "false"), "request.dryRun must be bool"),
+        (_set("request.operation", None), "request.operation must be str"),
+    ],
+)
+def test_malformed_reviews_raise_an_error_naming_the_field(signer, trusted, mutate, message):
+    review = load_json("admission/exec_interactive_shell.json")
+    mutate(review)
+    with pytest.raises(MalformedReview, match=message):
+        admit(review, signer, trusted)
+
+
+@pytest.mark.parametrize("body", [None, [], "review", 3, True])
+def test_non_object_bodies_are_malformed(signer, trusted, body):
+    with pytest.raises(MalformedReview, match="JSON object"):
+        admit(body, signer, trusted)
+
+
+def test_dry_run_is_answered_exactly_like_a_real_request(signer, trusted):
+    review = load_json("admission/exec_dry_run.json")
+    real = copy.deepcopy(review)
+    real["request"]["dryRun"] = False
+    dry = admit(review, signer, trusted).response
+    wet = admit(real, signer, trusted).response
+    assert dry == wet
+
+
+def test_token_of_the_same_identity_is_deterministic_for_a_given_clock(signer, trusted):
+    review = load_json("admission/exec_interactive_shell.json")
+    assert admit(review, signer, trusted).response == admit(review, signer, trusted).response
+    later = review_admission(review, POLICY, signer, trusted, now=NOW + 1).response
+    assert later != admit(review, signer, trusted).response

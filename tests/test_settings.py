@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from webhook.errors import ConfigError
+from webhook.settings import Settings
+
+
+def test_defaults_match_the_shipped_manifests():
+    settings = Settings.from_env({})
+    assert settings.bind == "0.0.0.0:8443"
+    assert settings.identity_variable == "WHOEXEC_IDENTITY"
+    assert settings.env_path == "/usr/bin/env"
+    assert settings.webhook_name == "exec.whoexec.io"
+
+
+def test_environment_is_read_with_the_whoexec_prefix():
+    settings = Settings.from_env(
+        {
+            "WHOEXEC_WORKERS": "4",
+            "WHOEXEC_CERTS": "/etc/whoexec",
+            "WHOEXEC_EXCLUDE_GROUPS": "system:masters, ops-*",
+            "WHOEXEC_TRUSTED_KEYS": "/keys/old.pub,/keys/older.pub",
+            "OTHER_WORKERS": "9",
+        }
+    )
+    assert settings.workers == 4
+    assert settings.certs == Path("/etc/whoexec")
+    assert settings.exclude_groups == ("system:masters", "ops-*")
+    assert settings.trusted_keys == (Path("/keys/old.pub"), Path("/keys/older.pub"))
+
+
+def test_flags_win_over_the_environment():
+    settings = Settings.from_env({"WHOEXEC_WORKERS": "4"}, workers=1, bind=None)
+    assert settings.workers == 1
+    assert settings.bind == "0.0.0.0:8443"
+
+
+def test_settings_are_frozen():
+    with pytest.raises(AttributeError):
+        Settings().workers = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WHOEXEC_WORKERS": "many"}, "WHOEXEC_WORKERS='many' is not an integer"),
+        ({"WHOEXEC_WORKERS": "0"}, "workers and threads must be >= 1"),
+        ({"WHOEXEC_ENV_PATH": "env"}, "absolute path"),
+        ({"WHOEXEC_IDENTITY_VARIABLE": "WHO EXEC"}, "not a valid name"),
+        ({"WHOEXEC_LOG_LEVEL": "chatty"}, "log_level 'chatty'"),
+    ],
+)
+def test_bad_values_name_the_variable_and_value(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)

@@ -1,0 +1,150 @@
+"""The admission webhook's Flask app (adapter), run by gunicorn through ``whoexec serve``.
+
+Routes: ``POST /mutate``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+A malformed review gets HTTP 400 with a JSON error; a policy denial gets HTTP 200 with
+``allowed: false``. Input never causes a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from flask import Flask, Response, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from werkzeug.exceptions import HTTPException
+
+from webhook.admission import AdmissionPolicy, outcomes, review_admission
+from webhook.errors import MalformedReview
+from webhook.identity import Signer
+
+log = logging.getLogger("whoexec.admission")
+
+ADMISSIONS = Counter("whoexec_admissions", "Admission reviews answered, by outcome.", ["outcome"])
+BAD_REQUESTS = Counter(
+    "whoexec_bad_requests", "Requests refused before admission, by HTTP status.", ["status"]
+)
+LATENCY = Histogram(
+    "whoexec_admission_duration_seconds",
+    "Time from request body received to response rendered.",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+TOKEN_BYTES = Histogram(
+    "whoexec_token_bytes",
+    "Size of minted identity tokens.",
+    buckets=(256, 384, 512, 640, 768, 896, 1024),
+)
+for _outcome in outcomes():
+    ADMISSIONS.labels(_outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookState:
+    """What the app needs, loaded by the caller (keys and certificates are IO)."""
+
+    policy: AdmissionPolicy
+    signer: Signer
+    trusted_keys: Mapping[str, Ed25519PublicKey]
+    max_body_bytes: int
+    clock: Callable[[], float] = time.time
+    #: extra readiness check, e.g. "the TLS certificate loads"; returns a problem or None
+    readiness: Callable[[], str | None] = field(default=lambda: None)
+    #: registry for /metrics; gunicorn with several workers passes a multiprocess one
+    registry: Callable[[], CollectorRegistry] | None = None
+
+
+def _json(payload: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status=status, mimetype="application/json")
+
+
+def create_app(state: WebhookState) -> Flask:
+    """The Flask application factory."""
+    app = Flask("whoexec")
+    app.config["MAX_CONTENT_LENGTH"] = state.max_body_bytes
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if request.path == "/mutate":
+            BAD_REQUESTS.labels(str(status)).inc()
+        return _json({"error": exc.description or exc.name, "status": status}, status)
+
+    @app.post("/mutate")
+    def mutate() -> Response:
+        started = time.perf_counter()
+        body = request.get_data(cache=False)  # 413 above MAX_CONTENT_LENGTH
+        try:
+            review = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            BAD_REQUESTS.labels("400").inc()
+            return _json({"error": f"body is not JSON: {exc}", "status": 400}, 400)
+        try:
+            admission = review_admission(
+                review,
+                state.policy,
+                state.signer,
+                state.trusted_keys,
+                now=int(state.clock()),
+            )
+        except MalformedReview as exc:
+            BAD_REQUESTS.labels("400").inc()
+            return _json({"error": str(exc), "status": 400}, 400)
+        decision = admission.decision
+        elapsed = time.perf_counter() - started
+        ADMISSIONS.labels(decision.outcome).inc()
+        LATENCY.observe(elapsed)
+        if decision.token_bytes:
+            TOKEN_BYTES.observe(decision.token_bytes)
+        req = admission.request
+        obj = req.get("object") or {}
+        # one JSON line per admission; it never holds the token or key material
+        log.info(
+            orjson.dumps(
+                {
+                    "msg": "admission",
+                    "uid": req["uid"],
+                    "outcome": decision.outcome,
+                    "allowed": decision.allowed,
+                    "user": req.get("userInfo", {}).get("username", ""),
+                    "namespace": req.get("namespace", ""),
+                    "pod": req.get("name", ""),
+                    "container": obj.get("container", "") if isinstance(obj, dict) else "",
+                    "subresource": req.get("subResource", ""),
+                    "operation": req.get("operation", ""),
+                    "dry_run": bool(req.get("dryRun", False)),
+                    "kid": state.signer.kid if decision.token_bytes else "",
+                    "token_bytes": decision.token_bytes,
+                    "duration_ms": round(elapsed * 1000, 3),
+                }
+            ).decode()
+        )
+        return _json(admission.response)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        problem = state.readiness()
+        if problem:
+            return _json({"status": "not ready", "reason": problem}, 503)
+        return _json({"status": "ready", "kid": state.signer.kid})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        registry = state.registry() if state.registry else None
+        data = generate_latest(registry) if registry else generate_latest()
+        return Response(data, mimetype=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,108 @@
+"""One frozen :class:`Settings`, built once from ``WHOEXEC_*`` variables or from flags.
+
+Flags win over the environment; the environment wins over the defaults. The object is
+then passed explicitly to whatever needs it: nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from webhook.admission import AdmissionPolicy
+from webhook.errors import ConfigError
+
+PREFIX = "WHOEXEC_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of the webhook and the consumer. Environment names are ``WHOEXEC_<FIELD>``."""
+
+    # serving
+    certs: Path = Path("certs")
+    bind: str = "0.0.0.0:8443"
+    workers: int = 2
+    threads: int = 8
+    max_body_bytes: int = 3 * 1024 * 1024  # kube-apiserver's own request limit is 3 MiB
+    log_level: str = "info"
+    # injection policy
+    identity_variable: str = "WHOEXEC_IDENTITY"
+    env_path: str = "/usr/bin/env"
+    exclude_namespaces: tuple[str, ...] = ()
+    exclude_users: tuple[str, ...] = ()
+    exclude_groups: tuple[str, ...] = ()
+    clock_skew_seconds: int = 300
+    #: extra public keys whose tokens count as our own (identity key rotation)
+    trusted_keys: tuple[Path, ...] = ()
+    #: the webhook's name in the MutatingWebhookConfiguration (prefix of audit annotations)
+    webhook_name: str = "exec.whoexec.io"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Read ``WHOEXEC_*`` variables, then apply non-None ``overrides`` (the flags)."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = PREFIX + f.name.upper()
+            if name in environ:
+                values[f.name] = _convert(name, environ[name], f.default)
+        values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+        try:
+            settings = cls(**values)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.workers < 1 or self.threads < 1:
+            raise ConfigError(
+                f"workers and threads must be >= 1, got {self.workers}/{self.threads}"
+            )
+        if not self.identity_variable.isidentifier():
+            raise ConfigError(f"identity_variable {self.identity_variable!r} is not a valid name")
+        if not self.env_path.startswith("/"):
+            raise ConfigError(f"env_path {self.env_path!r} must be an absolute path")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(f"log_level {self.log_level!r} is not debug/info/warning/error")
+        if self.max_body_bytes < 1024:
+            raise ConfigError(f"max_body_bytes {self.max_body_bytes} is below 1024")
+
+    def replace(self, **changes: Any) -> Settings:
+        settings = dataclasses.replace(self, **changes)
+        settings.validate()
+        return settings
+
+    @property
+    def admission_policy(self) -> AdmissionPolicy:
+        return AdmissionPolicy(
+            identity_variable=self.identity_variable,
+            env_path=self.env_path,
+            exclude_namespaces=self.exclude_namespaces,
+            exclude_users=self.exclude_users,
+            exclude_groups=self.exclude_groups,
+            clock_skew_seconds=self.clock_skew_seconds,
+        )
+
+
+def _convert(name: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}={raw!r} is not a boolean")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if isinstance(default, Path):
+        return Path(raw)
+    if isinstance(default, tuple):
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        return tuple(Path(i) for i in items) if name.endswith("_KEYS") else tuple(items)
+    return raw

@@ -1,0 +1,144 @@
+"""Running the webhook under gunicorn (adapter behind ``whoexec serve``).
+
+kube-apiserver talks HTTP/1.1 with keep-alive to webhooks. gunicorn's default ``sync``
+worker closes every connection, so every admission would pay a full TLS handshake; the
+``gthread`` worker keeps connections open. The idle keep-alive outlasts Go's default
+``IdleConnTimeout`` (90 s) so the server never closes a connection the apiserver is
+about to reuse.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from webhook.errors import ConfigError
+from webhook.keyfiles import IDENTITY_KEY, IDENTITY_PUB, TLS_CERT, TLS_KEY
+from webhook.settings import Settings
+
+KEEPALIVE_SECONDS = 120
+
+
+def prepare_metrics_dir(workers: int) -> Path | None:
+    """Point prometheus-client at a shared directory when several workers serve /metrics.
+
+    Must run before ``prometheus_client`` is first imported: the library picks its value
+    class from ``PROMETHEUS_MULTIPROC_DIR`` at import time.
+    """
+    if workers < 2:
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="whoexec-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return directory
+
+
+class WebhookApplication(BaseApplication):  # type: ignore[misc]
+    """gunicorn with the Flask app loaded once in the master (keys are read before fork)."""
+
+    def __init__(self, settings: Settings, metrics_dir: Path | None) -> None:
+        self.settings = settings
+        self.metrics_dir = metrics_dir
+        certs = settings.certs
+        for name in (TLS_CERT, TLS_KEY, IDENTITY_KEY):
+            if not (certs / name).is_file():
+                raise ConfigError(
+                    f"{certs / name} is missing; run `whoexec certs --out {certs}` first"
+                )
+        from webhook.tls import ReloadingContext
+
+        self.tls = ReloadingContext(certs / TLS_CERT, certs / TLS_KEY)
+        self.application = self._build_app()
+        super().__init__()
+
+    def _build_app(self) -> Any:
+        from webhook.keyfiles import load_key_ring, load_signer
+        from webhook.server import WebhookState, create_app
+
+        settings = self.settings
+        signer = load_signer(settings.certs / IDENTITY_KEY)
+        trusted = {signer.kid: signer.public_key}
+        extra = list(settings.trusted_keys)
+        if (settings.certs / IDENTITY_PUB).is_file():
+            extra.append(settings.certs / IDENTITY_PUB)
+        if extra:
+            trusted.update(load_key_ring(extra))
+        registry: Callable[[], Any] | None = None
+        if self.metrics_dir is not None:
+            from prometheus_client import CollectorRegistry, multiprocess
+
+            def registry() -> Any:
+                reg = CollectorRegistry()
+                multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
+                return reg
+
+        tls = self.tls
+
+        def readiness() -> str | None:
+            try:
+                tls.current()
+            except OSError as exc:  # pragma: no cover - current() keeps the last context
+                return f"TLS certificate unavailable: {exc.strerror}"
+            return None
+
+        state = WebhookState(
+            policy=settings.admission_policy,
+            signer=signer,
+            trusted_keys=trusted,
+            max_body_bytes=settings.max_body_bytes,
+            readiness=readiness,
+            registry=registry,
+        )
+        return create_app(state)
+
+    def load_config(self) -> None:
+        tls = self.tls
+        metrics_dir = self.metrics_dir
+
+        def ssl_context(_conf: Any, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+            return tls.current()
+
+        def child_exit(_server: Any, worker: Any) -> None:
+            if metrics_dir is not None:
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+        def on_exit(_server: Any) -> None:
+            if metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+
+        s = self.settings
+        config = {
+            "bind": [s.bind],
+            "workers": s.workers,
+            "worker_class": "gthread",
+            "threads": s.threads,
+            "keepalive": KEEPALIVE_SECONDS,
+            "certfile": str(s.certs / TLS_CERT),
+            "keyfile": str(s.certs / TLS_KEY),
+            "ssl_context": ssl_context,
+            "child_exit": child_exit,
+            "on_exit": on_exit,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": s.log_level,
+            "timeout": 30,
+            "graceful_timeout": 20,
+            "proc_name": "whoexec-webhook",
+        }
+        # gunicorn >= 25.1 opens a control socket under $HOME; a read-only root
+        # filesystem has no place for it, and the webhook does not need it
+        if "control_socket_disable" in self.cfg.settings:
+            config["control_socket_disable"] = True
+        for key, value in config.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self.application
