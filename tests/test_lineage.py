@@ -1,0 +1,240 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from webhook.consumer import MemorySink, Pipeline
+from webhook.falco import parse_alert, process_facts, token_pattern
+from webhook.keyfiles import load_key_ring
+from webhook.lineage import Attributor, ProcessRecord, ProcessTable, TokenVerifier
+
+from .conftest import DATA
+
+FALCO = DATA / "falco"
+ALICE = "alice@corp.example"
+TAMPERED = "Exec identity tampered"
+INVALID = "Exec identity token invalid"
+NO_IDENTITY = "Exec session without identity"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_scenario(name: str, hold: float = 0.0, forward_roots: bool = False):
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    attributor = Attributor(verifier, hold_seconds=hold)
+    sink = MemorySink()
+    pipeline = Pipeline(attributor, [sink], forward_roots=forward_roots, clock=FakeClock())
+    pipeline.feed((FALCO / f"{name}.jsonl").read_bytes().splitlines(), where=name)
+    pipeline.close()
+    return sink.alerts, pipeline, verifier
+
+
+def summary(alerts):
+    passed = [
+        (
+            a["rule"],
+            a["output_fields"]["whoexec.attribution"],
+            a["output_fields"]["whoexec.user.name"],
+        )
+        for a in alerts
+        if a["source"] == "syscall"
+    ]
+    found = [a["rule"] for a in alerts if a["source"] == "whoexec"]
+    return passed, found
+
+
+SCENARIOS = [
+    (
+        "shell_and_grandchild",
+        0.0,
+        [
+            ("Terminal shell in container", "verified", ALICE),
+            ("Read sensitive file untrusted", "verified", ALICE),
+        ],
+        [],
+    ),
+    ("env_cut_at_4k", 0.0, [("Search Private Keys or Passwords", "verified", ALICE)], []),
+    (
+        "shadowed_export",
+        0.0,
+        [
+            ("Read sensitive file untrusted", "tampered", ALICE),
+            ("Read sensitive file untrusted", "tampered", ALICE),
+        ],
+        [TAMPERED, TAMPERED],
+    ),
+    ("pid_reuse", 0.0, [("Drop and execute new binary in container", "none", None)], []),
+    ("unrelated_container", 0.0, [("Run shell untrusted", "none", None)], []),
+    (
+        "forged_token",
+        0.0,
+        [
+            ("Terminal shell in container", "unverified", None),
+            ("Terminal shell in container", "unverified", None),
+        ],
+        [INVALID, INVALID],
+    ),
+    (
+        "token_for_another_pod",
+        0.0,
+        [("Terminal shell in container", "tampered", ALICE)],
+        [TAMPERED],
+    ),
+    ("out_of_order", 5.0, [("Read sensitive file untrusted", "verified", ALICE)], []),
+    ("out_of_order", 0.0, [("Read sensitive file untrusted", "none", None)], []),
+    ("exec_without_identity", 0.0, [("Terminal shell in container", "none", None)], [NO_IDENTITY]),
+    ("token_from_future", 0.0, [], [INVALID]),
+]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "hold", "expected", "expected_findings"),
+    SCENARIOS,
+    ids=[f"{s[0]}-hold{s[1]:g}" for s in SCENARIOS],
+)
+def test_scenario_attributes_every_alert(scenario, hold, expected, expected_findings):
+    alerts, _, _ = run_scenario(scenario, hold)
+    passed, found = summary(alerts)
+    assert passed == expected
+    assert sorted(found) == sorted(expected_findings)
+
+
+def test_enriched_alert_keeps_everything_else_and_names_the_user():
+    alerts, _, _ = run_scenario("shell_and_grandchild")
+    original = [
+        parse_alert(line)
+        for line in (FALCO / "shell_and_grandchild.jsonl").read_bytes().splitlines()
+    ][2]
+    enriched = alerts[1]
+    fields = enriched["output_fields"]
+    assert fields["whoexec.user.name"] == ALICE
+    assert fields["whoexec.user.uid"] == "5b2f1e7c-1d0a-4c3e-9b7a-2f6d8e9c0a11"
+    assert fields["whoexec.user.groups"] == ["platform-admins", "devs", "system:authenticated"]
+    assert fields["whoexec.session.id"] == "0d3c4a8e-7f21-4b6a-9c55-1e2f3a4b5c6d"
+    assert enriched["output"] == (
+        original["output"] + f" k8s_user={ALICE} k8s_session=0d3c4a8e-7f21-4b6a-9c55-1e2f3a4b5c6d"
+    )
+    for key, value in original.items():
+        if key not in ("output", "output_fields"):
+            assert enriched[key] == value
+    for key, value in original["output_fields"].items():
+        assert fields[key] == value
+
+
+def test_unattributed_alert_gets_null_fields_and_an_unchanged_output():
+    alerts, _, _ = run_scenario("unrelated_container")
+    (alert,) = alerts
+    original = parse_alert((FALCO / "unrelated_container.jsonl").read_bytes().splitlines()[1])
+    assert alert["output"] == original["output"]
+    assert alert["output_fields"]["whoexec.attribution"] == "none"
+    assert alert["output_fields"]["whoexec.user.name"] is None
+
+
+def test_session_root_rule_is_not_forwarded_unless_asked():
+    alerts, _, _ = run_scenario("shell_and_grandchild", forward_roots=True)
+    rules = [a["rule"] for a in alerts]
+    assert rules[0] == "Whoexec exec session root"
+    assert alerts[0]["output_fields"]["whoexec.attribution"] == "verified"
+
+
+def test_findings_are_falco_shaped_with_source_whoexec():
+    alerts, _, _ = run_scenario("token_for_another_pod")
+    (finding,) = [a for a in alerts if a["source"] == "whoexec"]
+    assert list(finding) == sorted(finding)
+    assert finding["priority"] == "Critical"
+    assert "payments-0" in finding["output_fields"]["whoexec.reason"]
+    assert finding["time"].endswith("Z")
+
+
+def test_invalid_token_finding_names_the_error():
+    alerts, _, _ = run_scenario("forged_token")
+    reasons = sorted(
+        a["output_fields"]["whoexec.reason"] for a in alerts if a["source"] == "whoexec"
+    )
+    assert reasons[0].startswith("BadSignature")
+    assert reasons[1].startswith("UnknownKeyId")
+
+
+def test_verification_is_cached_not_repeated_per_alert():
+    _, _, verifier = run_scenario("shell_and_grandchild")
+    assert verifier.verifications == 1
+
+
+def test_process_table_evicts_least_recently_used():
+    table = ProcessTable(max_entries=2)
+    table.put(("h", 1), ProcessRecord(None, None, None))
+    table.put(("h", 2), ProcessRecord(None, None, None))
+    assert table.get(("h", 1)) is not None  # 1 is now the most recently used
+    table.put(("h", 3), ProcessRecord(None, None, None))
+    assert table.get(("h", 2)) is None
+    assert table.get(("h", 1)) is not None
+    assert (len(table), table.evictions) == (2, 1)
+
+
+def test_evicted_root_leaves_later_alerts_unattributed_not_misattributed():
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    attributor = Attributor(verifier, table=ProcessTable(max_entries=3))
+    lines = (FALCO / "shell_and_grandchild.jsonl").read_bytes().splitlines()
+    root, _, grandchild = (parse_alert(line) for line in lines)
+    attributor.submit(root, 0)
+    for pid in range(10_000, 10_010):  # unrelated processes push the root out
+        noise = parse_alert(lines[2])
+        noise["output_fields"] = {
+            **noise["output_fields"],
+            "proc.pid": pid,
+            "proc.apid[1]": pid + 1000,
+            "proc.apid[2]": None,
+            "proc.apid[3]": None,
+            "proc.aenv[WHOEXEC_IDENTITY]": None,
+            "proc.env[WHOEXEC_IDENTITY]": None,
+        }
+        attributor.submit(noise, 0)
+    grandchild["output_fields"] = {
+        **grandchild["output_fields"],
+        "proc.env[WHOEXEC_IDENTITY]": None,
+        "proc.aenv[WHOEXEC_IDENTITY]": None,
+    }
+    (outcome,) = attributor.submit(grandchild, 0)
+    assert outcome.attribution.status == "none"
+    assert attributor.table.evictions > 0
+
+
+def test_held_alert_is_released_when_its_wait_is_over():
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    attributor = Attributor(verifier, hold_seconds=2.0)
+    lone = parse_alert((FALCO / "out_of_order.jsonl").read_bytes().splitlines()[0])
+    assert attributor.submit(lone, now=10.0) == []
+    assert attributor.held == 1
+    assert attributor.release(now=11.0) == []
+    (released,) = attributor.release(now=12.5)
+    assert released.attribution.status == "none"
+    assert attributor.held == 0
+
+
+def test_token_is_found_in_args_and_cmdline_only_as_a_whole_assignment():
+    pattern = token_pattern("WHOEXEC_IDENTITY")
+    token = "v1.0123456789abcdef.eyJ9.c2ln"
+    assert pattern.search(f"WHOEXEC_IDENTITY={token} /bin/sh").group(1) == token
+    assert pattern.search(f"env WHOEXEC_IDENTITY={token} sh").group(1) == token
+    assert pattern.search(f"NOT_WHOEXEC_IDENTITY={token} sh") is None
+    assert pattern.search("WHOEXEC_IDENTITY=forged sh") is None
+
+
+def test_facts_read_iso8601_time_when_evt_time_is_absent():
+    alert = parse_alert((FALCO / "env_cut_at_4k.jsonl").read_bytes().splitlines()[1])
+    assert "evt.time" not in alert["output_fields"]
+    facts = process_facts(alert, "WHOEXEC_IDENTITY", token_pattern("WHOEXEC_IDENTITY"))
+    assert facts.time_ns == 1795341600_000_000_000 + 9_000_000_000
+    assert [pid for pid, _ in facts.ancestors] == [4242, 3100]
+
+
+def test_fixture_public_key_is_the_only_key_material_committed():
+    assert sorted(p.name for p in FALCO.glob("*.key")) == []
+    assert Path(FALCO / "identity.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")

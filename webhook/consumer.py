@@ -1,0 +1,475 @@
+"""The Falco consumer (adapter): inputs, the pipeline around the lineage core, and sinks.
+
+Inputs: a file or stdin read to the end (batch), a file followed with ``tail -F``
+semantics, or HTTP (``POST /falco``, Falco's ``http_output`` and falcosidekick's webhook
+output). Sinks: stdout, a file, an HTTP forward with an on-disk spool, the session store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+import orjson
+import urllib3
+from prometheus_client import Counter, Gauge
+
+from webhook.errors import MalformedAlert
+from webhook.falco import FalcoAlert, check_alert, is_internal, render_json
+from webhook.lineage import Attributor, Outcome, enrich, findings
+from webhook.spool import Spool
+
+log = logging.getLogger("whoexec.consumer")
+
+ALERTS_IN = Counter("whoexec_consumer_alerts_in", "Alerts read, by input.", ["input"])
+ALERTS_OUT = Counter(
+    "whoexec_consumer_alerts_out", "Alerts passed on, by attribution.", ["attribution"]
+)
+SKIPPED = Counter(
+    "whoexec_consumer_lines_skipped", "Input lines that were not usable alerts.", ["reason"]
+)
+FINDINGS = Counter("whoexec_consumer_findings", "whoexec's own findings, by rule.", ["rule"])
+TABLE_SIZE = Gauge("whoexec_consumer_process_table_entries", "Processes tracked.")
+EVICTIONS = Gauge("whoexec_consumer_process_table_evictions", "Processes evicted (LRU).")
+HELD = Gauge("whoexec_consumer_alerts_held", "Alerts held back waiting for a late root.")
+SPOOLED = Gauge("whoexec_consumer_spool_items", "Items waiting in an on-disk spool.", ["spool"])
+SPOOL_DROPPED = Counter(
+    "whoexec_consumer_spool_dropped", "Items dropped because a spool was full.", ["spool"]
+)
+FORWARDED = Counter("whoexec_consumer_forwarded", "Alerts forwarded, by result.", ["result"])
+
+
+class Sink(Protocol):
+    """Where enriched alerts and findings go. ``write`` returns once they are accepted."""
+
+    def write(self, alerts: list[FalcoAlert]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class StreamSink:
+    """JSON lines on a binary stream (stdout by default)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+
+    def write(self, alerts: list[FalcoAlert]) -> None:
+        if alerts:
+            self.stream.write(b"".join(render_json(a) + b"\n" for a in alerts))
+            self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class FileSink(StreamSink):
+    """JSON lines appended to a file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(path.open("ab"))
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class MemorySink:
+    """Keeps what it is given (the demo and tests read it back)."""
+
+    def __init__(self) -> None:
+        self.alerts: list[FalcoAlert] = []
+        self._lock = threading.Lock()
+
+    def write(self, alerts: list[FalcoAlert]) -> None:
+        with self._lock:
+            self.alerts.extend(alerts)
+
+    def close(self) -> None:
+        pass
+
+
+class ForwardSink:
+    """POST each alert to a downstream (falcosidekick, any webhook) from an on-disk spool.
+
+    ``write`` only appends to the spool; a thread delivers in order, retrying with
+    exponential backoff while the downstream is down or answers 5xx/429. Nothing is lost
+    while it is down (up to the spool's bound; beyond it the oldest are dropped and
+    counted). Delivery is at-least-once: an alert whose POST succeeded right before a
+    crash, but was not yet removed from the spool, is sent again after the restart. A
+    4xx other than 429 means the downstream will never take that alert: it is logged,
+    counted as rejected, and skipped.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        spool_path: Path,
+        *,
+        max_items: int = 1_000_000,
+        timeout: float = 5.0,
+        backoff: tuple[float, float] = (0.2, 30.0),
+        headers: dict[str, str] | None = None,
+        ca_file: Path | None = None,
+    ) -> None:
+        self.url = url
+        self.spool = Spool(spool_path, max_items=max_items)
+        self.timeout = timeout
+        self.backoff = backoff
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self._http = urllib3.PoolManager(
+            retries=False, timeout=urllib3.Timeout(total=timeout), ca_certs=ca_file
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="whoexec-forward", daemon=True)
+        self.delivered = 0
+        self.rejected = 0
+        self._thread.start()
+
+    def write(self, alerts: list[FalcoAlert]) -> None:
+        before = self.spool.dropped
+        self.spool.put_many([render_json(a) for a in alerts])
+        if self.spool.dropped > before:
+            SPOOL_DROPPED.labels("forward").inc(self.spool.dropped - before)
+            log.warning("forward spool full: dropped %d oldest alerts", self.spool.dropped - before)
+        SPOOLED.labels("forward").set(len(self.spool))
+
+    def _post(self, body: bytes) -> int:
+        reply = self._http.request("POST", self.url, body=body, headers=self.headers)
+        return int(reply.status)
+
+    def _run(self) -> None:
+        delay = self.backoff[0]
+        while not self._stop.is_set():
+            batch = self.spool.peek(64, wait=0.2)
+            for item_id, body in batch:
+                try:
+                    status = self._post(body)
+                except urllib3.exceptions.HTTPError as exc:
+                    status, problem = 0, type(exc).__name__
+                else:
+                    problem = f"HTTP {status}"
+                if 200 <= status < 300 or (400 <= status < 500 and status != 429):
+                    if status >= 300:
+                        self.rejected += 1
+                        FORWARDED.labels("rejected").inc()
+                        log.error("downstream %s rejected an alert with %s", self.url, problem)
+                    else:
+                        self.delivered += 1
+                        FORWARDED.labels("delivered").inc()
+                    self.spool.ack([item_id])
+                    delay = self.backoff[0]
+                    continue
+                FORWARDED.labels("retry").inc()
+                log.warning(
+                    "downstream %s unavailable (%s); retrying in %.1fs", self.url, problem, delay
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.backoff[1])
+                break
+            SPOOLED.labels("forward").set(len(self.spool))
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the spool is empty or ``timeout`` passes; True if it emptied."""
+        deadline = time.monotonic() + timeout
+        while len(self.spool) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not len(self.spool)
+
+    def close(self) -> None:
+        self.drain(2.0)
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.spool.close()
+
+
+class RateLimitedLog:
+    """At most one log line per reason per ``interval`` seconds, with the count skipped."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: Tally[str] = Tally()
+
+    def warn(self, reason: str, detail: str) -> None:
+        now = self.clock()
+        if now - self._last.get(reason, -1e18) >= self.interval:
+            extra = self._suppressed.pop(reason, 0)
+            more = f" ({extra} more since the last report)" if extra else ""
+            log.warning("skipped input: %s: %s%s", reason, detail, more)
+            self._last[reason] = now
+        else:
+            self._suppressed[reason] += 1
+
+
+class Pipeline:
+    """Lines in, attributed alerts and findings out to every sink. Not thread-safe."""
+
+    def __init__(
+        self,
+        attributor: Attributor,
+        sinks: list[Sink],
+        *,
+        forward_roots: bool = False,
+        input_name: str = "file",
+        clock: Callable[[], float] = time.monotonic,
+        max_reported: int = 100_000,
+    ) -> None:
+        self.attributor = attributor
+        self.sinks = sinks
+        self.forward_roots = forward_roots
+        self.input_name = input_name
+        self.clock = clock
+        self.stats: Tally[str] = Tally()
+        self.warnings = RateLimitedLog(clock=clock)
+        self._reported: dict[tuple[object, ...], None] = {}
+        self._max_reported = max_reported
+        self._observers: list[Callable[[Outcome], None]] = []
+
+    def observe(self, callback: Callable[[Outcome], None]) -> None:
+        """Also hand every outcome (roots included) to ``callback`` (the session store)."""
+        self._observers.append(callback)
+
+    def _skip(self, reason: str, detail: str) -> None:
+        self.stats[f"skipped_{reason}"] += 1
+        SKIPPED.labels(reason).inc()
+        self.warnings.warn(reason, detail)
+
+    def parse(self, line: bytes | str, where: str) -> Iterator[FalcoAlert]:
+        """Alerts in one input line; broken lines are counted and logged, never raised."""
+        text = line.strip()
+        if not text:
+            return
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            self._skip("not_json", f"{where}: {exc}")
+            return
+        for item in data if isinstance(data, list) else [data]:
+            try:
+                alert = check_alert(item)
+            except MalformedAlert as exc:
+                self._skip("not_an_alert", f"{where}: {exc}")
+                continue
+            if is_internal(alert):
+                self._skip("internal", f"{where}: Falco internal message {alert['rule']!r}")
+                continue
+            yield alert
+
+    def feed(self, lines: Iterable[bytes | str], where: str = "") -> int:
+        """Process lines; returns how many alerts were read. Sinks have them on return."""
+        outcomes: list[Outcome] = []
+        count = 0
+        for number, line in enumerate(lines, 1):
+            for alert in self.parse(line, f"{where or self.input_name} line {number}"):
+                count += 1
+                try:
+                    outcomes.extend(self.attributor.submit(alert, self.clock()))
+                except MalformedAlert as exc:
+                    self._skip("not_an_alert", f"{where} line {number}: {exc}")
+        ALERTS_IN.labels(self.input_name).inc(count)
+        self.stats["alerts_in"] += count
+        outcomes.extend(self.attributor.release(self.clock()))
+        self._emit(outcomes)
+        return count
+
+    def tick(self) -> None:
+        """Release held alerts whose wait is over (call this when input is idle)."""
+        self._emit(self.attributor.release(self.clock()))
+
+    def _emit(self, outcomes: list[Outcome]) -> None:
+        out: list[FalcoAlert] = []
+        for outcome in outcomes:
+            for observer in self._observers:
+                observer(outcome)
+            if not outcome.is_root_event or self.forward_roots:
+                out.append(enrich(outcome))
+                self.stats[f"attribution_{outcome.attribution.status}"] += 1
+                ALERTS_OUT.labels(outcome.attribution.status).inc()
+            for key, finding in findings(outcome):
+                if key in self._reported:
+                    continue
+                self._reported[key] = None
+                if len(self._reported) > self._max_reported:
+                    del self._reported[next(iter(self._reported))]
+                out.append(finding)
+                self.stats["findings"] += 1
+                FINDINGS.labels(finding["rule"]).inc()
+        table = self.attributor.table
+        TABLE_SIZE.set(len(table))
+        EVICTIONS.set(table.evictions)
+        HELD.set(self.attributor.held)
+        if out:
+            for sink in self.sinks:
+                sink.write(out)
+
+    def close(self) -> None:
+        self._emit(self.attributor.drain())
+        for sink in self.sinks:
+            sink.close()
+
+
+# --- inputs -------------------------------------------------------------------------------
+
+
+def read_batch(pipeline: Pipeline, stream: IO[bytes], chunk: int = 512) -> int:
+    """Read a stream to its end (batch mode and stdin)."""
+    total = 0
+    batch: list[bytes] = []
+    for line in stream:
+        batch.append(line)
+        if len(batch) >= chunk:
+            total += pipeline.feed(batch)
+            batch = []
+    total += pipeline.feed(batch)
+    return total
+
+
+@dataclass
+class FollowState:
+    """Where a followed file was read up to, saved so a restart resumes there."""
+
+    device: int
+    inode: int
+    offset: int
+
+
+class FileFollower:
+    """``tail -F``: follows a path across rotation (rename + new file) and truncation.
+
+    The offset is saved (atomically, in ``state_path``) only after the pipeline's sinks
+    accepted the lines, so a restart resumes after the last handled line: at-least-once.
+    A file rotated while the consumer was down is not found again; its unread tail is lost
+    (documented), the new file is read from the start.
+    """
+
+    def __init__(self, path: Path, state_path: Path, poll: float = 0.2) -> None:
+        self.path = path
+        self.state_path = state_path
+        self.poll = poll
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _load_state(self) -> FollowState | None:
+        try:
+            data = json.loads(self.state_path.read_text())
+            return FollowState(int(data["device"]), int(data["inode"]), int(data["offset"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _save_state(self, state: FollowState) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state.__dict__))
+        os.replace(tmp, self.state_path)
+
+    def _open(self, saved: FollowState | None) -> tuple[IO[bytes], FollowState] | None:
+        try:
+            handle = self.path.open("rb")
+        except FileNotFoundError:
+            return None
+        st = os.fstat(handle.fileno())
+        offset = 0
+        if saved and (saved.device, saved.inode) == (st.st_dev, st.st_ino):
+            offset = saved.offset if saved.offset <= st.st_size else 0
+        handle.seek(offset)
+        return handle, FollowState(st.st_dev, st.st_ino, offset)
+
+    def run(self, pipeline: Pipeline) -> None:
+        saved = self._load_state()
+        opened = None
+        partial = b""
+        rotated = False
+        while not self._stop.is_set():
+            if opened is None:
+                opened = self._open(saved)
+                partial, rotated = b"", False
+                if opened is None:
+                    pipeline.tick()
+                    self._stop.wait(self.poll)
+                    continue
+            handle, state = opened
+            data = handle.read(1 << 20)
+            if data:
+                data = partial + data
+                cut = data.rfind(b"\n") + 1
+                lines, partial = data[:cut].splitlines(), data[cut:]
+                if lines:
+                    pipeline.feed(lines, where=str(self.path))
+                state.offset = handle.tell() - len(partial)
+                self._save_state(state)
+                saved = state
+                continue
+            pipeline.tick()
+            if rotated:
+                # the old file was read to its end after the rotation was seen: move on
+                handle.close()
+                opened, saved = None, None
+                continue
+            try:
+                st: os.stat_result | None = os.stat(self.path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_dev, st.st_ino) != (state.device, state.inode):
+                rotated = True  # read what was appended to the old file meanwhile, then switch
+                continue
+            if st is not None and st.st_size < state.offset:
+                handle.seek(0)
+                state.offset, partial = 0, b""
+                log.info("%s was truncated; reading it from the start", self.path)
+                continue
+            self._stop.wait(self.poll)
+        if opened is not None:
+            opened[0].close()
+
+
+class Inbox:
+    """HTTP-accepted alerts, durable until the pipeline thread has handled them."""
+
+    def __init__(self, pipeline: Pipeline, spool: Spool) -> None:
+        self.pipeline = pipeline
+        self.spool = spool
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="whoexec-inbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def accept(self, lines: list[bytes]) -> None:
+        self.spool.put_many(lines)
+        SPOOLED.labels("inbox").set(len(self.spool))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.process_pending(wait=0.2)
+
+    def process_pending(self, wait: float = 0.0) -> int:
+        with self._lock:
+            batch = self.spool.peek(512, wait=wait)
+            if batch:
+                self.pipeline.feed([body for _, body in batch], where="http")
+                self.spool.ack([item_id for item_id, _ in batch])
+            else:
+                self.pipeline.tick()
+            SPOOLED.labels("inbox").set(len(self.spool))
+            return len(batch)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        while self.process_pending():
+            pass
+        self.pipeline.close()
+        self.spool.close()

@@ -1,0 +1,224 @@
+"""Falco alerts: the JSON shape, parsing, and the facts the lineage walk needs.
+
+Pure core: no IO. With ``json_output: true`` Falco (>= 0.37; 0.44 is current) prints one
+object per alert, keys in alphabetical order::
+
+    {"hostname": ..., "output": ..., "output_fields": {...}, "priority": ..., "rule": ...,
+     "source": "syscall", "tags": [...], "time": "2026-11-22T10:00:00.123456789Z"}
+
+``output_fields`` keeps types (numbers are numbers, missing values are ``null``) and its
+keys are the literal field names, brackets included (``"proc.apid[2]"``). Falcosidekick
+adds ``uuid``. Internal messages have ``source: "internal"``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import dataclass
+from typing import Any, NotRequired, TypedDict
+
+import orjson
+
+from webhook.errors import MalformedAlert
+
+#: the deepest ancestor Falco's ``proc.apid[N]``/``proc.aname[N]`` can name (and that the
+#: shipped ``append_output`` asks for)
+MAX_ANCESTORS = 8
+#: names of the container runtime processes that parent a container's entry processes;
+#: the same list as Falco's ``container_entrypoint`` macro
+RUNTIME_PARENTS = frozenset(
+    {
+        "runc",
+        "runc:[0:PARENT]",
+        "runc:[1:CHILD]",
+        "runc:[2:INIT]",
+        "docker-runc",
+        "docker-runc-cur",
+        "exe",
+        "containerd-shim",
+        "containerd-shim-runc-v2",
+        "crun",
+        "conmon",
+        "systemd",
+        "crio",
+    }
+)
+#: tag on the shipped rule that fires on session roots (``manifests/falco/whoexec_rules.yaml``)
+ROOT_TAG = "whoexec_root"
+
+
+class FalcoAlert(TypedDict):
+    """One alert as Falco prints it with ``json_output: true``."""
+
+    hostname: str
+    output: str
+    output_fields: dict[str, Any]
+    priority: str
+    rule: str
+    source: str
+    tags: list[str]
+    time: str
+    uuid: NotRequired[str]  # falcosidekick
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFacts:
+    """What one alert says about its process and the lineage above it."""
+
+    host: str
+    time_ns: int
+    pid: int | None
+    ppid: int | None
+    vpid: int | None
+    start_ts: int | None  # proc.pid.ts, ns since the epoch
+    name: str | None
+    parent_name: str | None
+    cmdline: str | None
+    #: the alert's own ancestors: (pid, name) for proc.apid[1..N], parent first
+    ancestors: tuple[tuple[int, str | None], ...]
+    container_id: str | None
+    container_name: str | None
+    namespace: str | None
+    pod: str | None
+    pod_uid: str | None
+    #: WHOEXEC_IDENTITY values seen on this process: in its argv (the env execve), in its
+    #: own environment, and the nearest ancestor's (proc.aenv, a fallback only)
+    token_in_args: str | None
+    token_in_env: str | None
+    token_in_ancestor_env: str | None
+
+    @property
+    def in_container(self) -> bool:
+        return self.container_id not in (None, "", "host")
+
+    @property
+    def is_container_entry(self) -> bool:
+        """Started by the container runtime and not the container's init: an exec."""
+        return (
+            self.in_container
+            and self.parent_name in RUNTIME_PARENTS
+            and self.vpid is not None
+            and self.vpid != 1
+        )
+
+
+def parse_alert(line: bytes | str) -> FalcoAlert:
+    """Decode one JSON line into an alert; raises :class:`MalformedAlert` naming why."""
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedAlert(f"not JSON: {exc}") from None
+    return check_alert(data)
+
+
+def check_alert(data: object) -> FalcoAlert:
+    if not isinstance(data, dict):
+        raise MalformedAlert(f"a Falco alert is a JSON object, got {type(data).__name__}")
+    for key, kind in (("rule", str), ("time", str), ("output_fields", dict), ("source", str)):
+        if not isinstance(data.get(key), kind):
+            raise MalformedAlert(
+                f"field {key!r} must be {kind.__name__}, got {type(data.get(key)).__name__}"
+            )
+    for key in ("output", "priority", "hostname"):
+        if key in data and not isinstance(data[key], str):
+            raise MalformedAlert(f"field {key!r} must be str")
+    if "tags" in data and not isinstance(data["tags"], list):
+        raise MalformedAlert("field 'tags' must be a list")
+    return data  # type: ignore[return-value]
+
+
+def parse_time_ns(text: str) -> int:
+    """RFC 3339 with nanoseconds (``2026-11-22T10:00:00.123456789Z``) to ns since the epoch."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)", text)
+    if not match:
+        raise MalformedAlert(f"time {text[:40]!r} is not RFC 3339")
+    base, fraction, zone = match.groups()
+    stamp = datetime.datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
+    return int(stamp.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
+
+
+def _int(fields: dict[str, Any], key: str) -> int | None:
+    value = fields.get(key)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():  # older Falco printed some as strings
+        return int(value)
+    return None
+
+
+def _str(fields: dict[str, Any], key: str) -> str | None:
+    value = fields.get(key)
+    return value if isinstance(value, str) and value not in ("", "<NA>") else None
+
+
+def token_pattern(variable: str) -> re.Pattern[str]:
+    """``VAR=<v1 token>`` as a whole word in argv or an environment dump."""
+    return re.compile(
+        rf"(?:^|[\s\x00]){re.escape(variable)}=(v1\.[0-9a-f]{{16}}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)"
+    )
+
+
+def process_facts(alert: FalcoAlert, variable: str, pattern: re.Pattern[str]) -> ProcessFacts:
+    """Extract lineage facts from an alert's ``output_fields``."""
+    fields = alert["output_fields"]
+    time_ns = _int(fields, "evt.time")
+    if time_ns is None:
+        iso = _str(fields, "evt.time.iso8601")
+        time_ns = parse_time_ns(iso if iso else alert["time"])
+    ancestors: list[tuple[int, str | None]] = []
+    for n in range(1, MAX_ANCESTORS + 1):
+        apid = _int(fields, f"proc.apid[{n}]")
+        if apid is None or apid <= 0:
+            break
+        ancestors.append((apid, _str(fields, f"proc.aname[{n}]")))
+    ppid = _int(fields, "proc.ppid")
+    if not ancestors and ppid:
+        ancestors.append((ppid, _str(fields, "proc.pname")))
+    cmdline = _str(fields, "proc.cmdline")
+    args = _str(fields, "proc.args")
+    in_args = None
+    for text in (args, cmdline):
+        if text and (match := pattern.search(text)):
+            in_args = match.group(1)
+            break
+    # proc.env[VAR] and proc.aenv[VAR] hold the bare value, whatever someone set it to
+    in_env = _str(fields, f"proc.env[{variable}]")
+    env = _str(fields, "proc.env") if in_env is None else None
+    if env and (match := pattern.search(env)):
+        in_env = match.group(1)
+    return ProcessFacts(
+        host=alert.get("hostname", ""),
+        time_ns=time_ns,
+        pid=_int(fields, "proc.pid"),
+        ppid=ppid if ppid is not None else (ancestors[0][0] if ancestors else None),
+        vpid=_int(fields, "proc.vpid"),
+        start_ts=_int(fields, "proc.pid.ts"),
+        name=_str(fields, "proc.name"),
+        parent_name=_str(fields, "proc.pname") or (ancestors[0][1] if ancestors else None),
+        cmdline=cmdline,
+        ancestors=tuple(ancestors),
+        container_id=_str(fields, "container.id"),
+        container_name=_str(fields, "container.name"),
+        namespace=_str(fields, "k8s.ns.name"),
+        pod=_str(fields, "k8s.pod.name"),
+        pod_uid=_str(fields, "k8s.pod.uid"),
+        token_in_args=in_args,
+        token_in_env=in_env,
+        token_in_ancestor_env=_str(fields, f"proc.aenv[{variable}]"),
+    )
+
+
+def is_internal(alert: FalcoAlert) -> bool:
+    return alert["source"] == "internal"
+
+
+def is_root_rule(alert: FalcoAlert) -> bool:
+    return ROOT_TAG in alert.get("tags", [])
+
+
+def render_json(alert: FalcoAlert | dict[str, Any]) -> bytes:
+    """One JSON line, keys sorted as Falco prints them."""
+    return orjson.dumps(alert, option=orjson.OPT_SORT_KEYS)

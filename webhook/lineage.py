@@ -1,0 +1,482 @@
+"""Process lineage and attribution: which exec session, and so which user, an alert is in.
+
+Pure core: no IO, no clock (event times come from the alerts, the hold-back clock is
+passed in). Falco facts this module is built around:
+
+* Falco sees only the first ~4 KiB of a process's environment, and ``env VAR=x cmd``
+  appends ``VAR`` at the end, so ``proc.env`` may silently lack the token. The ``env``
+  execve's own ``proc.args`` always holds ``WHOEXEC_IDENTITY=<token>``, and that process
+  (same pid and ``proc.pid.ts`` after ``env`` execs the command) is the **session root**.
+* ``proc.aenv[NAME]`` returns the *nearest* ancestor's value (skipping the process
+  itself), so anyone inside the session can shadow it with ``export``. The token that is
+  believed is the **topmost** token-bearing ancestor's; any different token below it is
+  tampering.
+* ``proc.pid`` + ``proc.pid.ts`` is a unique key; a pid alone can be reused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from webhook.errors import TokenError, TokenFromFuture
+from webhook.falco import FalcoAlert, ProcessFacts, is_root_rule, process_facts, token_pattern
+from webhook.identity import DEFAULT_CLOCK_SKEW_SECONDS, Identity, verify_token
+
+Status = Literal["verified", "unverified", "tampered", "none"]
+#: the walk never goes further than this many parents (a process tree is never deeper)
+MAX_WALK = 64
+
+
+@dataclass(slots=True)
+class ProcessRecord:
+    """What the table knows of one process. ``token`` strings are interned."""
+
+    ppid: int | None
+    start_ts: int | None
+    container_id: str | None
+    token: str | None = None
+
+
+ProcessKey = tuple[str, int]  # (hostname, host pid)
+
+
+class ProcessTable:
+    """A bounded map of processes, least recently used evicted first."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self.max_entries = max_entries
+        self.evictions = 0
+        self._records: dict[ProcessKey, ProcessRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, key: ProcessKey) -> ProcessRecord | None:
+        record = self._records.pop(key, None)
+        if record is not None:
+            self._records[key] = record  # most recently used goes last
+        return record
+
+    def put(self, key: ProcessKey, record: ProcessRecord) -> None:
+        self._records.pop(key, None)
+        self._records[key] = record
+        while len(self._records) > self.max_entries:
+            del self._records[next(iter(self._records))]
+            self.evictions += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    identity: Identity | None
+    error: str | None
+
+
+class TokenVerifier:
+    """Ed25519 verification is far too slow to repeat per alert: results are cached."""
+
+    def __init__(
+        self,
+        keys: Mapping[str, Ed25519PublicKey],
+        max_skew: int = DEFAULT_CLOCK_SKEW_SECONDS,
+        cache_size: int = 65_536,
+    ) -> None:
+        self.keys = keys
+        self.max_skew = max_skew
+        self.cache_size = cache_size
+        self._cache: dict[str, Verdict] = {}
+        self.verifications = 0
+
+    def verify(self, token: str, now: int) -> Verdict:
+        verdict = self._cache.get(token)
+        if verdict is None:
+            self.verifications += 1
+            try:
+                # the future check depends on the event's time, so it is done below
+                verdict = Verdict(verify_token(token, self.keys, now=2**62), None)
+            except TokenError as exc:
+                verdict = Verdict(None, f"{type(exc).__name__}: {exc}")
+            if len(self._cache) >= self.cache_size:
+                del self._cache[next(iter(self._cache))]
+            self._cache[token] = verdict
+        identity = verdict.identity
+        if identity is not None and identity.issued_at > now + self.max_skew:
+            error = TokenFromFuture(
+                f"token iat {identity.issued_at} is {identity.issued_at - now}s after the "
+                f"event (allowed skew {self.max_skew}s)"
+            )
+            return Verdict(None, f"{type(error).__name__}: {error}")
+        return verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who an alert is attributed to, and how sure we are."""
+
+    status: Status
+    identity: Identity | None = None
+    root_pid: int | None = None
+    via: str = ""  # lineage | env | aenv
+    reason: str = ""  # why tampered / unverified
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """An alert ready to be passed on, with its attribution and the facts it carried."""
+
+    alert: FalcoAlert
+    attribution: Attribution
+    facts: ProcessFacts
+    is_root_event: bool
+
+
+class Attributor:
+    """Learns lineage from every alert and attributes each one to its session root.
+
+    Alerts that find no session while inside a container are held back for
+    ``hold_seconds`` (the clock is passed in) in case their session root arrives late
+    (out-of-order delivery); ``release`` and ``drain`` hand them on.
+    """
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        table: ProcessTable | None = None,
+        variable: str = "WHOEXEC_IDENTITY",
+        hold_seconds: float = 0.0,
+        max_held: int = 10_000,
+        is_root_event: Callable[[FalcoAlert], bool] | None = None,
+        lineage_source: Callable[[ProcessFacts, ProcessTable], object] | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.table = table if table is not None else ProcessTable()
+        self.variable = variable
+        self.pattern: re.Pattern[str] = token_pattern(variable)
+        self.hold_seconds = hold_seconds
+        self.max_held = max_held
+        self._is_root_event = is_root_event or is_root_rule
+        #: an adapter that adds what it knows about the lineage (``procfs.ProcFS.learn``)
+        self._lineage_source = lineage_source
+        self._held: list[tuple[float, FalcoAlert, ProcessFacts]] = []
+        self._tokens: dict[str, str] = {}
+
+    # -- learning --------------------------------------------------------------------
+
+    def _intern(self, token: str | None) -> str | None:
+        if token is None:
+            return None
+        kept = self._tokens.setdefault(token, token)
+        if len(self._tokens) > self.table.max_entries:
+            self._tokens.clear()
+            self._tokens[token] = token
+        return kept
+
+    def learn(self, facts: ProcessFacts) -> None:
+        """Record the process and the ancestors an alert names."""
+        if facts.pid is None:
+            return
+        host = facts.host
+        key = (host, facts.pid)
+        known = self.table.get(key)
+        own_token = self._intern(facts.token_in_args or facts.token_in_env)
+        reused = known is not None and None not in (known.start_ts, facts.start_ts)
+        if reused and known is not None and known.start_ts != facts.start_ts:
+            known = None  # the pid was reused: forget the old process entirely
+        if known is None:
+            record = ProcessRecord(facts.ppid, facts.start_ts, facts.container_id, own_token)
+        else:
+            record = known
+            record.ppid = facts.ppid if facts.ppid is not None else record.ppid
+            record.start_ts = record.start_ts or facts.start_ts
+            record.container_id = record.container_id or facts.container_id
+            # a token learnt at the env execve sticks across the exec into the command
+            record.token = record.token or own_token
+        self.table.put(key, record)
+        # the alert's own ancestor chain (proc.apid[N]) links parents to grandparents
+        chain = [pid for pid, _ in facts.ancestors]
+        for index, pid in enumerate(chain):
+            parent = chain[index + 1] if index + 1 < len(chain) else None
+            ancestor = self.table.get((host, pid))
+            if ancestor is None:
+                self.table.put((host, pid), ProcessRecord(parent, None, None))
+            elif parent is not None:
+                ancestor.ppid = parent
+
+    # -- walking ---------------------------------------------------------------------
+
+    def _lineage(self, facts: ProcessFacts) -> Iterator[tuple[int, ProcessRecord]]:
+        """The alert's process, then each known ancestor, nearest first."""
+        assert facts.pid is not None
+        host = facts.host
+        seen: set[int] = set()
+        pid: int | None = facts.pid
+        child_ts = facts.start_ts
+        while pid is not None and pid > 1 and pid not in seen and len(seen) < MAX_WALK:
+            seen.add(pid)
+            record = self.table.get((host, pid))
+            if record is None:
+                return
+            if child_ts is not None and record.start_ts is not None and record.start_ts > child_ts:
+                return  # a parent cannot start after its child: this pid was reused
+            if (
+                record.container_id is not None
+                and facts.container_id is not None
+                and record.token is not None
+                and record.container_id != facts.container_id
+            ):
+                return  # a token-bearing process of another container: stale pid
+            yield pid, record
+            child_ts = record.start_ts or child_ts
+            pid = record.ppid
+
+    def attribute(self, facts: ProcessFacts) -> Attribution:
+        """Find the session root above ``facts`` and verify its token."""
+        if facts.pid is None:
+            return Attribution("none")
+        bearers = [(pid, record.token) for pid, record in self._lineage(facts) if record.token]
+        via = "lineage"
+        if bearers:
+            root_pid, root_token = bearers[-1]  # the topmost token-bearing ancestor
+            if len(bearers) == 1 and root_pid == facts.pid and facts.token_in_args is None:
+                via = "env"
+        elif facts.token_in_ancestor_env:
+            root_pid, root_token, via = None, facts.token_in_ancestor_env, "aenv"
+        else:
+            return Attribution("none")
+        assert root_token is not None
+        now = facts.time_ns // 1_000_000_000
+        verdict = self.verifier.verify(root_token, now)
+        if verdict.identity is None:
+            return Attribution(
+                "unverified", None, root_pid, via, verdict.error or "", token=root_token
+            )
+        identity = verdict.identity
+        attribution = Attribution("verified", identity, root_pid, via, token=root_token)
+
+        # a different token below the root, in the process's own env, or in the nearest
+        # ancestor's env (proc.aenv) means someone inside the session set the variable
+        for label, token in (
+            ("its environment", facts.token_in_env),
+            ("its parent's environment (proc.aenv)", facts.token_in_ancestor_env),
+        ):
+            if token and token != root_token:
+                return replace(
+                    attribution,
+                    status="tampered",
+                    reason=f"pid {facts.pid} carries a different {self.variable} in {label} "
+                    f"than session root pid {root_pid}",
+                )
+        others = [pid for pid, token in bearers[:-1] if token != root_token]
+        if others:
+            pid = others[0]
+            return replace(
+                attribution,
+                status="tampered",
+                reason=f"descendant pid {pid} carries a different {self.variable} than "
+                f"session root pid {root_pid}",
+            )
+        mismatch = _binding_mismatch(identity, facts)
+        if mismatch:
+            return replace(attribution, status="tampered", reason=mismatch)
+        return attribution
+
+    # -- the stream ------------------------------------------------------------------
+
+    def submit(self, alert: FalcoAlert, now: float) -> list[Outcome]:
+        """Learn from ``alert`` and return the outcomes that are ready, in order."""
+        facts = process_facts(alert, self.variable, self.pattern)
+        self.learn(facts)
+        if self._lineage_source is not None:
+            self._lineage_source(facts, self.table)
+        ready = self._retry_held(now)
+        attribution = self.attribute(facts)
+        root_event = self._is_root_event(alert)
+        if (
+            attribution.status == "none"
+            and self.hold_seconds > 0
+            and facts.in_container
+            and not root_event
+        ):
+            self._held.append((now + self.hold_seconds, alert, facts))
+            if len(self._held) > self.max_held:
+                _, old_alert, old_facts = self._held.pop(0)
+                ready.append(self._finish(old_alert, old_facts))
+            return ready
+        ready.append(Outcome(alert, attribution, facts, root_event))
+        return ready
+
+    def _finish(self, alert: FalcoAlert, facts: ProcessFacts) -> Outcome:
+        return Outcome(alert, self.attribute(facts), facts, self._is_root_event(alert))
+
+    def _retry_held(self, now: float) -> list[Outcome]:
+        """Release held alerts that now find their session, or whose time is up."""
+        ready: list[Outcome] = []
+        keep: list[tuple[float, FalcoAlert, ProcessFacts]] = []
+        for deadline, alert, facts in self._held:
+            attribution = self.attribute(facts)
+            if attribution.status != "none" or deadline <= now:
+                ready.append(Outcome(alert, attribution, facts, self._is_root_event(alert)))
+            else:
+                keep.append((deadline, alert, facts))
+        self._held = keep
+        return ready
+
+    def release(self, now: float) -> list[Outcome]:
+        """Outcomes of held alerts whose hold-back time has passed (call periodically)."""
+        return self._retry_held(now) if self._held else []
+
+    def drain(self) -> list[Outcome]:
+        """Everything still held, attributed as well as it can be now (end of input)."""
+        ready = [self._finish(alert, facts) for _, alert, facts in self._held]
+        self._held = []
+        return ready
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+
+def _binding_mismatch(identity: Identity, facts: ProcessFacts) -> str:
+    """A token is bound to its namespace/pod/container; used elsewhere it is a replay."""
+    checks: list[tuple[str, str, str | None]] = [
+        ("namespace", identity.namespace, facts.namespace),
+        ("pod", identity.pod, facts.pod),
+        ("container", identity.container, facts.container_name),
+    ]
+    if identity.pod_uid is not None:
+        checks.append(("pod uid", identity.pod_uid, facts.pod_uid))
+    for what, minted, seen in checks:
+        # a null field in the alert (k8s metadata still pending) or a token minted for
+        # "no container named" cannot be compared
+        if seen is not None and minted and minted != seen:
+            return f"token minted for {what} {minted!r} is used in {what} {seen!r}"
+    return ""
+
+
+def enrichment(attribution: Attribution) -> dict[str, Any]:
+    """The ``whoexec.*`` fields added to an alert's ``output_fields``."""
+    identity = attribution.identity if attribution.status in ("verified", "tampered") else None
+    return {
+        "whoexec.attribution": attribution.status,
+        "whoexec.session.id": identity.session_id if identity else None,
+        "whoexec.user.groups": list(identity.groups) if identity else None,
+        "whoexec.user.name": identity.user if identity else None,
+        "whoexec.user.uid": identity.uid if identity else None,
+    }
+
+
+def enrich(outcome: Outcome) -> FalcoAlert:
+    """The alert as passed on: ``whoexec.*`` fields added, everything else unchanged."""
+    alert = outcome.alert
+    attribution = outcome.attribution
+    fields = {**alert["output_fields"], **enrichment(attribution)}
+    enriched: FalcoAlert = {**alert, "output_fields": fields}
+    identity = attribution.identity
+    if identity is not None and attribution.status in ("verified", "tampered"):
+        enriched["output"] = (
+            f"{alert.get('output', '')} k8s_user={identity.user} k8s_session={identity.session_id}"
+        )
+    return enriched
+
+
+FINDING_TAMPERED = "Exec identity tampered"
+FINDING_INVALID = "Exec identity token invalid"
+FINDING_NO_IDENTITY = "Exec session without identity"
+
+
+def findings(outcome: Outcome) -> list[tuple[tuple[object, ...], FalcoAlert]]:
+    """whoexec's own findings about an outcome, each with a key to report it only once.
+
+    They are Falco-shaped alerts with ``source: "whoexec"``, so whatever reads Falco's
+    output (falcosidekick, a SIEM) can route them the same way.
+    """
+    attribution = outcome.attribution
+    facts = outcome.facts
+    where = (
+        f"k8s_ns={facts.namespace} k8s_pod_name={facts.pod} container={facts.container_name} "
+        f"pid={facts.pid} proc={facts.name}"
+    )
+    base: dict[str, Any] = {
+        "whoexec.attribution": attribution.status,
+        "whoexec.session.root.pid": attribution.root_pid,
+        "whoexec.trigger.rule": outcome.alert["rule"],
+        "container.id": facts.container_id,
+        "container.name": facts.container_name,
+        "k8s.ns.name": facts.namespace,
+        "k8s.pod.name": facts.pod,
+        "proc.pid": facts.pid,
+        "proc.name": facts.name,
+        "proc.cmdline": facts.cmdline,
+    }
+    found: list[tuple[tuple[object, ...], FalcoAlert]] = []
+    identity = attribution.identity
+    if attribution.status == "tampered" and identity is not None:
+        found.append(
+            (
+                (facts.host, attribution.root_pid, FINDING_TAMPERED, attribution.reason),
+                _finding(
+                    outcome,
+                    FINDING_TAMPERED,
+                    "Critical",
+                    f"Exec identity tampered: {attribution.reason} "
+                    f"(session={identity.session_id} k8s_user={identity.user} {where})",
+                    {
+                        **base,
+                        "whoexec.reason": attribution.reason,
+                        "whoexec.session.id": identity.session_id,
+                        "whoexec.user.name": identity.user,
+                    },
+                ),
+            )
+        )
+    elif attribution.status == "unverified":
+        found.append(
+            (
+                (FINDING_INVALID, attribution.token),
+                _finding(
+                    outcome,
+                    FINDING_INVALID,
+                    "Warning",
+                    f"Exec identity token invalid: {attribution.reason} ({where})",
+                    {**base, "whoexec.reason": attribution.reason},
+                ),
+            )
+        )
+    elif attribution.status == "none" and facts.is_container_entry:
+        found.append(
+            (
+                (facts.host, facts.pid, facts.start_ts, FINDING_NO_IDENTITY),
+                _finding(
+                    outcome,
+                    FINDING_NO_IDENTITY,
+                    "Notice",
+                    "Exec session without identity: a process started by the container "
+                    "runtime carries no WHOEXEC_IDENTITY; the webhook was bypassed, down or "
+                    f"excluded ({where} parent={facts.parent_name})",
+                    base,
+                ),
+            )
+        )
+    return found
+
+
+def _finding(
+    outcome: Outcome, rule: str, priority: str, output: str, fields: dict[str, Any]
+) -> FalcoAlert:
+    return {
+        "hostname": outcome.alert.get("hostname", ""),
+        "output": output,
+        "output_fields": dict(sorted(fields.items())),
+        "priority": priority,
+        "rule": rule,
+        "source": "whoexec",
+        "tags": ["k8s_exec", "whoexec"],
+        "time": outcome.alert["time"],
+    }

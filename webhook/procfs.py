@@ -1,0 +1,89 @@
+"""Walking ``/proc`` for lineage while the processes live (adapter).
+
+On a node (the consumer DaemonSet with ``hostPID: true`` and ``/proc`` mounted read-only)
+``/proc/<pid>/status`` gives the parent and ``/proc/<pid>/environ`` the *full*
+environment, without Falco's 4 KiB cut. A pid is only trusted if its start time matches
+the alert's ``proc.pid.ts``: otherwise the process is gone and the pid was reused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from webhook.falco import ProcessFacts
+from webhook.lineage import ProcessRecord, ProcessTable
+
+#: /proc start times have jiffy resolution and the boot time whole seconds
+START_TOLERANCE_NS = 1_500_000_000
+MAX_DEPTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    start_ns: int
+    token: str | None
+
+
+class ProcFS:
+    """Reads process facts from a procfs mount (``/proc`` or a host's, mounted elsewhere)."""
+
+    def __init__(self, root: Path = Path("/proc"), variable: str = "WHOEXEC_IDENTITY") -> None:
+        self.root = root
+        self.marker = variable.encode() + b"="
+        self._clock_ticks = os.sysconf("SC_CLK_TCK")
+        stat = (root / "stat").read_text()
+        match = re.search(r"^btime (\d+)$", stat, re.M)
+        if not match:
+            raise OSError(f"{root / 'stat'} has no btime line")
+        self._boot_ns = int(match.group(1)) * 1_000_000_000
+        self.reads = 0
+
+    def read(self, pid: int) -> ProcInfo | None:
+        """One process's parent, start time and identity token; None if it is gone."""
+        base = self.root / str(pid)
+        try:
+            stat = (base / "stat").read_bytes()
+            environ = (base / "environ").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return None
+        self.reads += 1
+        # the command name (field 2) is in parentheses and may contain spaces or ')'
+        rest = stat[stat.rindex(b")") + 2 :].split()
+        ppid = int(rest[1])
+        start_ticks = int(rest[19])
+        start_ns = self._boot_ns + start_ticks * 1_000_000_000 // self._clock_ticks
+        token = None
+        for entry in environ.split(b"\0"):
+            if entry.startswith(self.marker):
+                token = entry[len(self.marker) :].decode("utf-8", "replace")
+        return ProcInfo(pid, ppid, start_ns, token)
+
+    def learn(self, facts: ProcessFacts, table: ProcessTable) -> int:
+        """Walk from the alert's process up through ``/proc``; returns processes learnt."""
+        if facts.pid is None:
+            return 0
+        info = self.read(facts.pid)
+        if info is None:
+            return 0
+        if facts.start_ts is not None and abs(info.start_ns - facts.start_ts) > START_TOLERANCE_NS:
+            return 0  # a different process holds this pid now
+        learnt = 0
+        seen: set[int] = set()
+        while info is not None and info.pid > 1 and info.pid not in seen and learnt < MAX_DEPTH:
+            seen.add(info.pid)
+            key = (facts.host, info.pid)
+            record = table.get(key)
+            if record is None:
+                record = ProcessRecord(info.ppid, None, None, info.token)
+            else:
+                record.ppid = info.ppid
+                record.token = record.token or info.token
+            table.put(key, record)
+            learnt += 1
+            info = self.read(info.ppid) if info.ppid > 1 else None
+        return learnt

@@ -1,0 +1,82 @@
+"""A bounded, durable FIFO of byte strings on disk (adapter), backed by SQLite in WAL mode.
+
+Used for what must survive a restart: alerts accepted over HTTP but not yet processed
+(the inbox: Falco ignores the HTTP status, so an accepted alert must not be lost), and
+alerts waiting for a downstream that is down (the forward spool). Delivery is
+at-least-once: an item is removed only after it was handled, so a crash in between
+hands it out again after the restart.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from webhook.errors import ConfigError
+
+
+class Spool:
+    """FIFO of blobs. When full, the oldest items are dropped and counted in ``dropped``."""
+
+    def __init__(self, path: Path, max_items: int = 1_000_000) -> None:
+        self.path = path
+        self.max_items = max_items
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " body BLOB NOT NULL)"
+            )
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open spool {path}: {exc}") from None
+        self._count = int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put_many(self, bodies: list[bytes]) -> None:
+        if not bodies:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT INTO spool (body) VALUES (?)", [(b,) for b in bodies])
+            self._count += len(bodies)
+            excess = self._count - self.max_items
+            if excess > 0:
+                self._db.execute(
+                    "DELETE FROM spool WHERE id IN (SELECT id FROM spool ORDER BY id LIMIT ?)",
+                    (excess,),
+                )
+                self._count -= excess
+                self.dropped += excess
+            self._db.execute("COMMIT")
+            self._ready.notify_all()
+
+    def peek(self, limit: int, wait: float = 0.0) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` oldest items, waiting up to ``wait`` seconds for the first."""
+        with self._lock:
+            if self._count == 0 and wait > 0:
+                self._ready.wait(wait)
+            rows = self._db.execute(
+                "SELECT id, body FROM spool ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        return [(int(row[0]), bytes(row[1])) for row in rows]
+
+    def ack(self, ids: list[int]) -> None:
+        """Remove handled items."""
+        if not ids:
+            return
+        with self._lock:
+            cursor = self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
+            self._count -= max(cursor.rowcount, 0)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
