@@ -40,6 +40,21 @@ class Settings:
     trusted_keys: tuple[Path, ...] = ()
     #: the webhook's name in the MutatingWebhookConfiguration (prefix of audit annotations)
     webhook_name: str = "exec.whoexec.io"
+    # consumer
+    identity_pub: tuple[Path, ...] = ()
+    procfs: Path | None = None
+    state_dir: Path = Path("whoexec-state")
+    listen: str = ""
+    hold_seconds: float = 2.0
+    max_processes: int = 100_000
+    output: Path | None = None
+    forward_url: str = ""
+    forward_spool_items: int = 1_000_000
+    forward_roots: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    db: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -68,6 +83,10 @@ class Settings:
             raise ConfigError(f"env_path {self.env_path!r} must be an absolute path")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log_level {self.log_level!r} is not debug/info/warning/error")
+        if self.hold_seconds < 0 or self.max_processes < 1:
+            raise ConfigError("hold_seconds must be >= 0 and max_processes >= 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes {self.max_body_bytes} is below 1024")
 
@@ -95,6 +114,11 @@ def _convert(name: str, raw: str, default: Any) -> Any:
         if raw.lower() in ("0", "false", "no", "off", ""):
             return False
         raise ConfigError(f"{name}={raw!r} is not a boolean")
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
     if isinstance(default, int):
         try:
             return int(raw)
@@ -102,7 +126,10 @@ def _convert(name: str, raw: str, default: Any) -> Any:
             raise ConfigError(f"{name}={raw!r} is not an integer") from None
     if isinstance(default, Path):
         return Path(raw)
+    if default is None:  # the optional paths
+        return Path(raw) if raw else None
     if isinstance(default, tuple):
         items = [item.strip() for item in raw.split(",") if item.strip()]
-        return tuple(Path(i) for i in items) if name.endswith("_KEYS") else tuple(items)
+        paths = name.endswith(("_KEYS", "_PUB"))
+        return tuple(Path(i) for i in items) if paths else tuple(items)
     return raw

@@ -1,0 +1,335 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from webhook.cli import main
+from webhook.consumer import FileFollower, ForwardSink, Inbox, MemorySink, Pipeline
+from webhook.falco import parse_alert
+from webhook.keyfiles import load_key_ring
+from webhook.lineage import Attributor, TokenVerifier
+from webhook.spool import Spool
+
+from .conftest import DATA, free_port
+
+FALCO = DATA / "falco"
+PUB = str(FALCO / "identity.pub")
+GRANDCHILD = FALCO / "shell_and_grandchild.jsonl"
+
+
+def pipeline_with_sink(hold: float = 0.0) -> tuple[Pipeline, MemorySink]:
+    sink = MemorySink()
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    return Pipeline(Attributor(verifier, hold_seconds=hold), [sink]), sink
+
+
+def users(alerts) -> list[tuple[str, str | None]]:
+    return [
+        (a["rule"], a["output_fields"].get("whoexec.user.name"))
+        for a in alerts
+        if a["source"] == "syscall"
+    ]
+
+
+# --- batch and stdin ----------------------------------------------------------------------
+
+
+def test_batch_mode_writes_enriched_alerts_to_stdout_and_exits_0():
+    result = CliRunner().invoke(
+        main, ["consume", "--input", str(GRANDCHILD), "--identity-pub", PUB, "--hold", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    alerts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert users(alerts) == [
+        ("Terminal shell in container", "alice@corp.example"),
+        ("Read sensitive file untrusted", "alice@corp.example"),
+    ]
+    assert "3 alerts read" in result.stderr
+
+
+def test_stdin_pipe_as_a_real_subprocess():
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook.cli", "consume", "--input", "-", "--identity-pub", PUB],
+        input=GRANDCHILD.read_bytes(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    alerts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [a["output_fields"]["whoexec.attribution"] for a in alerts] == ["verified"] * 2
+
+
+def test_broken_lines_are_counted_and_never_stop_the_stream(tmp_path):
+    lines = GRANDCHILD.read_bytes().splitlines()
+    internal = {
+        "hostname": "node-a",
+        "output": "Falco internal: syscall event drop. 815508 system calls dropped",
+        "output_fields": {},
+        "priority": "Debug",
+        "rule": "Falco internal: syscall event drop",
+        "source": "internal",
+        "tags": [],
+        "time": "2026-11-22T10:00:01.000000000Z",
+    }
+    mixed = tmp_path / "events.json"
+    mixed.write_bytes(
+        b"\n".join(
+            [
+                lines[0],
+                b"{not json",
+                json.dumps(internal).encode(),
+                b'{"rule": 5}',
+                b"[1, 2]",  # an array is a batch: two items that are not alerts
+                lines[1][: len(lines[1]) // 2],  # a line cut in half
+                lines[1],
+                lines[2],
+            ]
+        )
+        + b"\n"
+    )
+    result = CliRunner().invoke(
+        main, ["consume", "--input", str(mixed), "--identity-pub", PUB, "--hold", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2
+    assert "6 lines skipped" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input", str(GRANDCHILD)], "no identity public key"),
+        (["--input", "/nonexistent/events.json", "--identity-pub", PUB], "cannot read --input"),
+        (["--identity-pub", PUB], "give --input"),
+        (["--input", "-", "--follow", "--identity-pub", PUB], "--follow needs --input FILE"),
+        (["--input", str(GRANDCHILD), "--identity-pub", "/nonexistent.pub"], "cannot read"),
+    ],
+)
+def test_consume_usage_errors_are_clear(args, message):
+    result = CliRunner().invoke(main, ["consume", *args])
+    assert result.exit_code in (1, 2)
+    assert message in result.output
+
+
+# --- following a file ---------------------------------------------------------------------
+
+
+class Follow:
+    """A follower running in a thread, as `whoexec consume --follow` runs it."""
+
+    def __init__(self, path: Path, state: Path) -> None:
+        self.pipeline, self.sink = pipeline_with_sink()
+        self.follower = FileFollower(path, state, poll=0.02)
+        self.thread = threading.Thread(target=self.follower.run, args=(self.pipeline,))
+        self.thread.start()
+
+    def wait_for(self, count: int) -> list:
+        deadline = time.monotonic() + 10
+        while len(self.sink.alerts) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.sink.alerts
+
+    def stop(self) -> None:
+        self.follower.stop()
+        self.thread.join(timeout=10)
+
+
+def append(path: Path, lines: list[bytes]) -> None:
+    with path.open("ab") as out:
+        out.write(b"".join(line + b"\n" for line in lines))
+
+
+def rule_lines(rule: str, n: int) -> list[bytes]:
+    """Unrelated-container alerts (attribution none) with distinct, countable rule names."""
+    template = parse_alert((FALCO / "unrelated_container.jsonl").read_bytes().splitlines()[1])
+    out = []
+    for i in range(n):
+        alert = {**template, "rule": f"{rule} {i}"}
+        out.append(json.dumps(alert).encode())
+    return out
+
+
+def test_follow_survives_rotation_and_truncation(tmp_path):
+    log = tmp_path / "events.json"
+    append(log, rule_lines("first", 3))
+    follow = Follow(log, tmp_path / "state" / "events.offset")
+    try:
+        assert len(follow.wait_for(3)) == 3
+        log.rename(tmp_path / "events.json.1")  # logrotate: rename, then a new file
+        append(tmp_path / "events.json.1", rule_lines("late-in-old-file", 1))
+        append(log, rule_lines("second", 2))
+        assert len(follow.wait_for(6)) == 6
+        log.write_bytes(b"")  # copytruncate
+        time.sleep(0.1)
+        append(log, rule_lines("after-truncate", 1))
+        alerts = follow.wait_for(7)
+    finally:
+        follow.stop()
+    rules = [a["rule"] for a in alerts]
+    assert rules == [
+        "first 0",
+        "first 1",
+        "first 2",
+        "late-in-old-file 0",
+        "second 0",
+        "second 1",
+        "after-truncate 0",
+    ]
+
+
+def test_follow_resumes_at_the_saved_offset_after_a_restart(tmp_path):
+    log = tmp_path / "events.json"
+    state = tmp_path / "state" / "events.offset"
+    append(log, rule_lines("before", 4))
+    first = Follow(log, state)
+    assert len(first.wait_for(4)) == 4
+    first.stop()
+    append(log, rule_lines("while-down", 2))
+    with log.open("ab") as out:
+        out.write(b'{"partial": ')  # a line the writer has not finished yet
+    second = Follow(log, state)
+    try:
+        time.sleep(0.2)
+        with log.open("ab") as out:
+            out.write(b'"no"}\n')  # the writer finishes the line: not an alert, skipped
+        append(log, rule_lines("after", 1))
+        alerts = second.wait_for(3)
+    finally:
+        second.stop()
+    assert [a["rule"] for a in alerts] == ["while-down 0", "while-down 1", "after 0"]
+    assert second.pipeline.stats["skipped_not_an_alert"] == 1
+
+
+def test_follow_waits_for_a_file_that_does_not_exist_yet(tmp_path):
+    log = tmp_path / "later.json"
+    follow = Follow(log, tmp_path / "later.offset")
+    try:
+        time.sleep(0.1)
+        append(log, rule_lines("x", 1))
+        assert len(follow.wait_for(1)) == 1
+    finally:
+        follow.stop()
+
+
+# --- forwarding ---------------------------------------------------------------------------
+
+
+class Downstream:
+    """A real HTTP server on 127.0.0.1 standing in for falcosidekick."""
+
+    def __init__(self, port: int, fail_first: int = 0) -> None:
+        self.port = port
+        self.bodies: list[dict] = []
+        self.fail_first = fail_first
+        self.server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.fail_first > 0:
+                    outer.fail_first -= 1
+                    self.send_response(503)
+                else:
+                    outer.bodies.append(json.loads(body))
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.fixture
+def downstream() -> Iterator[Downstream]:
+    server = Downstream(free_port(), fail_first=2)
+    yield server
+    server.stop()
+
+
+def wait_until(condition, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_forward_sink_loses_nothing_while_the_downstream_is_down(tmp_path, downstream):
+    sink = ForwardSink(
+        f"http://127.0.0.1:{downstream.port}/", tmp_path / "spool.db", backoff=(0.02, 0.1)
+    )
+    try:
+        alerts = [parse_alert(line) for line in rule_lines("fwd", 20)]
+        sink.write(alerts[:10])  # nobody listens yet: connection refused, retried
+        time.sleep(0.3)
+        assert len(sink.spool) == 10
+        downstream.start()  # then two 503s, then 200s
+        sink.write(alerts[10:])
+        wait_until(lambda: len(downstream.bodies) == 20)
+    finally:
+        sink.close()
+    assert [b["rule"] for b in downstream.bodies] == [f"fwd {i}" for i in range(20)]
+    assert sink.delivered == 20
+
+
+def test_forward_spool_survives_a_restart(tmp_path, downstream):
+    url = f"http://127.0.0.1:{downstream.port}/"
+    first = ForwardSink(url, tmp_path / "spool.db", backoff=(0.02, 0.05))
+    first.write([parse_alert(line) for line in rule_lines("kept", 5)])
+    first._stop.set()  # a crash: the thread stops, nothing was delivered
+    first._thread.join()
+    downstream.fail_first = 0
+    downstream.start()
+    second = ForwardSink(url, tmp_path / "spool.db", backoff=(0.02, 0.05))
+    try:
+        wait_until(lambda: len(downstream.bodies) == 5)
+    finally:
+        second.close()
+    assert [b["rule"] for b in downstream.bodies] == [f"kept {i}" for i in range(5)]
+
+
+def test_forward_spool_is_bounded_and_counts_what_it_drops(tmp_path):
+    sink = ForwardSink(
+        "http://127.0.0.1:9/", tmp_path / "spool.db", max_items=3, backoff=(5.0, 5.0)
+    )
+    try:
+        sink.write([parse_alert(line) for line in rule_lines("b", 5)])
+        assert (len(sink.spool), sink.spool.dropped) == (3, 2)
+    finally:
+        sink._stop.set()
+        sink._thread.join()
+        sink.spool.close()
+
+
+# --- the HTTP intake ----------------------------------------------------------------------
+
+
+def test_inbox_keeps_accepted_alerts_across_a_crash(tmp_path):
+    pipeline, _ = pipeline_with_sink()
+    inbox = Inbox(pipeline, Spool(tmp_path / "inbox.db"))
+    inbox.accept(GRANDCHILD.read_bytes().splitlines())
+    inbox.spool.close()  # crash before the pipeline thread ran
+    pipeline2, sink2 = pipeline_with_sink()
+    inbox2 = Inbox(pipeline2, Spool(tmp_path / "inbox.db"))
+    inbox2.close()
+    assert [u for _, u in users(sink2.alerts)] == ["alice@corp.example"] * 2
