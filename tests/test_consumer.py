@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from webhook.cli import main
-from webhook.consumer import FileFollower, ForwardSink, Inbox, MemorySink, Pipeline
+from webhook.consumer import FileFollower, ForwardSink, InboxReader, MemorySink, Pipeline
 from webhook.falco import parse_alert
 from webhook.keyfiles import load_key_ring
 from webhook.lineage import Attributor, TokenVerifier
@@ -325,11 +326,53 @@ def test_forward_spool_is_bounded_and_counts_what_it_drops(tmp_path):
 
 
 def test_inbox_keeps_accepted_alerts_across_a_crash(tmp_path):
-    pipeline, _ = pipeline_with_sink()
-    inbox = Inbox(pipeline, Spool(tmp_path / "inbox.db"))
-    inbox.accept(GRANDCHILD.read_bytes().splitlines())
-    inbox.spool.close()  # crash before the pipeline thread ran
-    pipeline2, sink2 = pipeline_with_sink()
-    inbox2 = Inbox(pipeline2, Spool(tmp_path / "inbox.db"))
-    inbox2.close()
-    assert [u for _, u in users(sink2.alerts)] == ["alice@corp.example"] * 2
+    intake = Spool(tmp_path / "inbox.db")
+    intake.put_many(GRANDCHILD.read_bytes().splitlines())
+    intake.close()  # the pipeline process crashed before it read anything
+    pipeline, sink = pipeline_with_sink()
+    reader = InboxReader(pipeline, Spool(tmp_path / "inbox.db"))
+    reader.stop()
+    reader.run()  # after the restart: drains what was accepted
+    assert [u for _, u in users(sink.alerts)] == ["alice@corp.example"] * 2
+    assert len(Spool(tmp_path / "inbox.db")) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "environ", "status", "accepted"),
+    [
+        (LINES_ := GRANDCHILD.read_bytes(), {}, 200, 3),
+        (b"x" * 2048, {}, 413, 0),
+        (b"nope", {}, 400, 0),
+        (LINES_.splitlines()[0], {"CONTENT_LENGTH": "abc"}, 400, 0),
+    ],
+    ids=["ndjson", "too-large", "not-json", "bad-length"],
+)
+def test_intake_fast_path_answers_every_body(tmp_path, body, environ, status, accepted):
+    from webhook.consumer_app import create_consumer_app
+
+    inbox = Spool(tmp_path / "inbox.db")
+    client = create_consumer_app(inbox, max_body_bytes=1024 if status == 413 else 1 << 20)
+    reply = client.test_client().post("/falco", data=body, environ_overrides=environ)
+    assert reply.status_code == status
+    assert len(inbox) == accepted
+
+
+def test_intake_serves_health_and_metrics_through_flask(tmp_path):
+    from webhook.consumer_app import create_consumer_app
+
+    client = create_consumer_app(Spool(tmp_path / "inbox.db")).test_client()
+    assert client.get("/healthz").status_code == 200
+    assert b"whoexec_consumer_alerts_in" in client.get("/metrics").data
+    assert client.get("/falco").status_code == 405
+
+
+def test_readiness_follows_the_pipeline_heartbeat(tmp_path):
+    from webhook.consumer_app import create_consumer_app
+
+    heartbeat = tmp_path / "pipeline.alive"
+    client = create_consumer_app(Spool(tmp_path / "inbox.db"), heartbeat).test_client()
+    assert client.get("/readyz").status_code == 503
+    heartbeat.touch()
+    assert client.get("/readyz").status_code == 200
+    os.utime(heartbeat, (time.time() - 60, time.time() - 60))
+    assert client.get("/readyz").status_code == 503

@@ -111,8 +111,12 @@ def start_intake(tmp_path) -> Iterator[Callable[..., Intake]]:
     yield start
     for proc in started:
         if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
 
 
 def test_one_post_per_alert_like_falco_http_output(start_intake):
@@ -145,6 +149,17 @@ def test_bad_bodies_are_refused_or_counted_and_the_rest_kept(start_intake):
     assert status == 200
     assert (reply["accepted"], reply["rejected"]) == (3, 1)
     assert len(intake.enriched(2)) == 2
+
+
+def test_pipeline_process_stops_when_the_master_is_killed(start_intake):
+    intake = start_intake()
+    intake.post(b"\n".join(LINES))
+    assert len(intake.enriched(2)) == 2
+    intake.proc.kill()  # SIGKILL: no on_exit hook runs
+    intake.proc.wait(timeout=10)
+    # the forked pipeline process notices, drains and exits, closing our stdout pipe
+    output, _ = intake.proc.communicate(timeout=15)
+    assert b"master process is gone" in output
 
 
 def test_sigterm_drains_what_was_accepted(start_intake):

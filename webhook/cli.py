@@ -194,6 +194,13 @@ def serve(
     default=None,
     help="Require client certificates signed by this CA (mTLS).",
 )
+@click.option("--log-level", default=None, help="[WHOEXEC_LOG_LEVEL; info]")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="HTTP intake processes with --listen [WHOEXEC_WORKERS; 2].",
+)
 @_friendly
 def consume(
     input_path: str | None,
@@ -212,6 +219,8 @@ def consume(
     tls_cert: Path | None,
     tls_key: Path | None,
     client_ca: Path | None,
+    log_level: str | None,
+    workers: int | None,
 ) -> None:
     """Attribute Falco alerts to the Kubernetes user of their exec session.
 
@@ -235,6 +244,8 @@ def consume(
         tls_cert=tls_cert,
         tls_key=tls_key,
         client_ca=client_ca,
+        log_level=log_level,
+        workers=workers,
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stderr)
     if settings.listen and input_path:
@@ -243,12 +254,18 @@ def consume(
         raise click.UsageError("give --input FILE (or - for stdin), or --listen ADDRESS")
     if follow and (not input_path or input_path == "-"):
         raise click.UsageError("--follow needs --input FILE")
-    from webhook import consumer_app
-
     stdout = None if no_stdout else sys.stdout.buffer
     if settings.listen:
+        # before anything imports prometheus_client (see prepare_metrics_dir)
+        from webhook.wsgi import prepare_metrics_dir
+
+        prepare_metrics_dir(settings.workers)
+        from webhook import consumer_app
+
         consumer_app.serve_consumer(settings, stdout)
         return
+    from webhook import consumer_app
+
     assert input_path is not None
     consumer = consumer_app.build_consumer(settings, stdout=stdout, input_name="file")
     if follow:

@@ -37,10 +37,27 @@ SKIPPED = Counter(
     "whoexec_consumer_lines_skipped", "Input lines that were not usable alerts.", ["reason"]
 )
 FINDINGS = Counter("whoexec_consumer_findings", "whoexec's own findings, by rule.", ["rule"])
-TABLE_SIZE = Gauge("whoexec_consumer_process_table_entries", "Processes tracked.")
-EVICTIONS = Gauge("whoexec_consumer_process_table_evictions", "Processes evicted (LRU).")
-HELD = Gauge("whoexec_consumer_alerts_held", "Alerts held back waiting for a late root.")
-SPOOLED = Gauge("whoexec_consumer_spool_items", "Items waiting in an on-disk spool.", ["spool"])
+# gauges are set by the one pipeline process; with several intake workers the values are
+# summed over live processes (prometheus-client multiprocess mode)
+TABLE_SIZE = Gauge(
+    "whoexec_consumer_process_table_entries", "Processes tracked.", multiprocess_mode="livesum"
+)
+EVICTIONS = Gauge(
+    "whoexec_consumer_process_table_evictions",
+    "Processes evicted (LRU).",
+    multiprocess_mode="livesum",
+)
+HELD = Gauge(
+    "whoexec_consumer_alerts_held",
+    "Alerts held back waiting for a late root.",
+    multiprocess_mode="livesum",
+)
+SPOOLED = Gauge(
+    "whoexec_consumer_spool_items",
+    "Items waiting in an on-disk spool.",
+    ["spool"],
+    multiprocess_mode="livesum",
+)
 SPOOL_DROPPED = Counter(
     "whoexec_consumer_spool_dropped", "Items dropped because a spool was full.", ["spool"]
 )
@@ -139,7 +156,6 @@ class ForwardSink:
         if self.spool.dropped > before:
             SPOOL_DROPPED.labels("forward").inc(self.spool.dropped - before)
             log.warning("forward spool full: dropped %d oldest alerts", self.spool.dropped - before)
-        SPOOLED.labels("forward").set(len(self.spool))
 
     def _post(self, body: bytes) -> int:
         reply = self._http.request("POST", self.url, body=body, headers=self.headers)
@@ -174,7 +190,8 @@ class ForwardSink:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
                 break
-            SPOOLED.labels("forward").set(len(self.spool))
+            if not batch:  # idle: a good moment for the (scanning) count
+                SPOOLED.labels("forward").set(len(self.spool))
 
     def drain(self, timeout: float) -> bool:
         """Wait until the spool is empty or ``timeout`` passes; True if it emptied."""
@@ -433,43 +450,47 @@ class FileFollower:
             opened[0].close()
 
 
-class Inbox:
-    """HTTP-accepted alerts, durable until the pipeline thread has handled them."""
+class InboxReader:
+    """Feeds the pipeline from the durable inbox that HTTP intake workers append to.
 
-    def __init__(self, pipeline: Pipeline, spool: Spool) -> None:
+    Items leave the inbox only after the pipeline's sinks accepted them: a crash in
+    between hands them out again after the restart (at-least-once).
+    """
+
+    def __init__(self, pipeline: Pipeline, spool: Spool, heartbeat: Path | None = None) -> None:
         self.pipeline = pipeline
         self.spool = spool
+        self.heartbeat = heartbeat
+        self._beat = 0.0
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="whoexec-inbox", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def accept(self, lines: list[bytes]) -> None:
-        self.spool.put_many(lines)
-        SPOOLED.labels("inbox").set(len(self.spool))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.process_pending(wait=0.2)
-
-    def process_pending(self, wait: float = 0.0) -> int:
-        with self._lock:
-            batch = self.spool.peek(512, wait=wait)
-            if batch:
-                self.pipeline.feed([body for _, body in batch], where="http")
-                self.spool.ack([item_id for item_id, _ in batch])
-            else:
-                self.pipeline.tick()
-            SPOOLED.labels("inbox").set(len(self.spool))
-            return len(batch)
-
-    def close(self) -> None:
+    def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+
+    def run(self) -> None:
+        """Process until :meth:`stop`, then drain the inbox and close the pipeline."""
+        while not self._stop.is_set():
+            # the spool wakes this loop early once a batch is queued; otherwise it polls
+            self.process_pending(wait=0.05)
+            self._touch_heartbeat()
         while self.process_pending():
             pass
         self.pipeline.close()
         self.spool.close()
+
+    def _touch_heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._beat >= 1.0:
+            if self.heartbeat is not None:
+                self.heartbeat.touch()
+            SPOOLED.labels("inbox").set(len(self.spool))
+            self._beat = now
+
+    def process_pending(self, wait: float = 0.0) -> int:
+        batch = self.spool.peek(512, wait=wait)
+        if batch:
+            self.pipeline.feed([body for _, body in batch], where="http")
+            self.spool.ack([item_id for item_id, _ in batch])
+        else:
+            self.pipeline.tick()
+        return len(batch)

@@ -9,7 +9,12 @@ process table is state, so the HTTP server runs one gunicorn worker (with thread
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import ssl
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +25,11 @@ from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from webhook.consumer import (
+    SKIPPED,
     FileFollower,
     FileSink,
     ForwardSink,
-    Inbox,
+    InboxReader,
     Pipeline,
     Sink,
     StreamSink,
@@ -34,6 +40,7 @@ from webhook.keyfiles import load_key_ring
 from webhook.lineage import Attributor, ProcessTable, TokenVerifier
 from webhook.settings import Settings
 from webhook.spool import Spool
+from webhook.tls import ReloadingContext
 
 log = logging.getLogger("whoexec.consumer")
 
@@ -116,31 +123,20 @@ def run_follow(consumer: Consumer, path: Path, state_dir: Path) -> None:
         consumer.close()
 
 
-def create_consumer_app(inbox: Inbox, max_body_bytes: int = 8 * 1024 * 1024) -> Flask:
+def create_consumer_app(
+    inbox: Spool,
+    heartbeat: Path | None = None,
+    registry: Callable[[], Any] | None = None,
+    max_body_bytes: int = 8 * 1024 * 1024,
+) -> Flask:
     """``POST /falco`` (Falco http_output, falcosidekick webhook, NDJSON batches)."""
     app = Flask("whoexec-consumer")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
 
     @app.post("/falco")
-    def falco() -> Response:
-        body = request.get_data(cache=False)
-        lines = [line for line in body.splitlines() if line.strip()]
-        accepted: list[bytes] = []
-        errors: list[str] = []
-        for number, line in enumerate(lines, 1):
-            try:
-                orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                errors.append(f"line {number}: not JSON: {exc}")
-                continue
-            accepted.append(line)
-        inbox.accept(accepted)
-        if errors:
-            inbox.pipeline.stats["skipped_not_json"] += len(errors)
-            log.warning("POST /falco: %d of %d lines were not JSON", len(errors), len(lines))
-        status = 400 if errors and not accepted else 200
-        payload = {"accepted": len(accepted), "rejected": len(errors), "errors": errors[:5]}
-        return Response(orjson.dumps(payload), status=status, mimetype="application/json")
+    def falco() -> Response:  # reached only past FalcoIntake (e.g. a mounted sub-app)
+        status, reply = accept_lines(inbox, request.get_data(cache=False))
+        return Response(reply, status=status, mimetype="application/json")
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -148,26 +144,167 @@ def create_consumer_app(inbox: Inbox, max_body_bytes: int = 8 * 1024 * 1024) -> 
 
     @app.get("/readyz")
     def readyz() -> Response:
+        if heartbeat is not None:
+            try:
+                age = time.time() - heartbeat.stat().st_mtime
+            except FileNotFoundError:
+                age = float("inf")
+            if age > 10:
+                body = {"status": "not ready", "reason": "the pipeline process is not running"}
+                return Response(orjson.dumps(body), status=503, mimetype="application/json")
         return Response(b'{"status":"ready"}', mimetype="application/json")
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+        data = generate_latest(registry()) if registry else generate_latest()
+        return Response(data, mimetype=CONTENT_TYPE_LATEST)
 
+    app.wsgi_app = FalcoIntake(inbox, app.wsgi_app, max_body_bytes)  # type: ignore[method-assign]
     return app
 
 
+def accept_lines(inbox: Spool, body: bytes) -> tuple[int, bytes]:
+    """Append every JSON line of a body to the inbox; the HTTP status and a JSON reply."""
+    lines = [line for line in body.splitlines() if line.strip()]
+    accepted: list[bytes] = []
+    errors: list[str] = []
+    for number, line in enumerate(lines, 1):
+        try:
+            orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            errors.append(f"line {number}: not JSON: {exc}")
+            continue
+        accepted.append(line)
+    inbox.put_many(accepted)  # durable before we answer
+    if errors:
+        SKIPPED.labels("not_json").inc(len(errors))
+        log.warning("POST /falco: %d of %d lines were not JSON", len(errors), len(lines))
+    status = 400 if errors and not accepted else 200
+    reply = {"accepted": len(accepted), "rejected": len(errors), "errors": errors[:5]}
+    return status, orjson.dumps(reply)
+
+
+class FalcoIntake:
+    """``POST /falco`` as a bare WSGI handler in front of Flask, which serves the rest.
+
+    Falco posts every alert separately and waits for the answer; the intake is the
+    consumer's hot path and Flask's request dispatch was most of its in-app cost
+    (``bench/README.md``). Everything else (errors, other routes) stays in Flask.
+    """
+
+    def __init__(self, inbox: Spool, fallback: Any, max_body_bytes: int) -> None:
+        self.inbox = inbox
+        self.fallback = fallback
+        self.max_body_bytes = max_body_bytes
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != "/falco" or environ.get("REQUEST_METHOD") != "POST":
+            return self.fallback(environ, start_response)
+        declared = environ.get("CONTENT_LENGTH")
+        if declared and not declared.isdigit():
+            return self._answer(start_response, 400, {"error": "bad Content-Length"})
+        # without a Content-Length (chunked), read one byte past the limit to detect it
+        body = environ["wsgi.input"].read(int(declared) if declared else self.max_body_bytes + 1)
+        if len(body) > self.max_body_bytes:
+            return self._answer(
+                start_response, 413, {"error": f"body over {self.max_body_bytes} bytes"}
+            )
+        status, reply = accept_lines(self.inbox, body)
+        return self._send(start_response, status, reply)
+
+    @staticmethod
+    def _answer(start_response: Any, status: int, payload: dict[str, Any]) -> list[bytes]:
+        return FalcoIntake._send(start_response, status, orjson.dumps(payload))
+
+    @staticmethod
+    def _send(start_response: Any, status: int, reply: bytes) -> list[bytes]:
+        reason = {200: "OK", 400: "BAD REQUEST", 413: "REQUEST ENTITY TOO LARGE"}[status]
+        start_response(
+            f"{status} {reason}",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(reply)))],
+        )
+        return [reply]
+
+
+def _run_pipeline_process(settings: Settings, use_stdout: bool, heartbeat: Path) -> None:
+    """The one process that owns the process table: inbox -> pipeline -> sinks."""
+    stop = threading.Event()
+    reader: list[InboxReader] = []
+
+    def on_term(_signum: int, _frame: object) -> None:
+        stop.set()
+        if reader:
+            reader[0].stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gunicorn master decides when to stop
+    consumer = build_consumer(
+        settings, stdout=sys.stdout.buffer if use_stdout else None, input_name="http"
+    )
+    reader.append(
+        InboxReader(
+            consumer.pipeline, Spool(settings.state_dir / "inbox.db", wake_at=256), heartbeat
+        )
+    )
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        # if the gunicorn master dies without its on_exit hook (SIGKILL, OOM), stop too:
+        # drain what was accepted and exit instead of lingering as an orphan
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                log.error("the consumer's master process is gone; stopping the pipeline")
+                stop.set()
+                reader[0].stop()
+
+    threading.Thread(target=watch_parent, name="whoexec-parent-watch", daemon=True).start()
+    if stop.is_set():
+        reader[0].stop()
+    reader[0].run()
+    for closer in consumer.closers:
+        closer()
+
+
 def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
-    """Run the HTTP intake under gunicorn: one worker (the process table is state)."""
+    """HTTP intake workers (gunicorn) append to a durable inbox; one pipeline process reads it.
+
+    The intake scales with ``--workers``; the process table is state, so attribution runs
+    in exactly one process, started beside gunicorn and stopped after its workers.
+    """
     from gunicorn.app.base import BaseApplication
 
-    state: dict[str, Any] = {}
+    load_key_ring(settings.identity_pub)  # fail before forking if the keys are unusable
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    heartbeat = settings.state_dir / "pipeline.alive"
+    heartbeat.unlink(missing_ok=True)
+    Spool(settings.state_dir / "inbox.db").close()  # create the schema once, up front
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+    def registry() -> Any:
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        reg = CollectorRegistry()
+        multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
+        return reg
 
     class ConsumerApplication(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
+            def child_exit(_server: Any, worker: Any) -> None:
+                if metrics_dir:
+                    from prometheus_client import multiprocess
+
+                    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+            def on_exit(_server: Any) -> None:
+                _stop_pipeline_process(pipeline_pid)
+                if metrics_dir:
+                    from prometheus_client import multiprocess
+
+                    multiprocess.mark_process_dead(pipeline_pid)  # type: ignore[no-untyped-call]
+
             config: dict[str, Any] = {
                 "bind": [settings.listen],
-                "workers": 1,
+                "workers": settings.workers,
                 "worker_class": "gthread",
                 "threads": settings.threads,
                 "keepalive": 120,
@@ -177,22 +314,16 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
                 "timeout": 30,
                 "graceful_timeout": 20,
                 "proc_name": "whoexec-consumer",
-                "worker_exit": lambda _server, _worker: (
-                    state["inbox"].close() if "inbox" in state else None
-                ),
+                "child_exit": child_exit,
+                "on_exit": on_exit,
             }
             if settings.tls_cert is not None:
+                assert settings.tls_key is not None
                 config["certfile"] = str(settings.tls_cert)
                 config["keyfile"] = str(settings.tls_key)
                 if settings.client_ca is not None:
-                    import ssl
-
                     config["ca_certs"] = str(settings.client_ca)
                     config["cert_reqs"] = ssl.CERT_REQUIRED
-
-                from webhook.tls import ReloadingContext
-
-                assert settings.tls_key is not None
                 tls = ReloadingContext(settings.tls_cert, settings.tls_key, settings.client_ca)
                 config["ssl_context"] = lambda _conf, _default: tls.current()
             if "control_socket_disable" in self.cfg.settings:
@@ -201,16 +332,45 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
                 self.cfg.set(key, value)
 
         def load(self) -> Flask:
-            # runs in the worker, after fork: the pipeline thread lives there
-            consumer = build_consumer(settings, stdout=stdout, input_name="http")
-            spool = Spool(settings.state_dir / "inbox.db")
-            inbox = Inbox(consumer.pipeline, spool)
-            inbox.start()
-            state["inbox"] = inbox
-            return create_consumer_app(inbox)
+            # in each worker, after fork: its own SQLite connection to the inbox
+            inbox = Spool(settings.state_dir / "inbox.db", wake_at=256)
+            return create_consumer_app(inbox, heartbeat, registry if metrics_dir else None)
 
+    # A plain fork (not multiprocessing, whose bookkeeping gunicorn's workers would
+    # inherit), before gunicorn binds its socket. gunicorn's workers leave through
+    # SystemExit in this same frame, so cleanup is in the master's on_exit hook.
+    pipeline_pid = os.fork()
+    if pipeline_pid == 0:
+        code = 0
+        try:
+            _run_pipeline_process(settings, stdout is not None, heartbeat)
+        except BaseException:
+            log.exception("the pipeline process failed")
+            code = 1
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
     ConsumerApplication().run()
 
 
-def stdout_stream() -> IO[bytes]:
-    return sys.stdout.buffer
+def _stop_pipeline_process(pid: int, timeout: float = 60.0) -> None:
+    """SIGTERM (drain the inbox, close the sinks), then wait for it to exit."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # already reaped by gunicorn's SIGCHLD handler
+            done = pid
+        if done == pid:
+            # gunicorn may have reaped it for us: make sure it is really gone
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.05)
+    log.error("the pipeline process %d did not stop in %.0fs; killing it", pid, timeout)
+    os.kill(pid, signal.SIGKILL)

@@ -44,8 +44,30 @@ RUNTIME_PARENTS = frozenset(
         "crio",
     }
 )
-#: tag on the shipped rule that fires on session roots (``manifests/falco/whoexec_rules.yaml``)
-ROOT_TAG = "whoexec_root"
+#: tag of the shipped rules (``manifests/falco/whoexec_rules.yaml``): they teach the
+#: consumer about sessions and are not security alerts
+WHOEXEC_TAG = "whoexec"
+#: every output field the consumer reads; ``manifests/falco/values.yaml`` appends them all
+#: to every syscall rule (``append_output``), with the identity variable substituted
+LINEAGE_FIELDS = (
+    "evt.time",
+    "proc.pid",
+    "proc.ppid",
+    "proc.vpid",
+    "proc.pid.ts",
+    "proc.name",
+    "proc.pname",
+    "proc.args",
+    "proc.cmdline",
+    *(f"proc.{kind}[{n}]" for n in range(1, MAX_ANCESTORS + 1) for kind in ("apid", "aname")),
+    "proc.env[{variable}]",
+    "proc.aenv[{variable}]",
+    "container.id",
+    "container.name",
+    "k8s.ns.name",
+    "k8s.pod.name",
+    "k8s.pod.uid",
+)
 
 
 class FalcoAlert(TypedDict):
@@ -215,8 +237,9 @@ def is_internal(alert: FalcoAlert) -> bool:
     return alert["source"] == "internal"
 
 
-def is_root_rule(alert: FalcoAlert) -> bool:
-    return ROOT_TAG in alert.get("tags", [])
+def is_whoexec_rule(alert: FalcoAlert) -> bool:
+    """An alert of whoexec's own learning rules (session roots, exec entries)."""
+    return WHOEXEC_TAG in alert.get("tags", [])
 
 
 def render_json(alert: FalcoAlert | dict[str, Any]) -> bytes:

@@ -17,6 +17,7 @@ passed in). Falco facts this module is built around:
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from webhook.errors import TokenError, TokenFromFuture
-from webhook.falco import FalcoAlert, ProcessFacts, is_root_rule, process_facts, token_pattern
+from webhook.falco import FalcoAlert, ProcessFacts, is_whoexec_rule, process_facts, token_pattern
 from webhook.identity import DEFAULT_CLOCK_SKEW_SECONDS, Identity, verify_token
 
 Status = Literal["verified", "unverified", "tampered", "none"]
@@ -161,11 +162,15 @@ class Attributor:
         self.pattern: re.Pattern[str] = token_pattern(variable)
         self.hold_seconds = hold_seconds
         self.max_held = max_held
-        self._is_root_event = is_root_event or is_root_rule
+        self._is_root_event = is_root_event or is_whoexec_rule
         #: an adapter that adds what it knows about the lineage (``procfs.ProcFS.learn``)
         self._lineage_source = lineage_source
-        self._held: list[tuple[float, FalcoAlert, ProcessFacts]] = []
+        # held alerts in deadline order (the hold time is the same for all)
+        self._held: deque[tuple[float, FalcoAlert, ProcessFacts]] = deque()
         self._tokens: dict[str, str] = {}
+        #: bumped whenever a process gains a token: only then can a held alert find a root
+        self._roots_learnt = 0
+        self._roots_seen_by_held = 0
 
     # -- learning --------------------------------------------------------------------
 
@@ -197,7 +202,11 @@ class Attributor:
             record.start_ts = record.start_ts or facts.start_ts
             record.container_id = record.container_id or facts.container_id
             # a token learnt at the env execve sticks across the exec into the command
-            record.token = record.token or own_token
+            if record.token is None and own_token is not None:
+                record.token = own_token
+                self._roots_learnt += 1
+        if known is None and own_token is not None:
+            self._roots_learnt += 1
         self.table.put(key, record)
         # the alert's own ancestor chain (proc.apid[N]) links parents to grandparents
         chain = [pid for pid, _ in facts.ancestors]
@@ -306,7 +315,7 @@ class Attributor:
         ):
             self._held.append((now + self.hold_seconds, alert, facts))
             if len(self._held) > self.max_held:
-                _, old_alert, old_facts = self._held.pop(0)
+                _, old_alert, old_facts = self._held.popleft()
                 ready.append(self._finish(old_alert, old_facts))
             return ready
         ready.append(Outcome(alert, attribution, facts, root_event))
@@ -316,16 +325,25 @@ class Attributor:
         return Outcome(alert, self.attribute(facts), facts, self._is_root_event(alert))
 
     def _retry_held(self, now: float) -> list[Outcome]:
-        """Release held alerts that now find their session, or whose time is up."""
+        """Release held alerts whose time is up, or that now find their session.
+
+        Expired ones leave from the front (deadline order). The rest are only looked at
+        again when a new token was learnt since the last look: O(1) per alert otherwise.
+        """
         ready: list[Outcome] = []
-        keep: list[tuple[float, FalcoAlert, ProcessFacts]] = []
-        for deadline, alert, facts in self._held:
-            attribution = self.attribute(facts)
-            if attribution.status != "none" or deadline <= now:
-                ready.append(Outcome(alert, attribution, facts, self._is_root_event(alert)))
-            else:
-                keep.append((deadline, alert, facts))
-        self._held = keep
+        while self._held and self._held[0][0] <= now:
+            _, alert, facts = self._held.popleft()
+            ready.append(self._finish(alert, facts))
+        if self._held and self._roots_learnt != self._roots_seen_by_held:
+            self._roots_seen_by_held = self._roots_learnt
+            keep: deque[tuple[float, FalcoAlert, ProcessFacts]] = deque()
+            for deadline, alert, facts in self._held:
+                attribution = self.attribute(facts)
+                if attribution.status != "none":
+                    ready.append(Outcome(alert, attribution, facts, self._is_root_event(alert)))
+                else:
+                    keep.append((deadline, alert, facts))
+            self._held = keep
         return ready
 
     def release(self, now: float) -> list[Outcome]:
@@ -335,7 +353,7 @@ class Attributor:
     def drain(self) -> list[Outcome]:
         """Everything still held, attributed as well as it can be now (end of input)."""
         ready = [self._finish(alert, facts) for _, alert, facts in self._held]
-        self._held = []
+        self._held.clear()
         return ready
 
     @property

@@ -19,15 +19,22 @@ from webhook.errors import ConfigError
 class Spool:
     """FIFO of blobs. When full, the oldest items are dropped and counted in ``dropped``."""
 
-    def __init__(self, path: Path, max_items: int = 1_000_000) -> None:
+    def __init__(self, path: Path, max_items: int = 1_000_000, wake_at: int = 1) -> None:
         self.path = path
         self.max_items = max_items
+        #: wake a waiting reader only once this many items are queued (it polls anyway):
+        #: waking it per item makes request threads and the reader fight for the GIL
+        self.wake_at = wake_at
         self.dropped = 0
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            # several intake processes append while the pipeline process reads: wait for
+            # the write lock rather than fail with "database is locked"
+            self._db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=30
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
@@ -36,10 +43,20 @@ class Spool:
             )
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open spool {path}: {exc}") from None
-        self._count = int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
 
     def __len__(self) -> int:
-        return self._count
+        """Exact, and right with several processes writing (it scans: do not call per item)."""
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
+
+    def _span(self) -> int:
+        """An O(1) upper bound of the item count (ids are handed out and acked in order)."""
+        # two subqueries: SQLite answers min() or max() from the rowid index only when it is
+        # the sole aggregate of its SELECT; both in one SELECT scan the whole table
+        low, high = self._db.execute(
+            "SELECT (SELECT min(id) FROM spool), (SELECT max(id) FROM spool)"
+        ).fetchone()
+        return 0 if low is None else int(high) - int(low) + 1
 
     def put_many(self, bodies: list[bytes]) -> None:
         if not bodies:
@@ -47,22 +64,24 @@ class Spool:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT INTO spool (body) VALUES (?)", [(b,) for b in bodies])
-            self._count += len(bodies)
-            excess = self._count - self.max_items
-            if excess > 0:
-                self._db.execute(
-                    "DELETE FROM spool WHERE id IN (SELECT id FROM spool ORDER BY id LIMIT ?)",
-                    (excess,),
-                )
-                self._count -= excess
-                self.dropped += excess
+            span = self._span()
+            if span > self.max_items:
+                count = int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
+                excess = count - self.max_items
+                if excess > 0:
+                    self._db.execute(
+                        "DELETE FROM spool WHERE id IN (SELECT id FROM spool ORDER BY id LIMIT ?)",
+                        (excess,),
+                    )
+                    self.dropped += excess
             self._db.execute("COMMIT")
-            self._ready.notify_all()
+            if span >= self.wake_at:
+                self._ready.notify_all()
 
     def peek(self, limit: int, wait: float = 0.0) -> list[tuple[int, bytes]]:
         """Up to ``limit`` oldest items, waiting up to ``wait`` seconds for the first."""
         with self._lock:
-            if self._count == 0 and wait > 0:
+            if wait > 0 and self._span() == 0:
                 self._ready.wait(wait)
             rows = self._db.execute(
                 "SELECT id, body FROM spool ORDER BY id LIMIT ?", (limit,)
@@ -74,8 +93,9 @@ class Spool:
         if not ids:
             return
         with self._lock:
-            cursor = self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
-            self._count -= max(cursor.rowcount, 0)
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,69 @@
+"""The shipped Falco chart values and rules agree with what the consumer reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from webhook.falco import LINEAGE_FIELDS, WHOEXEC_TAG
+from webhook.settings import Settings
+
+FALCO = Path(__file__).parent.parent / "manifests" / "falco"
+
+
+def load(name: str):
+    return yaml.safe_load((FALCO / name).read_text())
+
+
+def test_values_embed_the_rules_file_verbatim():
+    values = load("values.yaml")
+    embedded = values["customRules"]["whoexec_rules.yaml"]
+    assert yaml.safe_load(embedded) == load("whoexec_rules.yaml")
+
+
+def test_every_lineage_field_the_consumer_reads_is_appended_to_syscall_alerts():
+    (entry,) = load("values.yaml")["falco"]["append_output"]
+    assert entry["match"] == {"source": "syscall"}
+    variable = Settings().identity_variable
+    wanted = {field.format(variable=variable) for field in LINEAGE_FIELDS}
+    assert wanted <= set(entry["extra_fields"])
+
+
+def test_json_output_goes_to_the_consumer_over_http():
+    falco = load("values.yaml")["falco"]
+    assert falco["json_output"] is True
+    assert falco["http_output"]["enabled"] is True
+    assert falco["http_output"]["url"].endswith(":2802/falco")
+
+
+def test_every_shipped_rule_is_tagged_so_the_consumer_does_not_forward_it():
+    items = load("whoexec_rules.yaml")
+    rules = [item for item in items if "rule" in item]
+    assert [r["rule"] for r in rules] == [
+        "Whoexec exec session root",
+        "Whoexec debug container root",
+        "Whoexec exec entry",
+    ]
+    for rule in rules:
+        assert WHOEXEC_TAG in rule["tags"]
+        assert {"rule", "desc", "condition", "output", "priority"} <= set(rule)
+    assert 'proc.args contains "WHOEXEC_IDENTITY="' in rules[0]["condition"]
+
+
+def test_fixture_alerts_carry_only_fields_falco_would_send():
+    import json
+
+    appended = set(load("values.yaml")["falco"]["append_output"][0]["extra_fields"])
+    rule_fields = {
+        "fd.name",
+        "user.loginuid",
+        "user.name",
+        "proc.tty",
+        "evt.time.iso8601",
+        "proc.env",
+    }
+    for path in (Path(__file__).parent / "data" / "falco").glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            fields = set(json.loads(line)["output_fields"])
+            assert fields <= appended | rule_fields, (path.name, fields - appended - rule_fields)
