@@ -92,10 +92,16 @@ class Spool:
         """Remove handled items."""
         if not ids:
             return
+        low, high = min(ids), max(ids)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
-            self._db.execute("COMMIT")
+            if high - low + 1 == len(ids):
+                # a peeked batch is a contiguous run of ids: one short range delete keeps the
+                # write lock brief for the intake processes appending meanwhile
+                self._db.execute("DELETE FROM spool WHERE id BETWEEN ? AND ?", (low, high))
+            else:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
+                self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
