@@ -7,6 +7,7 @@ import datetime
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from webhook.errors import WhoexecError
+from webhook.times import format_utc, parse_duration_ns, parse_time_ns
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -267,7 +269,10 @@ def consume(
     from webhook import consumer_app
 
     assert input_path is not None
-    consumer = consumer_app.build_consumer(settings, stdout=stdout, input_name="file")
+    # batch mode gives a lost database 60 s to come back, then fails clearly
+    consumer = consumer_app.build_consumer(
+        settings, stdout=stdout, input_name="file", store_max_wait=None if follow else 60.0
+    )
     if follow:
         with contextlib.suppress(KeyboardInterrupt):
             consumer_app.run_follow(consumer, Path(input_path), settings.state_dir)
@@ -294,6 +299,393 @@ def consume(
     click.echo(
         f"whoexec: {count} alerts read, {skipped} lines skipped, {stats['findings']} findings; "
         f"attribution: {', '.join(attributed) or 'nothing passed on'}",
+        err=True,
+    )
+
+
+# --- the session store: writers and readers ----------------------------------------------
+
+DEFAULT_DB = "sqlite:///whoexec-state/whoexec.db"
+
+
+class TimeParam(click.ParamType[int]):
+    """``24h``/``7d``/``90m`` ago, or an RFC 3339 time; converted to ns since the epoch."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_time_ns(str(value), time.time_ns())
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class DurationParam(click.ParamType[int]):
+    """``90d``, ``12h``...: a length of time, in ns."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return parse_duration_ns(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _db_option(func: F) -> F:
+    return click.option(
+        "--db",
+        envvar="WHOEXEC_DB",
+        default=DEFAULT_DB,
+        show_default=True,
+        help="Session store: sqlite:///path or postgresql://... [WHOEXEC_DB].",
+    )(func)
+
+
+def _open_reader(db: str) -> Any:
+    from webhook.store import open_store
+
+    if db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).exists():
+        raise click.ClickException(
+            f"no session store at {db}; pass --db or set WHOEXEC_DB (consume and "
+            "audit ingest create it)"
+        )
+    return open_store(db)
+
+
+def _format_option(func: F) -> F:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json", "csv"]),
+        default="table",
+        show_default=True,
+    )(func)
+
+
+_utc = format_utc
+
+
+def _priorities(counts: dict[str, int]) -> str:
+    order = [
+        "Emergency",
+        "Alert",
+        "Critical",
+        "Error",
+        "Warning",
+        "Notice",
+        "Informational",
+        "Debug",
+    ]
+    ranked = sorted(counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+    return " ".join(f"{name}:{n}" for name, n in ranked) or "-"
+
+
+def _emit(rows: list[dict[str, Any]], fmt: str, columns: list[tuple[str, str]]) -> None:
+    """Tables for people, JSON and CSV for machines. Times are UTC with an explicit Z."""
+    import csv
+    import io
+
+    import orjson
+    from tabulate import tabulate
+
+    if fmt == "json":
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = [[render(row) for render in _renderers(columns)] for row in rows]
+    headers = [title for title, _ in columns]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(headers)
+        writer.writerows(table)
+        click.echo(out.getvalue(), nl=False)
+        return
+    if not rows:
+        click.echo("(none)")
+        return
+    click.echo(tabulate(table, headers=headers, tablefmt="simple"))
+
+
+def _renderers(columns: list[tuple[str, str]]) -> list[Callable[[dict[str, Any]], str]]:
+    def render(key: str) -> Callable[[dict[str, Any]], str]:
+        def value(row: dict[str, Any]) -> str:
+            item = row.get(key)
+            if key.endswith("_ns"):
+                return _utc(item)
+            if key == "alerts":
+                return _priorities(item or {})
+            if isinstance(item, list):
+                return " ".join(map(str, item))
+            return "" if item is None else str(item)
+
+        return value
+
+    return [render(key) for _, key in columns]
+
+
+def _with_utc(rows: list[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
+    """JSON output carries ISO times beside the raw nanoseconds."""
+    for row in rows:
+        for key in keys:
+            if key in row:
+                row[key.removesuffix("_ns") + "_utc"] = _utc(row[key])
+    return rows
+
+
+@main.command()
+@_db_option
+@click.option("--user", default=None)
+@click.option("--namespace", default=None)
+@click.option("--pod", default=None)
+@click.option("--since", type=TimeParam(), default="24h", show_default=True)
+@click.option("--until", type=TimeParam(), default=None)
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
+@_format_option
+@_friendly
+def sessions(
+    db: str,
+    user: str | None,
+    namespace: str | None,
+    pod: str | None,
+    since: int,
+    until: int | None,
+    limit: int,
+    fmt: str,
+) -> None:
+    """Exec sessions, newest first: who, where, when, commands run, alerts by priority."""
+    from webhook.store import SessionQuery
+
+    store = _open_reader(db)
+    try:
+        rows = store.sessions(SessionQuery(user, namespace, pod, since, until, limit))
+    finally:
+        store.close()
+    _emit(
+        _with_utc(rows, "started_ns", "last_seen_ns"),
+        fmt,
+        [
+            ("started (UTC)", "started_ns"),
+            ("user", "user_name"),
+            ("namespace", "namespace"),
+            ("pod", "pod"),
+            ("container", "container"),
+            ("command", "command"),
+            ("commands run", "commands"),
+            ("alerts", "alerts"),
+            ("attribution", "attribution"),
+            ("session", "session_id"),
+        ],
+    )
+
+
+@main.command()
+@click.argument("session_id")
+@_db_option
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@_friendly
+def session(session_id: str, db: str, fmt: str) -> None:
+    """One session as a timeline: audit event, session root, commands, alerts."""
+    import orjson
+
+    store = _open_reader(db)
+    try:
+        found = store.session(session_id)
+    finally:
+        store.close()
+    if found is None:
+        raise click.ClickException(f"no session {session_id!r} in {db}")
+    if fmt == "json":
+        click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        return
+    groups = ", ".join(found.get("user_groups") or [])
+    click.echo(f"session    {found['session_id']}")
+    click.echo(
+        f"user       {found['user_name']} (uid {found.get('user_uid') or '-'}; "
+        f"groups {groups or '-'})"
+    )
+    click.echo(
+        f"pod        {found['namespace']}/{found['pod']} container "
+        f"{found.get('container') or '-'} (pod uid {found.get('pod_uid') or '-'})"
+    )
+    click.echo(f"command    {' '.join(found.get('command') or []) or '-'}")
+    click.echo(f"attribution {found['attribution']}; learnt from {', '.join(found['learnt_from'])}")
+    events: list[tuple[int, str]] = []
+    for audit in found["audit_events"]:
+        who = audit["user_name"] + (
+            f" (impersonating {audit['impersonated_user']})" if audit["impersonated_user"] else ""
+        )
+        events.append(
+            (
+                audit["time_ns"],
+                f"audit     {audit['verb']} {audit['subresource']} by "
+                f"{who}: {' '.join(audit['command'])} [{audit['outcome'] or '-'}]",
+            )
+        )
+    root = found.get("root_pid")
+    for proc in found["processes"]:
+        label = "root   " if proc["pid"] == root else "command"
+        events.append(
+            (
+                proc["first_seen_ns"],
+                f"{label}   pid {proc['pid']} (parent "
+                f"{proc['ppid']}) on {proc['host']}: {proc['args'] or ''}",
+            )
+        )
+    for alert in found["alerts"]:
+        events.append((alert["time_ns"], f"alert     {alert['priority']}: {alert['rule']}"))
+    for finding in found["findings"]:
+        events.append(
+            (
+                finding["time_ns"],
+                f"finding   {finding['priority']}: {finding['kind']}: {finding['detail']}",
+            )
+        )
+    click.echo("")
+    for stamp, text in sorted(events, key=lambda e: e[0]):
+        click.echo(f"{_utc(stamp)}  {text}")
+
+
+@main.command()
+@_db_option
+@click.option("--since", type=TimeParam(), default="7d", show_default=True)
+@click.option("--until", type=TimeParam(), default=None)
+@_format_option
+@_friendly
+def users(db: str, since: int, until: int | None, fmt: str) -> None:
+    """Per user: exec sessions, pods touched, alerts by priority."""
+    store = _open_reader(db)
+    try:
+        rows = store.users(since, until)
+    finally:
+        store.close()
+    _emit(
+        _with_utc(rows, "last_ns"),
+        fmt,
+        [
+            ("user", "user_name"),
+            ("sessions", "sessions"),
+            ("pods", "pods"),
+            ("alerts", "alerts"),
+            ("last session (UTC)", "last_ns"),
+        ],
+    )
+
+
+@main.command()
+@_db_option
+@click.option("--since", type=TimeParam(), default="7d", show_default=True)
+@click.option("--until", type=TimeParam(), default=None)
+@_format_option
+@_friendly
+def findings(db: str, since: int, until: int | None, fmt: str) -> None:
+    """Unattributed execs, tampered identities and invalid tokens."""
+    store = _open_reader(db)
+    try:
+        rows = store.findings(since, until)
+    finally:
+        store.close()
+    _emit(
+        _with_utc(rows, "time_ns"),
+        fmt,
+        [
+            ("time (UTC)", "time_ns"),
+            ("finding", "kind"),
+            ("priority", "priority"),
+            ("user", "user_name"),
+            ("namespace", "namespace"),
+            ("pod", "pod"),
+            ("session", "session_id"),
+            ("detail", "detail"),
+        ],
+    )
+
+
+@main.command()
+@_db_option
+@click.option(
+    "--older-than",
+    "older_than",
+    type=DurationParam(),
+    required=True,
+    help="Delete what was last seen longer ago than this, e.g. 90d.",
+)
+@_friendly
+def prune(db: str, older_than: int) -> None:
+    """Retention: delete sessions, alerts, audit events and findings older than a duration."""
+    store = _open_reader(db)
+    try:
+        deleted = store.prune(time.time_ns() - older_than)
+    finally:
+        store.close()
+    click.echo(", ".join(f"{table}: {n} deleted" for table, n in deleted.items()))
+
+
+@main.group()
+def audit() -> None:
+    """Kubernetes audit events (exec and attach) into the session store."""
+
+
+@audit.command("ingest")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
+@_db_option
+@click.option("--follow", is_flag=True, help="Keep following the file (tail -F).")
+@click.option(
+    "--webhook-name",
+    envvar="WHOEXEC_WEBHOOK_NAME",
+    default="exec.whoexec.io",
+    show_default=True,
+    help="Prefix of the webhook's audit annotations.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=Path("whoexec-state"),
+    show_default=True,
+    help="Where the followed file's offset is kept.",
+)
+@_friendly
+def audit_ingest(path: Path, db: str, follow: bool, webhook_name: str, state_dir: Path) -> None:
+    """Read kube-apiserver's JSON-lines audit log (--audit-log-path) into the store.
+
+    Exec and attach events are linked to sessions by the webhook's
+    <webhook-name>/session-id annotation; an exec without it is a finding. Malformed
+    lines are reported by number and skipped; the rest is ingested.
+    """
+    from webhook.auditlog import AuditIngestor
+    from webhook.consumer import FileFollower
+    from webhook.store import open_store
+    from webhook.store.writer import StoreWriter
+
+    logging.basicConfig(level="INFO", format="%(message)s", stream=sys.stderr)
+    ingestor = AuditIngestor(
+        StoreWriter(open_store(db), max_wait=None if follow else 60.0), webhook_name
+    )
+    try:
+        if follow:
+            follower = FileFollower(path, state_dir / f"audit-{path.name}.offset")
+            with contextlib.suppress(KeyboardInterrupt):
+                follower.run(ingestor)
+        elif str(path) == "-":
+            ingestor.feed(sys.stdin.buffer, where="stdin")
+        else:
+            try:
+                handle = path.open("rb")
+            except OSError as exc:
+                raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+            with handle:
+                ingestor.feed(handle, where=str(path))
+    finally:
+        ingestor.close()
+    stats = ingestor.stats
+    click.echo(
+        f"whoexec: {stats['exec']} exec and {stats['attach']} attach events ingested, "
+        f"{stats['unattributed']} exec not attributed by the webhook, {stats['other']} other "
+        f"events ignored, {stats['malformed']} malformed lines skipped",
         err=True,
     )
 

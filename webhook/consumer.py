@@ -64,6 +64,14 @@ SPOOL_DROPPED = Counter(
 FORWARDED = Counter("whoexec_consumer_forwarded", "Alerts forwarded, by result.", ["result"])
 
 
+class LineConsumer(Protocol):
+    """What a followed file feeds: the alert pipeline, or the audit ingestor."""
+
+    def feed(self, lines: Iterable[bytes | str], where: str = "") -> int: ...
+
+    def tick(self) -> None: ...
+
+
 class Sink(Protocol):
     """Where enriched alerts and findings go. ``write`` returns once they are accepted."""
 
@@ -402,7 +410,7 @@ class FileFollower:
         handle.seek(offset)
         return handle, FollowState(st.st_dev, st.st_ino, offset)
 
-    def run(self, pipeline: Pipeline) -> None:
+    def run(self, pipeline: LineConsumer) -> None:
         saved = self._load_state()
         opened = None
         partial = b""

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from flask import Flask, Response, request
+from flask import Flask, Response, abort, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
 
 from webhook.consumer import (
     SKIPPED,
@@ -35,11 +36,13 @@ from webhook.consumer import (
     StreamSink,
     read_batch,
 )
-from webhook.errors import ConfigError
+from webhook.errors import ConfigError, MalformedAuditEvent, StoreUnavailable
 from webhook.keyfiles import load_key_ring
 from webhook.lineage import Attributor, ProcessTable, TokenVerifier
 from webhook.settings import Settings
 from webhook.spool import Spool
+from webhook.store.sql import SqlStore
+from webhook.times import parse_time_ns
 from webhook.tls import ReloadingContext
 
 log = logging.getLogger("whoexec.consumer")
@@ -65,6 +68,7 @@ def build_consumer(
     stdout: IO[bytes] | None,
     input_name: str,
     extra_sinks: list[Sink] | None = None,
+    store_max_wait: float | None = None,
 ) -> Consumer:
     """Key ring, process table, optional /proc walking, and the sinks the settings ask for."""
     if not settings.identity_pub:
@@ -99,9 +103,23 @@ def build_consumer(
             )
         )
     sinks.extend(extra_sinks or [])
+    writer = None
+    if settings.db:
+        from webhook.store import open_store
+        from webhook.store.writer import StoreWriter
+
+        # an unreachable database is a clear error at start-up (StoreUnavailable)
+        writer = StoreWriter(
+            open_store(settings.db),
+            max_wait=store_max_wait,
+            variable=settings.identity_variable,
+        )
+        sinks.append(writer)
     pipeline = Pipeline(
         attributor, sinks, forward_roots=settings.forward_roots, input_name=input_name
     )
+    if writer is not None:
+        pipeline.observe(writer.record)
     return Consumer(pipeline, sinks)
 
 
@@ -128,10 +146,95 @@ def create_consumer_app(
     heartbeat: Path | None = None,
     registry: Callable[[], Any] | None = None,
     max_body_bytes: int = 8 * 1024 * 1024,
+    store: SqlStore | None = None,
+    webhook_name: str = "exec.whoexec.io",
 ) -> Flask:
-    """``POST /falco`` (Falco http_output, falcosidekick webhook, NDJSON batches)."""
+    """``POST /falco`` (Falco http_output, falcosidekick webhook, NDJSON batches), and with a
+    store, ``POST /k8s-audit`` (audit webhook backend) and the ``/api/*`` readers."""
     app = Flask("whoexec-consumer")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+
+    def _json(payload: object, status: int = 200) -> Response:
+        return Response(orjson.dumps(payload), status=status, mimetype="application/json")
+
+    def _store() -> SqlStore:
+        if store is None:
+            abort(_json({"error": "no session store: start the consumer with --db"}, 404))
+        return store
+
+    def _time_arg(name: str, default: str | None) -> int | None:
+        text = request.args.get(name, default)
+        if text is None:
+            return None
+        try:
+            return parse_time_ns(text, time.time_ns())
+        except ValueError as exc:
+            abort(_json({"error": f"{name}: {exc}"}, 400))
+
+    @app.errorhandler(StoreUnavailable)
+    def store_down(exc: StoreUnavailable) -> Response:
+        return _json({"error": str(exc)}, 503)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        if isinstance(exc.response, Response):  # abort() with our own JSON answer
+            return exc.response
+        return _json({"error": exc.description or exc.name}, exc.code or 500)
+
+    @app.post("/k8s-audit")
+    def k8s_audit() -> Response:
+        from webhook.auditlog import AuditIngestor
+        from webhook.store.writer import StoreWriter
+
+        ingestor = AuditIngestor(StoreWriter(_store(), max_wait=5.0), webhook_name)
+        try:
+            count = ingestor.feed_event_list(request.get_data(cache=False))
+        except MalformedAuditEvent as exc:
+            return _json({"error": str(exc)}, 400)
+        stats = ingestor.stats
+        return _json(
+            {
+                "items": count,
+                "exec": stats["exec"],
+                "attach": stats["attach"],
+                "unattributed": stats["unattributed"],
+                "skipped": stats["malformed"],
+                "errors": ingestor.errors[:20],
+            }
+        )
+
+    @app.get("/api/sessions")
+    def api_sessions() -> Response:
+        from webhook.store import SessionQuery
+
+        try:
+            limit = int(request.args.get("limit", "1000"))
+        except ValueError:
+            return _json({"error": "limit must be an integer"}, 400)
+        query = SessionQuery(
+            user=request.args.get("user"),
+            namespace=request.args.get("namespace"),
+            pod=request.args.get("pod"),
+            since_ns=_time_arg("since", "24h"),
+            until_ns=_time_arg("until", None),
+            limit=max(1, min(limit, 10_000)),
+        )
+        return _json(_store().sessions(query))
+
+    @app.get("/api/sessions/<session_id>")
+    def api_session(session_id: str) -> Response:
+        found = _store().session(session_id)
+        if found is None:
+            return _json({"error": f"no session {session_id!r}"}, 404)
+        return _json(found)
+
+    @app.get("/api/users")
+    def api_users() -> Response:
+        return _json(_store().users(_time_arg("since", "7d"), _time_arg("until", None)))
+
+    @app.get("/api/findings")
+    def api_findings() -> Response:
+        return _json(_store().findings(_time_arg("since", "7d"), _time_arg("until", None)))
 
     @app.post("/falco")
     def falco() -> Response:  # reached only past FalcoIntake (e.g. a mounted sub-app)
@@ -274,6 +377,10 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
     from gunicorn.app.base import BaseApplication
 
     load_key_ring(settings.identity_pub)  # fail before forking if the keys are unusable
+    if settings.db:
+        from webhook.store import open_store
+
+        open_store(settings.db).close()  # unreachable or unusable: a clear error, now
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     heartbeat = settings.state_dir / "pipeline.alive"
     heartbeat.unlink(missing_ok=True)
@@ -332,9 +439,20 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
                 self.cfg.set(key, value)
 
         def load(self) -> Flask:
-            # in each worker, after fork: its own SQLite connection to the inbox
+            # in each worker, after fork: its own connections to the inbox and the store
             inbox = Spool(settings.state_dir / "inbox.db", wake_at=256)
-            return create_consumer_app(inbox, heartbeat, registry if metrics_dir else None)
+            store = None
+            if settings.db:
+                from webhook.store import open_store
+
+                store = open_store(settings.db)
+            return create_consumer_app(
+                inbox,
+                heartbeat,
+                registry if metrics_dir else None,
+                store=store,
+                webhook_name=settings.webhook_name,
+            )
 
     # A plain fork (not multiprocessing, whose bookkeeping gunicorn's workers would
     # inherit), before gunicorn binds its socket. gunicorn's workers leave through

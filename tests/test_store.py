@@ -1,0 +1,344 @@
+"""The session store, on SQLite and on a real PostgreSQL server: the same tests for both."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from webhook.auditlog import AuditIngestor
+from webhook.consumer import MemorySink, Pipeline
+from webhook.errors import StoreError, StoreUnavailable
+from webhook.keyfiles import load_key_ring
+from webhook.lineage import Attributor, TokenVerifier
+from webhook.store import Batch, SessionQuery, open_store
+from webhook.store import sql as store_sql
+from webhook.store.writer import FINDING_UNATTRIBUTED, StoreWriter
+
+from .conftest import DATA, free_port
+
+FALCO = DATA / "falco"
+AUDIT_LOG = DATA / "audit" / "kube-apiserver-audit.log"
+ALICE_SID = "0d3c4a8e-7f21-4b6a-9c55-1e2f3a4b5c6d"
+T0 = 1795341600_000_000_000
+EVER = -(2**62)
+
+
+def consume_into(url: str, *scenarios: str) -> None:
+    """Each scenario through its own consumer: the fixtures reuse pids, as separate nodes."""
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    for name in scenarios:
+        writer = StoreWriter(open_store(url))
+        pipeline = Pipeline(Attributor(verifier), [MemorySink(), writer])
+        pipeline.observe(writer.record)
+        pipeline.feed((FALCO / f"{name}.jsonl").read_bytes().splitlines(), where=name)
+        pipeline.close()
+
+
+def ingest_audit(url: str) -> AuditIngestor:
+    ingestor = AuditIngestor(StoreWriter(open_store(url)), "exec.whoexec.io")
+    with AUDIT_LOG.open("rb") as handle:
+        ingestor.feed(handle, where="audit.log")
+    ingestor.close()
+    return ingestor
+
+
+def count(url: str, table: str) -> int:
+    store = open_store(url)
+    try:
+        return int(store._query(f"SELECT count(*) AS n FROM {table}")[0]["n"])  # noqa: S608
+    finally:
+        store.close()
+
+
+def test_schema_is_migrated_to_the_latest_version(store_url):
+    store = open_store(store_url)
+    assert store.schema_version() == store_sql.LATEST
+    store.close()
+    again = open_store(store_url)  # reopening migrates nothing and loses nothing
+    assert again.schema_version() == store_sql.LATEST
+    again.close()
+
+
+def test_upgrade_from_version_1_keeps_the_data(store_url, monkeypatch):
+    monkeypatch.setattr(store_sql, "MIGRATIONS", store_sql.MIGRATIONS[:1])
+    monkeypatch.setattr(store_sql, "LATEST", 1)
+    old = open_store(store_url)
+    assert old.schema_version() == 1
+    old.close()
+    consume_into(store_url, "shell_and_grandchild")  # v1 has no findings table...
+    monkeypatch.undo()
+    new = open_store(store_url)  # ...the upgrade adds it and keeps every session
+    assert new.schema_version() == 2
+    assert [s["session_id"] for s in new.sessions(SessionQuery(since_ns=EVER))] == [ALICE_SID]
+    assert new.findings(EVER) == []
+    new.close()
+
+
+def test_newer_schema_than_this_release_is_refused(store_url, monkeypatch):
+    open_store(store_url).close()
+    monkeypatch.setattr(store_sql, "LATEST", 1)
+    with pytest.raises(StoreError, match="newer than this whoexec"):
+        open_store(store_url)
+
+
+def test_consumer_writes_the_session_its_commands_and_alerts(store_url):
+    consume_into(store_url, "shell_and_grandchild")
+    store = open_store(store_url)
+    (row,) = store.sessions(SessionQuery(user="alice@corp.example", since_ns=EVER))
+    assert row["session_id"] == ALICE_SID
+    assert (row["namespace"], row["pod"], row["container"]) == (
+        "shop", "web-7d9f8b6c5-x2k4q", "app",
+    )
+    assert row["user_groups"] == ["platform-admins", "devs", "system:authenticated"]
+    assert row["command"] == ["/bin/bash"]
+    assert row["commands"] == 2
+    assert row["alerts"] == {"Notice": 1, "Warning": 1}
+    assert row["attribution"] == "verified"
+    assert row["learnt_from"] == ["token"]
+    detail = store.session(ALICE_SID)
+    assert [p["pid"] for p in detail["processes"]] == [4242, 4300]
+    assert "WHOEXEC_IDENTITY=v1." in detail["processes"][0]["args"]
+    assert detail["processes"][0]["args"].endswith("... /bin/bash"), "tokens are shortened"
+    assert [a["rule"] for a in detail["alerts"]] == [
+        "Terminal shell in container", "Read sensitive file untrusted",
+    ]
+    store.close()
+
+
+def test_ingestion_is_idempotent(store_url):
+    consume_into(store_url, "shell_and_grandchild", "forged_token")
+    before = {t: count(store_url, t) for t in ("sessions", "processes", "alerts", "findings")}
+    consume_into(store_url, "shell_and_grandchild", "forged_token")  # a re-read after restart
+    ingest_audit(store_url)
+    ingest_audit(store_url)
+    after = {t: count(store_url, t) for t in ("sessions", "processes", "alerts", "findings")}
+    assert after["alerts"] == before["alerts"] == 4
+    assert after["processes"] == before["processes"]
+    assert count(store_url, "audit_events") == 4
+
+
+def test_falcosidekick_uuid_is_the_idempotency_key(store_url):
+    from webhook.falco import parse_alert
+    from webhook.store.writer import facts_from_alerts
+
+    alert = parse_alert((FALCO / "unrelated_container.jsonl").read_bytes().splitlines()[1])
+    first = {**alert, "uuid": "5c0b1a9e-0000-4000-8000-000000000001"}
+    retried = {**first, "output": first["output"] + " (retried)"}
+    store = open_store(store_url)
+    store.ingest(facts_from_alerts([first]))
+    store.ingest(facts_from_alerts([retried]))
+    store.close()
+    assert count(store_url, "alerts") == 1
+
+
+def test_audit_events_link_to_sessions_by_the_webhook_annotation(store_url):
+    consume_into(store_url, "shell_and_grandchild")
+    ingestor = ingest_audit(store_url)
+    assert ingestor.stats["exec"] == 5  # 4 events for 3 execs, 1 cut line does not count
+    store = open_store(store_url)
+    detail = store.session(ALICE_SID)
+    assert detail["learnt_from"] == ["token", "admission", "audit"]
+    (audit,) = detail["audit_events"]
+    assert audit["audit_id"] == "7b36f2ea-2e64-4b4a-a946-f387c75b7d72"
+    assert audit["stage"] == "ResponseComplete", "the later stage of the same request wins"
+    assert audit["verb"] == "create"
+    assert audit["command"] == ["/bin/bash"]
+    store.close()
+
+
+def test_exec_without_the_annotation_is_a_finding_with_its_whole_command(store_url):
+    ingest_audit(store_url)
+    store = open_store(store_url)
+    (finding,) = [f for f in store.findings(EVER) if f["kind"] == FINDING_UNATTRIBUTED]
+    assert finding["user_name"] == "bob@corp.example"
+    assert "['sh', '-c', 'cat /etc/shadow']" in finding["detail"]
+    assert "c1a2b3c4-0000-4000-8000-00000000000b" in finding["detail"]
+    store.close()
+
+
+def test_attach_and_request_received_stages_are_not_findings(store_url):
+    ingest_audit(store_url)
+    store = open_store(store_url)
+    kinds = [f["kind"] for f in store.findings(EVER)]
+    assert kinds == [FINDING_UNATTRIBUTED], "only bob's exec; not the attach, not RequestReceived"
+    store.close()
+
+
+def test_impersonated_exec_is_recorded_as_the_impersonated_user(store_url):
+    ingest_audit(store_url)
+    store = open_store(store_url)
+    (row,) = store.sessions(SessionQuery(user="dave@corp.example", since_ns=EVER))
+    assert row["command"] == ["psql", "-U", "app"]
+    assert row["learnt_from"] == ["admission", "audit"]
+    assert row["attribution"] == "pending", "minted by the webhook, not yet seen by a consumer"
+    store.close()
+
+
+def test_malformed_audit_lines_are_named_and_the_rest_ingested(store_url):
+    ingestor = ingest_audit(store_url)
+    assert ingestor.stats["malformed"] == 2
+    assert ingestor.errors[0].startswith("audit.log line 3: not JSON")
+    assert "audit.log line 5: field 'auditID' must be a string" in ingestor.errors[1]
+    assert count(store_url, "audit_events") == 4
+
+
+def test_event_list_with_a_bad_item_names_its_index(store_url):
+    ingestor = AuditIngestor(StoreWriter(open_store(store_url)), "exec.whoexec.io")
+    body = json.loads((DATA / "audit" / "eventlist.json").read_text())
+    body["items"].insert(1, {"kind": "Pod"})
+    ingestor.feed_event_list(json.dumps(body).encode())
+    ingestor.close()
+    assert ingestor.errors[0].startswith("items[1]: expected kind Event")
+    assert count(store_url, "audit_events") == 4
+
+
+def test_session_queries_filter_and_sort_newest_first(store_url):
+    consume_into(store_url, "shell_and_grandchild", "token_for_another_pod")
+    ingest_audit(store_url)
+    store = open_store(store_url)
+    everything = store.sessions(SessionQuery(since_ns=EVER))
+    starts = [row["started_ns"] for row in everything]
+    assert starts == sorted(starts, reverse=True)
+    assert {row["user_name"] for row in everything} == {"alice@corp.example", "dave@corp.example"}
+    assert store.sessions(SessionQuery(namespace="payments", since_ns=EVER))[0]["pod"] == (
+        "payments-0"
+    )
+    assert store.sessions(SessionQuery(pod="nope", since_ns=EVER)) == []
+    assert store.sessions(SessionQuery(since_ns=T0 + 3600 * 10**9)) == []
+    assert len(store.sessions(SessionQuery(until_ns=T0 + 1, since_ns=EVER))) == 2
+    tampered = [r for r in everything if r["attribution"] == "tampered"]
+    assert [r["session_id"] for r in tampered] == ["77777777-0000-4000-8000-000000000007"]
+    store.close()
+
+
+def test_users_summarise_sessions_pods_and_alerts(store_url):
+    consume_into(store_url, "shell_and_grandchild")
+    ingest_audit(store_url)
+    store = open_store(store_url)
+    rows = {row["user_name"]: row for row in store.users(EVER)}
+    assert rows["alice@corp.example"]["sessions"] == 1
+    assert rows["alice@corp.example"]["pods"] == 1
+    assert rows["alice@corp.example"]["alerts"] == {"Notice": 1, "Warning": 1}
+    assert rows["dave@corp.example"]["alerts"] == {}
+    store.close()
+
+
+def test_findings_include_tampering_and_invalid_tokens(store_url):
+    consume_into(store_url, "token_for_another_pod", "forged_token")
+    store = open_store(store_url)
+    kinds = sorted(f["kind"] for f in store.findings(EVER))
+    assert kinds == [
+        "Exec identity tampered", "Exec identity token invalid", "Exec identity token invalid",
+    ]
+    store.close()
+
+
+def test_prune_deletes_what_is_older_than_the_cut(store_url):
+    consume_into(store_url, "shell_and_grandchild")
+    ingest_audit(store_url)
+    store = open_store(store_url)
+    kept = store.prune(T0 - 10**9)
+    assert sum(kept.values()) == 0
+    deleted = store.prune(T0 + 24 * 3600 * 10**9)
+    assert deleted["alerts"] == 2 and deleted["sessions"] == 2
+    assert store.sessions(SessionQuery(since_ns=EVER)) == []
+    store.close()
+
+
+def test_concurrent_writers_are_safe(store_url):
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            consume_into(store_url, "shell_and_grandchild", "shadowed_export")
+            ingest_audit(store_url)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert count(store_url, "sessions") == 2
+    assert count(store_url, "alerts") == 4
+
+
+def test_unreachable_postgres_is_a_clear_error_without_the_password():
+    url = f"postgresql://whoexec:s3cretpw@127.0.0.1:{free_port()}/whoexec"
+    with pytest.raises(StoreUnavailable) as caught:
+        open_store(url)
+    assert "cannot reach PostgreSQL store postgresql://127.0.0.1:" in str(caught.value)
+    assert "s3cretpw" not in str(caught.value)
+
+
+def test_unusable_sqlite_path_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreUnavailable, match="cannot open SQLite store"):
+        open_store(f"sqlite:///{tmp_path}/file/whoexec.db")
+
+
+def test_postgres_connection_lost_mid_stream_is_retried_without_loss(postgres_url):
+    import psycopg
+
+    store = open_store(postgres_url)
+    writer = StoreWriter(store, backoff=(0.01, 0.05))
+    consume = Batch()
+    writer.add(consume)
+    # the server drops our connection (a failover, a restart)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    from webhook.store.writer import facts_from_audit
+    from webhook.audit import check_event, exec_audit
+
+    line = AUDIT_LOG.read_text().splitlines()[1]
+    audit = exec_audit(check_event(json.loads(line)), "exec.whoexec.io")
+    writer.add(facts_from_audit(audit, line))
+    writer.flush()  # first attempt fails on the dead connection, the retry reconnects
+    assert writer.failures >= 1
+    assert count(postgres_url, "audit_events") == 1
+    writer.close()
+
+
+class FlakyStore:
+    """A real SQLite store that is 'down' for the first ``failures`` writes."""
+
+    def __init__(self, url: str, failures: int) -> None:
+        self.real = open_store(url)
+        self.failures = failures
+
+    def ingest(self, batch: Batch) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("database is down")
+        self.real.ingest(batch)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_writer_keeps_the_batch_while_the_database_is_down(tmp_path):
+    url = f"sqlite:///{tmp_path}/w.db"
+    sleeps: list[float] = []
+    writer = StoreWriter(FlakyStore(url, failures=3), sleep=sleeps.append)  # type: ignore[arg-type]
+    ingestor = AuditIngestor(writer, "exec.whoexec.io")
+    with AUDIT_LOG.open("rb") as handle:
+        ingestor.feed(handle)
+    assert sleeps == [0.2, 0.4, 0.8], "exponential backoff"
+    ingestor.close()
+    assert count(url, "audit_events") == 4
+
+
+def test_batch_mode_gives_up_after_max_wait_and_keeps_the_batch(tmp_path):
+    url = f"sqlite:///{tmp_path}/w.db"
+    writer = StoreWriter(FlakyStore(url, failures=10**6), max_wait=0.0, sleep=lambda _: None)  # type: ignore[arg-type]
+    ingestor = AuditIngestor(writer, "exec.whoexec.io")
+    with pytest.raises(StoreUnavailable), AUDIT_LOG.open("rb") as handle:
+        ingestor.feed(handle)
+    assert len(writer.pending) > 0, "nothing accepted was thrown away"

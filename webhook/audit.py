@@ -1,0 +1,158 @@
+"""Kubernetes audit events of exec and attach (pure core).
+
+kube-apiserver writes ``audit.k8s.io/v1`` ``Event`` objects, one JSON line each with
+``--audit-log-path``, or as an ``EventList`` POSTed by the audit webhook backend. For
+``kubectl exec``:
+
+* ``objectRef.subresource`` is ``exec`` (``attach`` for attach), ``verb`` is ``get`` for
+  WebSocket exec and ``create`` for SPDY, ``responseStatus.code`` is 101;
+* ``requestURI`` carries the caller's *original* command as repeated ``command=``
+  parameters (the webhook's rewrite is not in it);
+* a mutating webhook's ``auditAnnotations`` appear under ``annotations`` as
+  ``<webhook-name>/<key>``, but only from the ``ResponseStarted``/``ResponseComplete``
+  stages: at ``RequestReceived`` admission has not run yet;
+* ``user`` is the authenticated user; ``impersonatedUser`` is set when it impersonated.
+"""
+
+from __future__ import annotations
+
+import datetime
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from webhook.errors import MalformedAuditEvent
+
+#: stages at which admission has run, so a missing annotation means something
+ADMITTED_STAGES = frozenset({"ResponseStarted", "ResponseComplete", "Panic"})
+
+
+class AuditEvent(TypedDict, total=False):
+    kind: str
+    apiVersion: str
+    level: str
+    auditID: str
+    stage: str
+    requestURI: str
+    verb: str
+    user: dict[str, Any]
+    impersonatedUser: dict[str, Any]
+    sourceIPs: list[str]
+    userAgent: str
+    objectRef: dict[str, Any]
+    responseStatus: dict[str, Any]
+    requestReceivedTimestamp: str
+    stageTimestamp: str
+    annotations: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecAudit:
+    """One exec/attach audit event, as whoexec stores it."""
+
+    audit_id: str
+    stage: str
+    subresource: str  # exec | attach
+    verb: str
+    time_ns: int
+    namespace: str
+    pod: str
+    container: str
+    command: tuple[str, ...]
+    user: str
+    user_uid: str
+    user_groups: tuple[str, ...]
+    impersonated_user: str | None
+    request_uri: str
+    response_code: int | None
+    session_id: str | None
+    outcome: str | None
+    admitted: bool  # the stage is one at which admission annotations can be present
+
+    @property
+    def effective_user(self) -> str:
+        """The user the exec ran as: the impersonated one when impersonating."""
+        return self.impersonated_user or self.user
+
+    @property
+    def unattributed(self) -> bool:
+        """An admitted exec that the webhook did not tag with a session id."""
+        return self.admitted and self.subresource == "exec" and not self.session_id
+
+
+def parse_time_ns(text: str, field: str) -> int:
+    try:
+        stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise MalformedAuditEvent(f"{field} {str(text)[:40]!r} is not an RFC 3339 time") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.UTC)
+    return int(stamp.timestamp() * 1_000_000) * 1000
+
+
+def check_event(data: object, where: str = "event") -> AuditEvent:
+    if not isinstance(data, dict):
+        raise MalformedAuditEvent(f"{where}: an audit event is a JSON object")
+    if data.get("kind") != "Event" or data.get("apiVersion") != "audit.k8s.io/v1":
+        raise MalformedAuditEvent(
+            f"{where}: expected kind Event, apiVersion audit.k8s.io/v1; got kind "
+            f"{data.get('kind')!r}, apiVersion {data.get('apiVersion')!r}"
+        )
+    for key in ("auditID", "stage", "verb", "requestURI"):
+        if not isinstance(data.get(key), str):
+            raise MalformedAuditEvent(f"{where}: field {key!r} must be a string")
+    for key in ("user", "objectRef", "annotations", "impersonatedUser", "responseStatus"):
+        if key in data and data[key] is not None and not isinstance(data[key], dict):
+            raise MalformedAuditEvent(f"{where}: field {key!r} must be an object")
+    return data  # type: ignore[return-value]
+
+
+def events_in_list(data: object) -> list[tuple[int, object]]:
+    """The items of an ``EventList`` (the audit webhook backend's body), with indexes."""
+    if not isinstance(data, dict) or data.get("kind") != "EventList":
+        raise MalformedAuditEvent("body must be an audit.k8s.io/v1 EventList")
+    items = data.get("items")
+    if not isinstance(items, list):
+        raise MalformedAuditEvent("EventList field 'items' must be a list")
+    return list(enumerate(items))
+
+
+def exec_audit(event: AuditEvent, webhook_name: str, where: str = "event") -> ExecAudit | None:
+    """The exec/attach facts of an event, or None for any other request."""
+    ref = event.get("objectRef") or {}
+    subresource = ref.get("subresource")
+    if ref.get("resource") != "pods" or subresource not in ("exec", "attach"):
+        return None
+    parsed = urllib.parse.urlsplit(event["requestURI"])
+    query = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)
+    user = event.get("user") or {}
+    impersonated = event.get("impersonatedUser") or {}
+    annotations = event.get("annotations") or {}
+    status = event.get("responseStatus") or {}
+    stamp = event.get("stageTimestamp") or event.get("requestReceivedTimestamp")
+    if not isinstance(stamp, str):
+        raise MalformedAuditEvent(f"{where}: no stageTimestamp or requestReceivedTimestamp")
+    code = status.get("code")
+    groups = user.get("groups") or []
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise MalformedAuditEvent(f"{where}: field 'user.groups' must be a list of strings")
+    return ExecAudit(
+        audit_id=event["auditID"],
+        stage=event["stage"],
+        subresource=str(subresource),
+        verb=event["verb"],
+        time_ns=parse_time_ns(stamp, f"{where}: stageTimestamp"),
+        namespace=str(ref.get("namespace", "")),
+        pod=str(ref.get("name", "")),
+        container=(query.get("container") or [""])[0],
+        command=tuple(query.get("command", [])),
+        user=str(user.get("username", "")),
+        user_uid=str(user.get("uid", "")),
+        user_groups=tuple(groups),
+        impersonated_user=impersonated.get("username") if impersonated else None,
+        request_uri=event["requestURI"],
+        response_code=code if isinstance(code, int) else None,
+        session_id=annotations.get(f"{webhook_name}/session-id"),
+        outcome=annotations.get(f"{webhook_name}/outcome"),
+        admitted=event["stage"] in ADMITTED_STAGES,
+    )

@@ -1,0 +1,147 @@
+"""What the store holds and answers: facts written in, rows read out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+#: attribution statuses by precedence: a session that was ever tampered stays tampered.
+#: "pending": known from the webhook's audit annotation, no consumer has seen its root yet
+ATTRIBUTION_RANK = {"pending": 0, "verified": 1, "unverified": 2, "tampered": 3}
+RANK_ATTRIBUTION = {rank: name for name, rank in ATTRIBUTION_RANK.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFact:
+    session_id: str
+    time_ns: int
+    learnt_from: str  # token | admission | audit
+    user: str | None = None
+    uid: str | None = None
+    groups: tuple[str, ...] | None = None
+    namespace: str | None = None
+    pod: str | None = None
+    pod_uid: str | None = None
+    container: str | None = None
+    command: tuple[str, ...] | None = None
+    attribution: str = "pending"
+    host: str | None = None
+    root_pid: int | None = None
+    started_ns: int | None = None  # the token's iat, when known
+    audit_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFact:
+    session_id: str
+    host: str
+    pid: int
+    start_ns: int
+    ppid: int | None
+    args: str | None
+    time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFact:
+    key: str
+    time_ns: int
+    rule: str
+    priority: str
+    source: str
+    output: str
+    output_fields: str  # JSON
+    attribution: str
+    hostname: str
+    session_id: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFact:
+    audit_id: str
+    stage: str
+    time_ns: int
+    verb: str
+    subresource: str
+    namespace: str
+    pod: str
+    container: str
+    command: tuple[str, ...]
+    user: str
+    impersonated_user: str | None
+    request_uri: str
+    response_code: int | None
+    session_id: str | None
+    outcome: str | None
+    event: str  # the whole event, JSON
+
+
+@dataclass(frozen=True, slots=True)
+class FindingFact:
+    key: str
+    kind: str
+    time_ns: int
+    detail: str
+    session_id: str | None = None
+    user: str | None = None
+    namespace: str | None = None
+    pod: str | None = None
+    priority: str = "Warning"
+
+
+@dataclass
+class Batch:
+    sessions: list[SessionFact] = field(default_factory=list)
+    processes: list[ProcessFact] = field(default_factory=list)
+    alerts: list[AlertFact] = field(default_factory=list)
+    audits: list[AuditFact] = field(default_factory=list)
+    findings: list[FindingFact] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (
+            len(self.sessions)
+            + len(self.processes)
+            + len(self.alerts)
+            + len(self.audits)
+            + len(self.findings)
+        )
+
+    def extend(self, other: Batch) -> None:
+        self.sessions += other.sessions
+        self.processes += other.processes
+        self.alerts += other.alerts
+        self.audits += other.audits
+        self.findings += other.findings
+
+
+@dataclass(frozen=True, slots=True)
+class SessionQuery:
+    user: str | None = None
+    namespace: str | None = None
+    pod: str | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    limit: int = 1000
+
+
+class Store(Protocol):
+    """The session store. Implementations: SQLite and PostgreSQL (``webhook.store.sql``)."""
+
+    def schema_version(self) -> int: ...
+
+    def ingest(self, batch: Batch) -> None: ...
+
+    def sessions(self, query: SessionQuery) -> list[dict[str, Any]]: ...
+
+    def session(self, session_id: str) -> dict[str, Any] | None: ...
+
+    def users(self, since_ns: int | None, until_ns: int | None = None) -> list[dict[str, Any]]: ...
+
+    def findings(
+        self, since_ns: int | None, until_ns: int | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def prune(self, before_ns: int) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
