@@ -82,8 +82,16 @@ def postgres_server() -> Iterator[str]:
 
     run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "whoexec", "--no-sync")
     run(
-        str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-t", "60",
-        "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(base / "log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c full_page_writes=off -c synchronous_commit=off",
         "start",
     )
@@ -102,8 +110,12 @@ def postgres_server() -> Iterator[str]:
                 time.sleep(0.1)
         yield url
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -376,3 +376,59 @@ def test_readiness_follows_the_pipeline_heartbeat(tmp_path):
     assert client.get("/readyz").status_code == 200
     os.utime(heartbeat, (time.time() - 60, time.time() - 60))
     assert client.get("/readyz").status_code == 503
+
+
+# --- the store over HTTP ------------------------------------------------------------------
+
+
+@pytest.fixture
+def api(tmp_path, store_url):
+    from webhook.consumer_app import create_consumer_app
+    from webhook.store import open_store
+
+    store = open_store(store_url)
+    app = create_consumer_app(Spool(tmp_path / "inbox.db"), store=store)
+    yield app.test_client()
+    store.close()
+
+
+def test_k8s_audit_takes_the_audit_webhook_backend_event_list(api):
+    body = (DATA / "audit" / "eventlist.json").read_bytes()
+    reply = api.post("/k8s-audit", data=body, content_type="application/json")
+    assert reply.status_code == 200
+    assert reply.get_json()["exec"] == 5, "exec events: alice's three stages, bob, dave"
+    assert reply.get_json()["unattributed"] == 1
+    findings = api.get("/api/findings?since=2020-01-01T00:00:00Z").get_json()
+    assert findings[0]["kind"] == "Exec not attributed by the webhook"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [(b"{]", "not JSON"), (b'{"kind":"Event"}', "EventList"), (b'{"kind":"EventList"}', "items")],
+)
+def test_k8s_audit_refuses_what_is_not_an_event_list(api, body, message):
+    reply = api.post("/k8s-audit", data=body, content_type="application/json")
+    assert reply.status_code == 400
+    assert message in reply.get_json()["error"]
+
+
+def test_api_answers_the_same_queries_as_the_cli(api):
+    api.post("/k8s-audit", data=(DATA / "audit" / "eventlist.json").read_bytes())
+    since = "since=2020-01-01T00:00:00Z"
+    sessions = api.get(f"/api/sessions?{since}&user=dave@corp.example").get_json()
+    assert [s["command"] for s in sessions] == [["psql", "-U", "app"]]
+    sid = sessions[0]["session_id"]
+    assert api.get(f"/api/sessions/{sid}").get_json()["pod"] == "payments-0"
+    assert api.get("/api/sessions/unknown").status_code == 404
+    users = api.get(f"/api/users?{since}").get_json()
+    assert {u["user_name"] for u in users} == {"alice@corp.example", "dave@corp.example"}
+    assert api.get("/api/sessions?since=yesterday").status_code == 400
+
+
+def test_api_without_a_store_says_so(tmp_path):
+    from webhook.consumer_app import create_consumer_app
+
+    client = create_consumer_app(Spool(tmp_path / "inbox.db")).test_client()
+    reply = client.get("/api/sessions")
+    assert reply.status_code == 404
+    assert "--db" in reply.get_json()["error"]

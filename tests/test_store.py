@@ -89,7 +89,9 @@ def test_consumer_writes_the_session_its_commands_and_alerts(store_url):
     (row,) = store.sessions(SessionQuery(user="alice@corp.example", since_ns=EVER))
     assert row["session_id"] == ALICE_SID
     assert (row["namespace"], row["pod"], row["container"]) == (
-        "shop", "web-7d9f8b6c5-x2k4q", "app",
+        "shop",
+        "web-7d9f8b6c5-x2k4q",
+        "app",
     )
     assert row["user_groups"] == ["platform-admins", "devs", "system:authenticated"]
     assert row["command"] == ["/bin/bash"]
@@ -102,7 +104,8 @@ def test_consumer_writes_the_session_its_commands_and_alerts(store_url):
     assert "WHOEXEC_IDENTITY=v1." in detail["processes"][0]["args"]
     assert detail["processes"][0]["args"].endswith("... /bin/bash"), "tokens are shortened"
     assert [a["rule"] for a in detail["alerts"]] == [
-        "Terminal shell in container", "Read sensitive file untrusted",
+        "Terminal shell in container",
+        "Read sensitive file untrusted",
     ]
     store.close()
 
@@ -230,7 +233,9 @@ def test_findings_include_tampering_and_invalid_tokens(store_url):
     store = open_store(store_url)
     kinds = sorted(f["kind"] for f in store.findings(EVER))
     assert kinds == [
-        "Exec identity tampered", "Exec identity token invalid", "Exec identity token invalid",
+        "Exec identity tampered",
+        "Exec identity token invalid",
+        "Exec identity token invalid",
     ]
     store.close()
 
@@ -294,8 +299,8 @@ def test_postgres_connection_lost_mid_stream_is_retried_without_loss(postgres_ur
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
-    from webhook.store.writer import facts_from_audit
     from webhook.audit import check_event, exec_audit
+    from webhook.store.writer import facts_from_audit
 
     line = AUDIT_LOG.read_text().splitlines()[1]
     audit = exec_audit(check_event(json.loads(line)), "exec.whoexec.io")
