@@ -39,13 +39,6 @@ def trusted(signer: Signer) -> dict[str, Ed25519PublicKey]:
 # --- a real PostgreSQL for the store tests ------------------------------------------------
 
 
-def _postgres_bin() -> Path | None:
-    import glob
-
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A throwaway PostgreSQL server (Debian's binaries), or WHOEXEC_TEST_POSTGRES_URL.
@@ -54,69 +47,19 @@ def postgres_server() -> Iterator[str]:
     one (`.ci/run` installs Debian's `postgresql` package).
     """
     import os
-    import shutil
-    import subprocess
-    import tempfile
-    import time
+
+    from .pgserver import postgres_bin, throwaway_postgres
 
     if url := os.environ.get("WHOEXEC_TEST_POSTGRES_URL"):
         yield url
         return
-    bindir = _postgres_bin()
-    if bindir is None:
+    if postgres_bin() is None:
         pytest.fail(
             "PostgreSQL server binaries not found: `apt-get install postgresql` (as .ci/run "
-            "does), or set WHOEXEC_TEST_POSTGRES_URL to a server the tests may create "
-            "databases on"
+            "does), or set WHOEXEC_TEST_POSTGRES_URL to a server that may create databases"
         )
-    base = Path(tempfile.mkdtemp(prefix="whoexec-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(base, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    data = base / "data"
-
-    def run(*argv: str) -> None:
-        subprocess.run([*as_user, *argv], check=True, capture_output=True, timeout=120)
-
-    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "whoexec", "--no-sync")
-    run(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-l",
-        str(base / "log"),
-        "-w",
-        "-t",
-        "60",
-        "-o",
-        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
-        "-c full_page_writes=off -c synchronous_commit=off",
-        "start",
-    )
-    try:
-        deadline = time.monotonic() + 30
-        url = f"postgresql://whoexec@127.0.0.1:{port}/postgres"
-        import psycopg
-
-        while True:
-            try:
-                psycopg.connect(url, connect_timeout=2).close()
-                break
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    with throwaway_postgres() as url:
         yield url
-    finally:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -124,12 +67,9 @@ def postgres_url(postgres_server: str) -> str:
     """A fresh, empty database on the test server."""
     import uuid
 
-    import psycopg
+    from .pgserver import create_database
 
-    name = f"whoexec_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return postgres_server.rsplit("/", 1)[0] + f"/{name}"
+    return create_database(postgres_server, f"whoexec_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
