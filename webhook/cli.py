@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -344,7 +344,9 @@ def _db_option(func: F) -> F:
     )(func)
 
 
-def _open_reader(db: str) -> Any:
+@contextlib.contextmanager
+def _reader(db: str) -> Iterator[Any]:
+    """An existing store, opened for one command and closed after it."""
     from webhook.store import open_store
 
     if db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).exists():
@@ -352,7 +354,11 @@ def _open_reader(db: str) -> Any:
             f"no session store at {db}; pass --db or set WHOEXEC_DB (consume and "
             "audit ingest create it)"
         )
-    return open_store(db)
+    store = open_store(db)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _format_option(func: F) -> F:
@@ -458,11 +464,8 @@ def sessions(
     """Exec sessions, newest first: who, where, when, commands run, alerts by priority."""
     from webhook.store import SessionQuery
 
-    store = _open_reader(db)
-    try:
+    with _reader(db) as store:
         rows = store.sessions(SessionQuery(user, namespace, pod, since, until, limit))
-    finally:
-        store.close()
     _emit(
         _with_utc(rows, "started_ns", "last_seen_ns"),
         fmt,
@@ -492,11 +495,8 @@ def session(session_id: str, db: str, fmt: str) -> None:
     """One session as a timeline: audit event, session root, commands, alerts."""
     import orjson
 
-    store = _open_reader(db)
-    try:
+    with _reader(db) as store:
         found = store.session(session_id)
-    finally:
-        store.close()
     if found is None:
         raise click.ClickException(f"no session {session_id!r} in {db}")
     if fmt == "json":
@@ -558,11 +558,8 @@ def session(session_id: str, db: str, fmt: str) -> None:
 @_friendly
 def users(db: str, since: int, until: int | None, fmt: str) -> None:
     """Per user: exec sessions, pods touched, alerts by priority."""
-    store = _open_reader(db)
-    try:
+    with _reader(db) as store:
         rows = store.users(since, until)
-    finally:
-        store.close()
     _emit(
         _with_utc(rows, "last_ns"),
         fmt,
@@ -584,11 +581,8 @@ def users(db: str, since: int, until: int | None, fmt: str) -> None:
 @_friendly
 def findings(db: str, since: int, until: int | None, fmt: str) -> None:
     """Unattributed execs, tampered identities and invalid tokens."""
-    store = _open_reader(db)
-    try:
+    with _reader(db) as store:
         rows = store.findings(since, until)
-    finally:
-        store.close()
     _emit(
         _with_utc(rows, "time_ns"),
         fmt,
@@ -617,11 +611,8 @@ def findings(db: str, since: int, until: int | None, fmt: str) -> None:
 @_friendly
 def prune(db: str, older_than: int) -> None:
     """Retention: delete sessions, alerts, audit events and findings older than a duration."""
-    store = _open_reader(db)
-    try:
+    with _reader(db) as store:
         deleted = store.prune(time.time_ns() - older_than)
-    finally:
-        store.close()
     click.echo(", ".join(f"{table}: {n} deleted" for table, n in deleted.items()))
 
 
