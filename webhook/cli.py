@@ -303,6 +303,22 @@ def consume(
     )
 
 
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the temporary directory (logs, store).")
+@_friendly
+def demo(keep: bool) -> None:
+    """Run the whole pipeline on this machine, with real components, in about a minute.
+
+    Certificates, the webhook over TLS, the consumer with its SQLite store; this process
+    acts as kube-apiserver and, clearly labelled, stands in for Falco.
+    """
+    if not Path("/proc/self/stat").exists():
+        raise click.ClickException("the demo reads /proc: it needs Linux")
+    from webhook.demo import Demo
+
+    Demo(say=click.echo, keep=keep).run()
+
+
 # --- the session store: writers and readers ----------------------------------------------
 
 DEFAULT_DB = "sqlite:///whoexec-state/whoexec.db"
