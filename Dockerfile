@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# whoexec: one image for the webhook (`serve`, the default) and the consumer (`consume`).
+
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/whoexec
+COPY pyproject.toml README.md /src/
+COPY webhook /src/webhook
+# every dependency ships wheels (cryptography, orjson, psycopg[binary]): nothing compiles
+RUN /opt/whoexec/bin/pip install --only-binary=:all: /src
+
+FROM python:3.11-slim-bookworm
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="whoexec" \
+      org.opencontainers.image.description="Attribute every Falco alert in a kubectl exec session to the Kubernetes user who opened it" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/whoexec/whoexec"
+COPY --from=build /opt/whoexec /opt/whoexec
+ENV PATH=/opt/whoexec/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# a numeric, non-root user (the consumer DaemonSet overrides it: see docs/security.md)
+USER 10001:10001
+EXPOSE 8443 2802
+ENTRYPOINT ["whoexec"]
+CMD ["serve"]

@@ -1,0 +1,42 @@
+"""There is no Docker engine on these machines: the Dockerfile's promises are checked as text."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+STAGES = re.split(r"^FROM ", DOCKERFILE, flags=re.M)[1:]
+
+
+def test_multi_stage_on_a_slim_python_base():
+    assert len(STAGES) == 2
+    for stage in STAGES:
+        assert stage.startswith("python:3.11-slim")
+
+
+def test_final_image_has_no_compilers_and_runs_as_a_numeric_non_root_user():
+    final = STAGES[-1]
+    assert not re.search(r"\b(gcc|g\+\+|build-essential|clang|apt-get install)\b", final)
+    user = re.search(r"^USER (\d+):(\d+)$", final, re.M)
+    assert user is not None and int(user.group(1)) != 0
+    assert "--only-binary=:all:" in STAGES[0], "no source builds in the build stage either"
+
+
+def test_entrypoint_is_whoexec_defaulting_to_serve_with_oci_labels():
+    final = STAGES[-1]
+    assert 'ENTRYPOINT ["whoexec"]' in final
+    assert 'CMD ["serve"]' in final
+    for label in ("title", "description", "version", "licenses", "source"):
+        assert f"org.opencontainers.image.{label}=" in final
+
+
+def test_dockerignore_keeps_keys_certs_venvs_and_tests_out():
+    rules = (ROOT / ".dockerignore").read_text().split()
+    assert rules[0] == "*", "everything is excluded first"
+    allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "webhook"}
+    for copied in re.findall(r"^COPY (?!--from)(.+) /src/?\S*$", DOCKERFILE, re.M):
+        for source in copied.split():
+            assert source.rstrip("/") in allowed, source

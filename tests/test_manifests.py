@@ -1,0 +1,209 @@
+"""The kustomize manifests render, validate against Kubernetes' schemas, and agree with the
+code: webhook name, paths, ports, Secret file names, rules."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from webhook.cli import main
+from webhook.keyfiles import IDENTITY_KEY, IDENTITY_PUB, TLS_CERT, TLS_KEY
+from webhook.settings import Settings
+
+ROOT = Path(__file__).parent.parent
+KUBECTL = shutil.which("kubectl")
+OVERLAYS = ["self-signed", "cert-manager", "fail-closed", "postgres"]
+pytestmark = pytest.mark.skipif(
+    KUBECTL is None, reason="kubectl is not installed: cannot render the kustomize manifests"
+)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """A copy of manifests/ with the self-signed overlay's certs/ generated, as a user would."""
+    copy = tmp_path_factory.mktemp("manifests") / "manifests"
+    shutil.copytree(ROOT / "manifests", copy)
+    certs = copy / "overlays" / "self-signed" / "certs"
+    shutil.rmtree(certs, ignore_errors=True)
+    result = CliRunner().invoke(main, ["certs", "--out", str(certs)])
+    assert result.exit_code == 0, result.output
+    return copy
+
+
+def render(tree: Path, overlay: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(tree / "overlays" / overlay)],  # type: ignore[list-item]
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, (kind, name, [o["metadata"]["name"] for o in found])
+    return found[0]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_rendered_object_validates_against_the_kubernetes_schema(tree, overlay):
+    objects = render(tree, overlay)
+    version = kubernetes_validate.latest_version()
+    for obj in objects:
+        if obj["apiVersion"].startswith("cert-manager.io/"):
+            # a CRD: not in Kubernetes' schemas; check what cert-manager requires
+            assert obj["kind"] in ("Issuer", "Certificate")
+            if obj["kind"] == "Certificate":
+                assert {"secretName", "issuerRef", "dnsNames"} <= set(obj["spec"])
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_webhook_configuration_matches_what_the_webhook_serves(tree):
+    objects = render(tree, "self-signed")
+    (hook,) = one(objects, "MutatingWebhookConfiguration", "whoexec")["webhooks"]
+    assert hook["name"] == Settings().webhook_name == "exec.whoexec.io"
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["sideEffects"] == "None"
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["timeoutSeconds"] <= 5
+    rules = {
+        (op, res)
+        for rule in hook["rules"]
+        for op in rule["operations"]
+        for res in rule["resources"]
+    }
+    assert rules == {
+        ("CONNECT", "pods/exec"),
+        ("CONNECT", "pods/attach"),
+        ("UPDATE", "pods/ephemeralcontainers"),
+    }
+    service_ref = hook["clientConfig"]["service"]
+    assert (service_ref["name"], service_ref["namespace"]) == ("whoexec", "whoexec")
+    assert service_ref["path"] == "/mutate"  # served: test_served_routes_are_the_ones...
+    excluded = hook["namespaceSelector"]["matchExpressions"][0]
+    assert excluded == {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "NotIn",
+        "values": ["whoexec"],
+    }
+    assert [c["name"] for c in hook["matchConditions"]] == [
+        "not-an-excluded-user",
+        "not-an-excluded-group",
+    ]
+    ca = (tree / "overlays" / "self-signed" / "certs" / "ca.crt").read_bytes()
+    assert base64.b64decode("".join(hook["clientConfig"]["caBundle"].split())) == ca
+
+
+def test_served_routes_are_the_ones_the_manifests_use(signer, trusted):
+    from webhook.admission import AdmissionPolicy
+    from webhook.server import WebhookState, create_app
+
+    app = create_app(WebhookState(AdmissionPolicy(), signer, trusted, 1024))
+    routes = {rule.rule for rule in app.url_map.iter_rules()}
+    assert {"/mutate", "/healthz", "/readyz", "/metrics"} <= routes
+
+
+def test_webhook_deployment_is_hardened_and_reads_the_files_serve_expects(tree):
+    objects = render(tree, "self-signed")
+    deployment = one(objects, "Deployment", "whoexec-webhook")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert deployment["spec"]["replicas"] >= 2
+    assert spec["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "limits" in container["resources"] and "requests" in container["resources"]
+    assert container["args"][:3] == ["serve", "--certs", "/etc/whoexec"]
+    assert "0.0.0.0:8443" in container["args"]
+    assert container["ports"][0]["containerPort"] == 8443
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    (keys,) = [v for v in spec["volumes"] if v["name"] == "keys"]
+    paths = {
+        item["path"] for src in keys["projected"]["sources"] for item in src["secret"]["items"]
+    }
+    assert paths == {TLS_CERT, TLS_KEY, IDENTITY_KEY, IDENTITY_PUB}
+    secrets = {o["metadata"]["name"].rsplit("-", 1)[0]: o for o in objects if o["kind"] == "Secret"}
+    assert set(secrets["whoexec-tls"]["data"]) == {TLS_CERT, TLS_KEY}
+    assert set(secrets["whoexec-identity"]["data"]) == {IDENTITY_KEY, IDENTITY_PUB}
+    service = one(objects, "Service", "whoexec")
+    assert service["spec"]["ports"][0]["port"] == 443
+    assert service["spec"]["ports"][0]["targetPort"] == "https"
+    assert one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+def test_consumer_daemonset_walks_proc_read_only_and_listens_where_falco_posts(tree):
+    objects = render(tree, "self-signed")
+    spec = one(objects, "DaemonSet", "whoexec-consumer")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert spec["hostPID"] is True
+    (proc_mount,) = [m for m in container["volumeMounts"] if m["name"] == "proc"]
+    assert proc_mount["readOnly"] is True
+    args = container["args"]
+    assert args[args.index("--procfs") + 1] == proc_mount["mountPath"]
+    listen = args[args.index("--listen") + 1]
+    service = one(objects, "Service", "whoexec-consumer")
+    assert service["spec"]["internalTrafficPolicy"] == "Local"
+    falco = yaml.safe_load((ROOT / "manifests" / "falco" / "values.yaml").read_text())
+    url = falco["falco"]["http_output"]["url"]
+    assert url == f"http://whoexec-consumer.whoexec.svc.cluster.local:{listen.split(':')[1]}/falco"
+    assert service["spec"]["ports"][0]["port"] == int(listen.split(":")[1])
+    (pub,) = [v for v in spec["volumes"] if v["name"] == "identity-pub"]
+    configmap = one(objects, "ConfigMap")
+    assert configmap["metadata"]["name"] == pub["configMap"]["name"]
+    assert set(configmap["data"]) == {IDENTITY_PUB}
+
+
+def test_network_policies_admit_only_the_api_server_port_and_falco(tree):
+    objects = render(tree, "self-signed")
+    webhook = one(objects, "NetworkPolicy", "whoexec-webhook")["spec"]["ingress"]
+    assert [p["port"] for rule in webhook for p in rule["ports"]] == [8443]
+    consumer = one(objects, "NetworkPolicy", "whoexec-consumer")["spec"]["ingress"]
+    (source,) = consumer[0]["from"]
+    assert source["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "falco"}
+    assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "falco"}
+
+
+def test_least_privilege_no_roles_and_no_api_tokens(tree):
+    objects = render(tree, "self-signed")
+    assert not [
+        o
+        for o in objects
+        if o["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+    ]
+    for sa in (o for o in objects if o["kind"] == "ServiceAccount"):
+        assert sa["automountServiceAccountToken"] is False
+
+
+def test_overlays_change_what_they_say(tree):
+    closed = one(render(tree, "fail-closed"), "MutatingWebhookConfiguration")
+    assert closed["webhooks"][0]["failurePolicy"] == "Fail"
+    managed = render(tree, "cert-manager")
+    hook = one(managed, "MutatingWebhookConfiguration")
+    assert (
+        hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "whoexec/whoexec-tls"
+    )
+    certificate = one(managed, "Certificate")
+    assert certificate["spec"]["secretName"] == "whoexec-tls"
+    assert "whoexec.whoexec.svc" in certificate["spec"]["dnsNames"]
+    shared = one(render(tree, "postgres"), "DaemonSet")
+    (env,) = shared["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env["name"] == "WHOEXEC_DB"
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "whoexec-db", "key": "url"}
