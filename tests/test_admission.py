@@ -9,7 +9,7 @@ import jsonpatch
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from webhook.admission import AdmissionPolicy, outcomes, review_admission
+from webhook.admission import AdmissionPolicy, PodFacts, outcomes, pod_facts, review_admission
 from webhook.errors import MalformedReview
 from webhook.identity import Signer, key_ring, verify_token
 
@@ -46,7 +46,7 @@ def applied(review: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
         ("debug_two_ephemeral_containers.json", True, "injected", True),
         ("debug_no_new_container.json", True, "skipped-no-new-container", False),
         ("debug_spoofed_env.json", False, "denied", False),
-        ("pod_create.json", True, "skipped-not-exec", False),
+        ("pod_create.json", True, "env-volume-added", True),
     ],
 )
 def test_each_request_kind_gets_its_outcome(signer, trusted, fixture, allowed, outcome, patched):
@@ -233,7 +233,8 @@ def test_reinvoked_ephemeral_update_is_idempotent(signer, trusted):
 
 def test_pod_uid_goes_into_the_token_when_known(signer, trusted):
     review = load_json("admission/exec_interactive_shell.json")
-    response = admit(review, signer, trusted, pod_uid="c0ffee00-1111").response["response"]
+    pod = PodFacts("c0ffee00-1111", False, False, (("app", "nginx:1.27"),))
+    response = admit(review, signer, trusted, pod=pod).response["response"]
     token = applied(review, response)["command"][1].split("=", 1)[1]
     assert verify_token(token, trusted, now=NOW).pod_uid == "c0ffee00-1111"
 
@@ -329,3 +330,150 @@ def test_token_of_the_same_identity_is_deterministic_for_a_given_clock(signer, t
     assert admit(review, signer, trusted).response == admit(review, signer, trusted).response
     later = review_admission(review, POLICY, signer, trusted, now=NOW + 1).response
     assert later != admit(review, signer, trusted).response
+
+
+# --- pod-aware injection ------------------------------------------------------------------
+
+WEB = PodFacts("c0ffee00-1111-4222-8333-444455556666", False, False, (("app", "nginx:1.27"),))
+
+
+def exec_with(pod, policy=POLICY, signer=None, trusted=None, lookup=""):
+    review = load_json("admission/exec_interactive_shell.json")
+    admission = review_admission(
+        review, policy, signer, trusted, now=NOW, pod=pod, pod_lookup=lookup
+    )
+    return review, admission.response["response"]
+
+
+def test_pod_with_the_static_env_volume_is_rewritten_to_use_it(signer, trusted):
+    pod = PodFacts(WEB.uid, False, True, (("app", "gcr.io/distroless/static:nonroot"),))
+    review, response = exec_with(pod, signer=signer, trusted=trusted)
+    command = applied(review, response)["command"]
+    assert command[0] == "/.whoexec/env"
+    assert command[2:] == ["/bin/bash"]
+
+
+def test_pod_annotation_opts_out_with_a_warning(signer, trusted):
+    pod = PodFacts(WEB.uid, True, False, WEB.images)
+    _, response = exec_with(pod, signer=signer, trusted=trusted)
+    assert response["allowed"] is True
+    assert "patch" not in response
+    assert response["auditAnnotations"]["outcome"] == "skipped-pod-opt-out"
+    (warning,) = response["warnings"]
+    assert "not attributed" in warning and len(warning) <= 120
+
+
+@pytest.mark.parametrize(
+    ("image", "outcome"),
+    [("gcr.io/distroless/base-debian12:latest", "skipped-no-env"), ("nginx:1.27", "injected")],
+)
+def test_images_known_to_lack_env_are_not_rewritten(signer, trusted, image, outcome):
+    policy = AdmissionPolicy(images_without_env=("gcr.io/distroless/*",))
+    _, response = exec_with(
+        PodFacts(WEB.uid, False, False, (("app", image),)), policy, signer, trusted
+    )
+    assert response["auditAnnotations"]["outcome"] == outcome
+
+
+def test_unknown_pod_after_a_lookup_timeout_still_injects_and_says_so(signer, trusted):
+    review, response = exec_with(None, signer=signer, trusted=trusted, lookup="timeout")
+    assert response["auditAnnotations"]["pod-lookup"] == "timeout"
+    assert response["auditAnnotations"]["outcome"] == "injected"
+    token = applied(review, response)["command"][1].split("=", 1)[1]
+    assert verify_token(token, trusted, now=NOW).pod_uid is None
+
+
+def test_rewrite_through_the_static_env_is_recognised_as_our_own(signer, trusted):
+    pod = PodFacts(WEB.uid, False, True, WEB.images)
+    review, first = exec_with(pod, signer=signer, trusted=trusted)
+    again = copy.deepcopy(review)
+    again["request"]["object"] = applied(review, first)
+    response = review_admission(again, POLICY, signer, trusted, now=NOW, pod=pod).response
+    assert response["response"]["auditAnnotations"]["outcome"] == "skipped-already-injected"
+
+
+def test_pod_facts_are_read_from_a_pod_object():
+    pod = load_json("admission/pod_create.json")["request"]["object"]
+    facts = pod_facts(pod)
+    assert facts.uid == "c0ffee00-1111-4222-8333-444455556666"
+    assert facts.images == (("app", "registry.example/shop/web:1.4.2"),)
+    assert not facts.opted_out and not facts.has_env_volume
+    pod["metadata"]["annotations"] = {"whoexec.io/inject": "false"}
+    assert pod_facts(pod).opted_out
+
+
+def create_review(pod: dict) -> dict:
+    review = load_json("admission/pod_create.json")
+    review["request"]["object"] = pod
+    return review
+
+
+def created_pod(signer, trusted, review):
+    response = admit(review, signer, trusted).response["response"]
+    return response, (applied(review, response) if "patch" in response else None)
+
+
+def test_pod_create_adds_the_static_env_and_the_result_is_a_valid_pod(signer, trusted):
+    import kubernetes_validate
+
+    review = load_json("admission/pod_create.json")
+    response, pod = created_pod(signer, trusted, review)
+    assert response["auditAnnotations"]["outcome"] == "env-volume-added"
+    assert {"name": "whoexec-env", "emptyDir": {"sizeLimit": "8Mi"}} in pod["spec"]["volumes"]
+    (init,) = pod["spec"]["initContainers"]
+    assert init["command"] == ["cp", "/opt/whoexec/static/env", "/.whoexec/env"]
+    for container in pod["spec"]["containers"]:
+        assert {"name": "whoexec-env", "mountPath": "/.whoexec", "readOnly": True} in container[
+            "volumeMounts"
+        ]
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_pod_create_appends_to_existing_lists(signer, trusted):
+    pod = copy.deepcopy(load_json("admission/pod_create.json")["request"]["object"])
+    pod["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    pod["spec"]["initContainers"] = [{"name": "migrate", "image": "migrate:1"}]
+    pod["spec"]["containers"].append(
+        {
+            "name": "sidecar",
+            "image": "envoy:1",
+            "volumeMounts": [{"name": "data", "mountPath": "/d"}],
+        }
+    )
+    _, created = created_pod(signer, trusted, create_review(pod))
+    assert [v["name"] for v in created["spec"]["volumes"]] == ["data", "whoexec-env"]
+    assert [c["name"] for c in created["spec"]["initContainers"]] == ["migrate", "whoexec-env"]
+    sidecar = created["spec"]["containers"][1]
+    assert [m["name"] for m in sidecar["volumeMounts"]] == ["data", "whoexec-env"]
+
+
+def test_pod_create_is_idempotent(signer, trusted):
+    review = load_json("admission/pod_create.json")
+    _, once = created_pod(signer, trusted, review)
+    response, twice = created_pod(signer, trusted, create_review(once))
+    assert response["auditAnnotations"]["outcome"] == "skipped-already-injected"
+    assert twice is None
+    assert [v["name"] for v in once["spec"]["volumes"]].count("whoexec-env") == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "outcome"),
+    [
+        (
+            lambda pod: pod["metadata"].update(annotations={"whoexec.io/inject": "false"}),
+            "skipped-pod-opt-out",
+        ),
+        (
+            lambda pod: pod["spec"]["containers"][0].update(
+                volumeMounts=[{"name": "x", "mountPath": "/.whoexec"}]
+            ),
+            "skipped-env-volume-conflict",
+        ),
+    ],
+)
+def test_pod_create_leaves_opted_out_and_conflicting_pods_alone(signer, trusted, change, outcome):
+    pod = copy.deepcopy(load_json("admission/pod_create.json")["request"]["object"])
+    change(pod)
+    response, created = created_pod(signer, trusted, create_review(pod))
+    assert response["auditAnnotations"]["outcome"] == outcome
+    assert created is None

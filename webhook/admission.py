@@ -25,7 +25,7 @@ import base64
 import fnmatch
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NotRequired, TypedDict
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -122,6 +122,52 @@ class AdmissionPolicy:
     exclude_users: tuple[str, ...] = ()
     exclude_groups: tuple[str, ...] = ()
     clock_skew_seconds: int = 300
+    #: where the static env the pod CREATE mutation ships is mounted in every container
+    env_volume_path: str = "/.whoexec/env"
+    #: image globs known to lack /usr/bin/env (distroless, scratch): exec is not rewritten
+    images_without_env: tuple[str, ...] = ()
+    #: the image whose init container copies the static env into the pod
+    static_env_image: str = "ghcr.io/whoexec/whoexec:0.1.0"
+
+
+#: pod annotation that opts a pod out: ``whoexec.io/inject: "false"``
+OPT_OUT_ANNOTATION = "whoexec.io/inject"
+ENV_VOLUME = "whoexec-env"
+#: where the init container finds the static env in the whoexec image (see Dockerfile)
+STATIC_ENV_IN_IMAGE = "/opt/whoexec/static/env"
+
+
+@dataclass(frozen=True, slots=True)
+class PodFacts:
+    """What the webhook knows of the exec's target pod (from the pod cache)."""
+
+    uid: str
+    opted_out: bool
+    has_env_volume: bool
+    images: tuple[tuple[str, str], ...]  # (container name, image), in spec order
+
+    def image_of(self, container: str) -> str | None:
+        if not container:  # the request named none: the first (default) container
+            return self.images[0][1] if self.images else None
+        return next((image for name, image in self.images if name == container), None)
+
+
+def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
+    """Facts from a Pod object (as the apiserver serialises it)."""
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    annotations = metadata.get("annotations") or {}
+    volumes = spec.get("volumes") or []
+    return PodFacts(
+        uid=str(metadata.get("uid", "")),
+        opted_out=str(annotations.get(OPT_OUT_ANNOTATION, "")).lower() == "false",
+        has_env_volume=any(v.get("name") == ENV_VOLUME for v in volumes if isinstance(v, dict)),
+        images=tuple(
+            (str(c.get("name", "")), str(c.get("image", "")))
+            for c in spec.get("containers") or []
+            if isinstance(c, dict)
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +297,7 @@ class _Context:
     signer: Signer
     trusted_keys: Mapping[str, Ed25519PublicKey]
     now: int
-    pod_uid: str | None
+    pod: PodFacts | None
 
     def identity_for(self, container: str) -> Identity:
         user_info = self.request.get("userInfo", {})
@@ -264,7 +310,7 @@ class _Context:
             pod=self.request.get("name", ""),
             container=container,
             issued_at=self.now,
-            pod_uid=self.pod_uid,
+            pod_uid=self.pod.uid if self.pod is not None and self.pod.uid else None,
         )
 
     def own_earlier_token(self, value: str, container: str) -> Identity | None:
@@ -299,8 +345,9 @@ def _decide_exec(ctx: _Context) -> Decision:
     marker = variable + "="
 
     # Our own earlier rewrite (reinvocation, or a second webhook in the chain): a command
-    # that starts with the env path and a token we minted for this caller and target.
-    if len(command) >= 3 and command[0] == ctx.policy.env_path and command[1].startswith(marker):
+    # that starts with an env path and a token we minted for this caller and target.
+    env_paths = (ctx.policy.env_path, ctx.policy.env_volume_path)
+    if len(command) >= 3 and command[0] in env_paths and command[1].startswith(marker):
         earlier = ctx.own_earlier_token(command[1][len(marker) :], container)
         if earlier is not None and not any(marker in arg for arg in command[2:]):
             return Decision(
@@ -318,11 +365,24 @@ def _decide_exec(ctx: _Context) -> Decision:
     if "=" in command[0]:
         # env would read argv[0] as another NAME=VALUE assignment, not as the program
         return Decision(allowed=True, outcome="skipped-argv0-assignment")
+    env_path = ctx.policy.env_path
+    pod = ctx.pod
+    if pod is not None:
+        if pod.opted_out:
+            return Decision(allowed=True, outcome="skipped-pod-opt-out")
+        if pod.has_env_volume:
+            env_path = ctx.policy.env_volume_path  # the static env our CREATE mutation added
+        else:
+            image = pod.image_of(container)
+            patterns = ctx.policy.images_without_env
+            if image and any(fnmatch.fnmatchcase(image, p) for p in patterns):
+                # rewriting would turn an exec that works into "no such file": leave it
+                return Decision(allowed=True, outcome="skipped-no-env")
     try:
         token = sign_identity(ctx.identity_for(container), ctx.signer)
     except TokenTooLarge:
         return Decision(allowed=True, outcome="skipped-token-too-large")
-    new_command = [ctx.policy.env_path, marker + token, *command]
+    new_command = [env_path, marker + token, *command]
     return Decision(
         allowed=True,
         outcome="injected",
@@ -408,29 +468,138 @@ def _decide_ephemeral(ctx: _Context) -> Decision:
     )
 
 
+def _is_pod_create(request: AdmissionRequest) -> bool:
+    return (
+        request.get("operation") == "CREATE"
+        and request["resource"].get("resource") == "pods"
+        and not request.get("subResource")
+    )
+
+
+def _decide_pod_create(ctx: _Context) -> Decision:
+    """Give a new pod a static ``env`` so that exec works even in distroless images.
+
+    An emptyDir, an init container that copies the static env into it, and a read-only
+    mount at the same path in every container. Idempotent: a pod that already has the
+    volume is left alone.
+    """
+    pod = ctx.request.get("object")
+    if pod is None:
+        raise MalformedReview("request.object must be a Pod for a pod CREATE")
+    metadata = _optional(pod, "metadata", dict, "request.object") or {}
+    spec = _field(pod, "spec", dict, "request.object")
+    annotations = _optional(metadata, "annotations", dict, "request.object.metadata") or {}
+    if str(annotations.get(OPT_OUT_ANNOTATION, "")).lower() == "false":
+        return Decision(allowed=True, outcome="skipped-pod-opt-out")
+    volumes = _optional(spec, "volumes", list, "request.object.spec")
+    if any(isinstance(v, dict) and v.get("name") == ENV_VOLUME for v in volumes or []):
+        return Decision(allowed=True, outcome="skipped-already-injected")
+    containers = _field(spec, "containers", list, "request.object.spec")
+    mount_dir = ctx.policy.env_volume_path.rsplit("/", 1)[0] or "/"
+    for index, container in enumerate(containers):
+        if not isinstance(container, dict):
+            raise MalformedReview(f"request.object.spec.containers[{index}] must be an object")
+        mounts = _optional(
+            container, "volumeMounts", list, f"request.object.spec.containers[{index}]"
+        )
+        if any(isinstance(m, dict) and m.get("mountPath") == mount_dir for m in mounts or []):
+            return Decision(allowed=True, outcome="skipped-env-volume-conflict")
+    volume = {"name": ENV_VOLUME, "emptyDir": {"sizeLimit": "8Mi"}}
+    init = {
+        "name": ENV_VOLUME,
+        "image": ctx.policy.static_env_image,
+        "command": ["cp", STATIC_ENV_IN_IMAGE, ctx.policy.env_volume_path],
+        "volumeMounts": [{"name": ENV_VOLUME, "mountPath": mount_dir}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    mount = {"name": ENV_VOLUME, "mountPath": mount_dir, "readOnly": True}
+    patch: list[dict[str, Any]] = []
+
+    def append(path: str, present: bool, value: dict[str, Any]) -> None:
+        # `add` of the whole list when it is absent: adding to /- of a missing list fails
+        if present:
+            patch.append({"op": "add", "path": f"{path}/-", "value": value})
+        else:
+            patch.append({"op": "add", "path": path, "value": [value]})
+
+    append("/spec/volumes", volumes is not None, volume)
+    append("/spec/initContainers", spec.get("initContainers") is not None, init)
+    for index, container in enumerate(containers):
+        append(
+            f"/spec/containers/{index}/volumeMounts",
+            container.get("volumeMounts") is not None,
+            mount,
+        )
+    return Decision(allowed=True, outcome="env-volume-added", patch=tuple(patch))
+
+
+#: outcomes after which the exec runs without the caller's identity; the kubectl user is
+#: told why in an AdmissionResponse warning
+_UNATTRIBUTED = {
+    "skipped-excluded-namespace": "namespace excluded",
+    "skipped-excluded-user": "user excluded",
+    "skipped-excluded-group": "group excluded",
+    "skipped-empty-command": "empty command",
+    "skipped-argv0-assignment": "the command starts with NAME=VALUE",
+    "skipped-token-too-large": "identity too large for a token",
+    "skipped-attach": "attach joins a running process",
+    "skipped-pod-opt-out": "the pod opted out (whoexec.io/inject=false)",
+    "skipped-no-env": "the image has no env binary",
+}
+
+
+def _with_warning(decision: Decision, pod_lookup: str) -> Decision:
+    reason = _UNATTRIBUTED.get(decision.outcome)
+    if reason is None:
+        return decision
+    text = f"whoexec: this session is not attributed to you: {reason}"
+    if pod_lookup == "timeout":
+        text += " (pod look-up timed out)"
+    return replace(decision, warnings=(*decision.warnings, text[:120]))
+
+
 def decide(
     request: AdmissionRequest,
     policy: AdmissionPolicy,
     signer: Signer,
     trusted_keys: Mapping[str, Ed25519PublicKey],
     now: int,
-    pod_uid: str | None = None,
+    pod: PodFacts | None = None,
+    pod_lookup: str = "",
 ) -> Decision:
-    """Decide on one parsed request. ``trusted_keys`` recognise our own earlier rewrites."""
-    ctx = _Context(request, policy, signer, trusted_keys, now, pod_uid)
+    """Decide on one parsed request. ``trusted_keys`` recognise our own earlier rewrites.
+
+    ``pod`` is what the pod cache knows of the exec's target (None without a cache, or
+    when the look-up failed or timed out, which ``pod_lookup`` then says).
+    """
+    ctx = _Context(request, policy, signer, trusted_keys, now, pod)
     if _is_exec(request, "exec"):
-        return _decide_exec(ctx)
+        return _with_warning(_decide_exec(ctx), pod_lookup)
     if _is_exec(request, "attach"):
         # attach joins a process that already runs: there is no command to rewrite
-        return Decision(allowed=True, outcome="skipped-attach")
+        return _with_warning(Decision(allowed=True, outcome="skipped-attach"), pod_lookup)
     if _is_ephemeral_update(request):
         return _decide_ephemeral(ctx)
+    if _is_pod_create(request):
+        return _decide_pod_create(ctx)
     return Decision(allowed=True, outcome="skipped-not-exec")
 
 
-def render_response(request: AdmissionRequest, decision: Decision) -> AdmissionReview:
+def render_response(
+    request: AdmissionRequest, decision: Decision, pod_lookup: str = ""
+) -> AdmissionReview:
     """The AdmissionReview the apiserver expects, echoing ``request.uid``."""
     annotations = {"outcome": decision.outcome}
+    if pod_lookup:
+        annotations["pod-lookup"] = pod_lookup
     if decision.session_id:
         annotations["session-id"] = decision.session_id
     username = request.get("userInfo", {}).get("username")
@@ -459,12 +628,13 @@ def review_admission(
     signer: Signer,
     trusted_keys: Mapping[str, Ed25519PublicKey],
     now: int,
-    pod_uid: str | None = None,
+    pod: PodFacts | None = None,
+    pod_lookup: str = "",
 ) -> Admission:
     """Parse an AdmissionReview body, decide, and render the answer."""
     request = parse_review(body)
-    decision = decide(request, policy, signer, trusted_keys, now, pod_uid)
-    return Admission(render_response(request, decision), decision, request)
+    decision = decide(request, policy, signer, trusted_keys, now, pod, pod_lookup)
+    return Admission(render_response(request, decision, pod_lookup), decision, request)
 
 
 def outcomes() -> Sequence[str]:
@@ -482,4 +652,8 @@ def outcomes() -> Sequence[str]:
         "skipped-attach",
         "skipped-no-new-container",
         "skipped-not-exec",
+        "skipped-pod-opt-out",
+        "skipped-no-env",
+        "skipped-env-volume-conflict",
+        "env-volume-added",
     )
