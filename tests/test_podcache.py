@@ -1,0 +1,127 @@
+"""The pod cache, through the official kubernetes client, against a faithful fake apiserver."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from webhook.podcache import PodCache, api_client
+
+from .fake_apiserver import FakeApiserver, make_pod
+
+
+@pytest.fixture
+def apiserver() -> Iterator[FakeApiserver]:
+    server = FakeApiserver()
+    server.add(make_pod("shop", "web-0", "uid-web-0", 0), announce=False)
+    server.add(
+        make_pod("shop", "distroless-0", "uid-dl-0", 0, annotations={"whoexec.io/inject": "false"}),
+        announce=False,
+    )
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def cache(apiserver) -> Iterator[PodCache]:
+    pods = PodCache(
+        api_client(apiserver.url, 1.0), lookup_timeout=0.3, watch_timeout=5, backoff=(0.05, 0.2)
+    )
+    pods.start()
+    assert pods.synced.wait(10), "the cache never synced"
+    yield pods
+    apiserver.events.put(None)  # end the open watch, as a server shutting down would
+    pods.stop()
+
+
+def eventually(check, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_initial_list_fills_the_cache_and_marks_it_synced(cache, apiserver):
+    facts, how = cache.lookup("shop", "web-0")
+    assert (facts.uid, how) == ("uid-web-0", "cached")
+    assert cache.lookup("shop", "distroless-0")[0].opted_out
+    assert cache.ready() is None
+    assert apiserver.lists == 1
+    eventually(lambda: apiserver.watches)
+    assert apiserver.watches[0] == str(apiserver.rv), "the watch starts at the list's version"
+
+
+def test_watch_events_add_update_and_delete(cache, apiserver):
+    apiserver.add(make_pod("shop", "web-1", "uid-web-1", 0))
+    eventually(lambda: ("shop", "web-1") in cache._pods)
+    apiserver.add(
+        make_pod("shop", "web-1", "uid-web-1", 0, volumes=[{"name": "whoexec-env", "emptyDir": {}}])
+    )
+    eventually(lambda: cache._pods[("shop", "web-1")].has_env_volume)
+    apiserver.delete("shop", "web-1")
+    eventually(lambda: ("shop", "web-1") not in cache._pods)
+    assert apiserver.gets == [], "nothing needed a GET"
+
+
+def test_410_gone_leads_to_a_relist(cache, apiserver):
+    apiserver.add(make_pod("shop", "missed", "uid-missed", 0), announce=False)  # not watched
+    apiserver.expire_watch()
+    eventually(lambda: apiserver.lists == 2)
+    eventually(lambda: ("shop", "missed") in cache._pods)
+    assert cache.relists == 2
+
+
+def test_a_disconnect_resumes_and_an_outage_relists_with_backoff(cache, apiserver):
+    apiserver.events.put(None)  # the server ends the watch
+    eventually(lambda: len(apiserver.watches) >= 2)
+    apiserver.down = True
+    apiserver.events.put(None)
+    time.sleep(0.5)
+    apiserver.down = False
+    apiserver.add(make_pod("shop", "after-outage", "uid-after", 0), announce=False)
+    eventually(lambda: ("shop", "after-outage") in cache._pods)
+
+
+def test_cache_miss_does_one_bounded_get(cache, apiserver):
+    apiserver.add(make_pod("shop", "new", "uid-new", 0), announce=False)
+    facts, how = cache.lookup("shop", "new")
+    assert (facts.uid, how) == ("uid-new", "fetched")
+    assert apiserver.gets == ["shop/new"]
+    assert cache.lookup("shop", "new")[1] == "cached", "a fetched pod is kept"
+    assert cache.lookup("shop", "ghost") == (None, "not-found")
+
+
+def test_a_hanging_apiserver_costs_at_most_the_lookup_timeout(cache, apiserver):
+    apiserver.hang_gets = 3.0
+    started = time.monotonic()
+    facts, how = cache.lookup("shop", "slow-0")
+    elapsed = time.monotonic() - started
+    assert (facts, how) == (None, "timeout")
+    assert elapsed < 1.5, f"the admission waited {elapsed:.2f}s"
+    assert apiserver.gets == ["shop/slow-0"], "exactly one attempt, no retries"
+
+
+def test_cache_is_bounded(apiserver):
+    for i in range(10):
+        apiserver.add(make_pod("bulk", f"p-{i}", f"u-{i}", 0), announce=False)
+    pods = PodCache(api_client(apiserver.url, 1.0), max_pods=5, watch_timeout=5)
+    pods.start()
+    try:
+        assert pods.synced.wait(10)
+        assert len(pods) == 5
+    finally:
+        apiserver.events.put(None)
+        pods.stop()
+
+
+def test_unsynced_cache_is_not_ready(apiserver):
+    apiserver.down = True
+    pods = PodCache(api_client(apiserver.url, 1.0), backoff=(0.05, 0.1))
+    pods.start()
+    try:
+        time.sleep(0.3)
+        assert pods.ready() == "the pod cache has not synced yet"
+    finally:
+        pods.stop()

@@ -1,0 +1,233 @@
+"""A cache of pods fed by list+watch through the official ``kubernetes`` client (adapter).
+
+A PodExecOptions request names only namespace, pod and container; Kubernetes gives the
+webhook nothing else (``objectSelector`` never matches a CONNECT, k8s#132287). The cache
+supplies the pod's UID, its ``whoexec.io/inject`` annotation, whether it has the static
+env volume, and its images.
+
+An exec admission never waits on the API server: a hit is a dict look-up; a miss may do
+one GET bounded by ``lookup_timeout`` (well under the webhook's ``timeoutSeconds``), and
+past that the admission proceeds without pod data. Watch errors, ``410 Gone`` and
+disconnects lead to a relist with exponential backoff. The cache is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Gauge
+
+from webhook.admission import PodFacts, pod_facts
+from webhook.errors import ConfigError
+
+log = logging.getLogger("whoexec.podcache")
+
+LOOKUPS = Counter("whoexec_pod_lookups", "Pod look-ups by exec admissions, by result.", ["result"])
+RELISTS = Counter("whoexec_pod_cache_relists", "Full relists of pods, by reason.", ["reason"])
+CACHED = Gauge("whoexec_pod_cache_pods", "Pods in the cache.", multiprocess_mode="max")
+
+PodKey = tuple[str, str]  # (namespace, name)
+
+
+def api_client(kube: str, timeout: float) -> Any:
+    """``in-cluster``, a kubeconfig path, or an apiserver URL (``http(s)://...``)."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    try:
+        if kube == "in-cluster":
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        elif kube.startswith(("http://", "https://")):
+            configuration.host = kube
+        else:
+            config.load_kube_config(config_file=kube, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except (config.ConfigException, OSError) as exc:
+        raise ConfigError(f"cannot configure the Kubernetes client from {kube!r}: {exc}") from None
+    # one bounded attempt per request: urllib3's default retries would multiply the timeout
+    configuration.retries = False
+    return client.ApiClient(configuration)
+
+
+class PodCache:
+    """Pods by namespace and name, kept current by a list+watch thread."""
+
+    def __init__(
+        self,
+        api: Any,
+        *,
+        max_pods: int = 200_000,
+        lookup_timeout: float = 0.5,
+        watch_timeout: int = 300,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from kubernetes import client
+
+        self.core = client.CoreV1Api(api)
+        self.max_pods = max_pods
+        self.lookup_timeout = lookup_timeout
+        self.watch_timeout = watch_timeout
+        self.backoff = backoff
+        self.clock = clock
+        self.synced = threading.Event()
+        self.relists = 0
+        self._pods: dict[PodKey, PodFacts] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watch: Any = None
+        self._thread: threading.Thread | None = None
+
+    # -- the admission side ----------------------------------------------------------------
+
+    def lookup(self, namespace: str, name: str) -> tuple[PodFacts | None, str]:
+        """The pod's facts and how they were found: cached, fetched, not-found, timeout, error."""
+        with self._lock:
+            facts = self._pods.get((namespace, name))
+        if facts is not None:
+            LOOKUPS.labels("cached").inc()
+            return facts, "cached"
+        result: tuple[PodFacts | None, str]
+        try:
+            reply: Any = self.core.read_namespaced_pod(
+                name, namespace, _preload_content=False, _request_timeout=self.lookup_timeout
+            )
+            pod = orjson.loads(reply.data)
+            facts = pod_facts(pod)
+            self._put(pod, facts)
+            result = facts, "fetched"
+        except Exception as exc:
+            result = None, _classify(exc)
+            if result[1] != "not-found":
+                log.warning("pod look-up %s/%s: %s", namespace, name, result[1])
+        LOOKUPS.labels(result[1]).inc()
+        return result
+
+    def ready(self) -> str | None:
+        return None if self.synced.is_set() else "the pod cache has not synced yet"
+
+    def __len__(self) -> int:
+        return len(self._pods)
+
+    # -- the list+watch side ---------------------------------------------------------------
+
+    def _put(self, pod: dict[str, Any], facts: PodFacts | None = None) -> None:
+        metadata = pod.get("metadata") or {}
+        key = (str(metadata.get("namespace", "")), str(metadata.get("name", "")))
+        with self._lock:
+            self._pods.pop(key, None)
+            self._pods[key] = facts or pod_facts(pod)
+            while len(self._pods) > self.max_pods:
+                del self._pods[next(iter(self._pods))]
+        CACHED.set(len(self._pods))
+
+    def _delete(self, pod: dict[str, Any]) -> None:
+        metadata = pod.get("metadata") or {}
+        with self._lock:
+            self._pods.pop(
+                (str(metadata.get("namespace", "")), str(metadata.get("name", ""))), None
+            )
+        CACHED.set(len(self._pods))
+
+    def relist(self) -> str:
+        """Replace the cache with a full list; returns the list's resourceVersion."""
+        reply: Any = self.core.list_pod_for_all_namespaces(
+            _preload_content=False, _request_timeout=(5, 60)
+        )
+        listing = orjson.loads(reply.data)
+        pods = {}
+        for pod in listing.get("items") or []:
+            metadata = pod.get("metadata") or {}
+            pods[(str(metadata.get("namespace", "")), str(metadata.get("name", "")))] = pod_facts(
+                pod
+            )
+            if len(pods) >= self.max_pods:
+                break
+        with self._lock:
+            self._pods = pods
+        CACHED.set(len(pods))
+        self.relists += 1
+        self.synced.set()
+        return str((listing.get("metadata") or {}).get("resourceVersion", ""))
+
+    def watch(self, resource_version: str) -> str:
+        """Apply watch events until the stream ends; returns the last resourceVersion."""
+        from kubernetes import watch
+
+        self._watch = watch.Watch()  # type: ignore[no-untyped-call]
+        for event in self._watch.stream(
+            self.core.list_pod_for_all_namespaces,
+            resource_version=resource_version,
+            timeout_seconds=self.watch_timeout,
+            allow_watch_bookmarks=True,
+            deserialize=False,
+            _request_timeout=(5, self.watch_timeout + 30),
+        ):
+            if self._stop.is_set():
+                break
+            kind, pod = event.get("type"), event.get("object") or {}
+            version = (pod.get("metadata") or {}).get("resourceVersion")
+            if kind in ("ADDED", "MODIFIED"):
+                self._put(pod)
+            elif kind == "DELETED":
+                self._delete(pod)
+            if version:
+                resource_version = str(version)
+        return resource_version
+
+    def run(self) -> None:
+        delay = self.backoff[0]
+        version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if version is None:
+                    version = self.relist()
+                version = self.watch(version)
+                delay = self.backoff[0]
+            except Exception as exc:
+                if self._stop.is_set():
+                    break
+                reason = _classify(exc)
+                RELISTS.labels("gone" if reason == "gone" else "error").inc()
+                if reason == "gone":
+                    log.info("pod watch expired (410 Gone): relisting")
+                    version = None
+                    continue
+                log.warning("pod list/watch failed (%s): relisting in %.1fs", reason, delay)
+                version = None
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.backoff[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="whoexec-pod-cache", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _classify(exc: BaseException) -> str:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import MaxRetryError, ProtocolError, TimeoutError
+
+    if isinstance(exc, ApiException):
+        if exc.status == 404:
+            return "not-found"
+        if exc.status == 410:
+            return "gone"
+        return f"http-{exc.status}"
+    if isinstance(exc, TimeoutError) or (
+        isinstance(exc, MaxRetryError) and isinstance(exc.reason, TimeoutError)
+    ):
+        return "timeout"
+    if isinstance(exc, MaxRetryError | ProtocolError | ConnectionError | OSError):
+        return "unreachable"
+    return "error"
