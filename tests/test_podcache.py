@@ -125,3 +125,102 @@ def test_unsynced_cache_is_not_ready(apiserver):
         assert pods.ready() == "the pod cache has not synced yet"
     finally:
         pods.stop()
+
+
+# --- the webhook with a pod cache ---------------------------------------------------------
+
+
+@pytest.fixture
+def pod_aware_client(cache, signer, trusted):
+    from webhook.admission import AdmissionPolicy
+    from webhook.server import WebhookState, create_app
+
+    from .conftest import NOW
+
+    state = WebhookState(AdmissionPolicy(), signer, trusted, 1 << 20, clock=lambda: NOW, pods=cache)
+    return create_app(state).test_client()
+
+
+def exec_review(pod: str) -> dict:
+    from .conftest import load_json
+
+    review = load_json("admission/exec_interactive_shell.json")
+    review["request"]["name"] = pod
+    return review
+
+
+def answer(client, pod: str) -> dict:
+    reply = client.post("/mutate", json=exec_review(pod))
+    assert reply.status_code == 200
+    return reply.get_json()["response"]
+
+
+def command_of(response: dict, pod: str) -> list[str]:
+    import base64
+    import json
+
+    import jsonpatch
+
+    ops = json.loads(base64.b64decode(response["patch"]))
+    return jsonpatch.apply_patch(exec_review(pod)["request"]["object"], ops)["command"]
+
+
+def test_exec_into_a_cached_pod_carries_its_uid(pod_aware_client, trusted):
+    from webhook.identity import verify_token
+
+    from .conftest import NOW
+
+    response = answer(pod_aware_client, "web-0")
+    assert response["auditAnnotations"]["pod-lookup"] == "cached"
+    token = command_of(response, "web-0")[1].split("=", 1)[1]
+    assert verify_token(token, trusted, now=NOW).pod_uid == "uid-web-0"
+
+
+def test_exec_into_a_pod_with_the_static_env_uses_it(pod_aware_client, apiserver):
+    apiserver.add(
+        make_pod(
+            "shop",
+            "distroless-1",
+            "uid-dl-1",
+            0,
+            image="gcr.io/distroless/static:nonroot",
+            volumes=[{"name": "whoexec-env", "emptyDir": {}}],
+        )
+    )
+    response = answer(pod_aware_client, "distroless-1")
+    assert command_of(response, "distroless-1")[0] == "/.whoexec/env"
+
+
+def test_exec_into_an_opted_out_pod_is_allowed_with_a_warning(pod_aware_client):
+    response = answer(pod_aware_client, "distroless-0")
+    assert response["allowed"] is True and "patch" not in response
+    assert response["auditAnnotations"]["outcome"] == "skipped-pod-opt-out"
+    assert response["warnings"]
+
+
+def test_cache_miss_on_a_slow_apiserver_proceeds_without_pod_data(pod_aware_client, apiserver):
+    apiserver.hang_gets = 3.0
+    started = time.monotonic()
+    response = answer(pod_aware_client, "brand-new")
+    assert time.monotonic() - started < 1.5
+    assert response["auditAnnotations"]["pod-lookup"] == "timeout"
+    assert response["auditAnnotations"]["outcome"] == "injected"
+    assert command_of(response, "brand-new")[0] == "/usr/bin/env"
+
+
+def test_readyz_waits_for_the_pod_cache(apiserver, signer, trusted):
+    from webhook.admission import AdmissionPolicy
+    from webhook.server import WebhookState, create_app
+
+    pods = PodCache(api_client(apiserver.url, 1.0), watch_timeout=5)
+    client = create_app(
+        WebhookState(AdmissionPolicy(), signer, trusted, 1024, pods=pods)
+    ).test_client()
+    assert client.get("/readyz").status_code == 503
+    pods.start()
+    try:
+        assert pods.synced.wait(10)
+        assert client.get("/readyz").status_code == 200
+    finally:
+        apiserver.events.put(None)
+        pods.stop()

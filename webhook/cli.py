@@ -93,6 +93,20 @@ def certs(service: str, namespace: str, out: Path, days: int, force: bool) -> No
     help="Extra identity public key whose tokens count as our own (rotation); repeatable.",
 )
 @click.option("--log-level", default=None, help="[WHOEXEC_LOG_LEVEL; info]")
+@click.option(
+    "--kube",
+    default=None,
+    help="Pod look-ups: in-cluster, a kubeconfig path, or an apiserver URL [WHOEXEC_KUBE; off].",
+)
+@click.option(
+    "--pod-lookup-timeout",
+    type=float,
+    default=None,
+    help="Seconds a cache miss may wait for the apiserver [0.5].",
+)
+@click.option(
+    "--image-without-env", multiple=True, help="Image glob known to lack /usr/bin/env; repeatable."
+)
 @_friendly
 def serve(
     certs_dir: Path | None,
@@ -104,6 +118,9 @@ def serve(
     exclude_group: tuple[str, ...],
     trusted_key: tuple[Path, ...],
     log_level: str | None,
+    kube: str | None,
+    pod_lookup_timeout: float | None,
+    image_without_env: tuple[str, ...],
 ) -> None:
     """Run the admission webhook over TLS under gunicorn (gthread, keep-alive)."""
     from webhook.settings import Settings
@@ -119,6 +136,9 @@ def serve(
         exclude_groups=exclude_group,
         trusted_keys=trusted_key,
         log_level=log_level,
+        kube=kube,
+        pod_lookup_timeout=pod_lookup_timeout,
+        images_without_env=image_without_env,
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stderr)
     # before anything imports prometheus_client (see prepare_metrics_dir)

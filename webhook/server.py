@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -24,7 +25,15 @@ from prometheus_client import (
 )
 from werkzeug.exceptions import HTTPException
 
-from webhook.admission import AdmissionPolicy, outcomes, review_admission
+from webhook.admission import (
+    AdmissionPolicy,
+    AdmissionRequest,
+    PodFacts,
+    decide,
+    outcomes,
+    parse_review,
+    render_response,
+)
 from webhook.errors import MalformedReview
 from webhook.identity import Signer
 
@@ -48,6 +57,14 @@ for _outcome in outcomes():
     ADMISSIONS.labels(_outcome)
 
 
+class PodLookup(Protocol):
+    """What the server needs of the pod cache (``webhook.podcache.PodCache``)."""
+
+    def lookup(self, namespace: str, name: str) -> tuple[PodFacts | None, str]: ...
+
+    def ready(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookState:
     """What the app needs, loaded by the caller (keys and certificates are IO)."""
@@ -61,6 +78,16 @@ class WebhookState:
     readiness: Callable[[], str | None] = field(default=lambda: None)
     #: registry for /metrics; gunicorn with several workers passes a multiprocess one
     registry: Callable[[], CollectorRegistry] | None = None
+    #: the pod cache, when the webhook is pod-aware
+    pods: PodLookup | None = None
+
+
+def _targets_a_pod_exec(request: AdmissionRequest) -> bool:
+    return (
+        request.get("operation") == "CONNECT"
+        and request["resource"].get("resource") == "pods"
+        and request.get("subResource") == "exec"
+    )
 
 
 def _json(payload: object, status: int = 200) -> Response:
@@ -89,23 +116,28 @@ def create_app(state: WebhookState) -> Flask:
             BAD_REQUESTS.labels("400").inc()
             return _json({"error": f"body is not JSON: {exc}", "status": 400}, 400)
         try:
-            admission = review_admission(
-                review,
+            req = parse_review(review)
+            pod, lookup = None, ""
+            if state.pods is not None and _targets_a_pod_exec(req):
+                pod, lookup = state.pods.lookup(req.get("namespace", ""), req.get("name", ""))
+            decision = decide(
+                req,
                 state.policy,
                 state.signer,
                 state.trusted_keys,
                 now=int(state.clock()),
+                pod=pod,
+                pod_lookup=lookup,
             )
         except MalformedReview as exc:
             BAD_REQUESTS.labels("400").inc()
             return _json({"error": str(exc), "status": 400}, 400)
-        decision = admission.decision
+        answer = render_response(req, decision, lookup)
         elapsed = time.perf_counter() - started
         ADMISSIONS.labels(decision.outcome).inc()
         LATENCY.observe(elapsed)
         if decision.token_bytes:
             TOKEN_BYTES.observe(decision.token_bytes)
-        req = admission.request
         obj = req.get("object") or {}
         # one JSON line per admission; it never holds the token or key material
         log.info(
@@ -124,11 +156,12 @@ def create_app(state: WebhookState) -> Flask:
                     "dry_run": bool(req.get("dryRun", False)),
                     "kid": state.signer.kid if decision.token_bytes else "",
                     "token_bytes": decision.token_bytes,
+                    "pod_lookup": lookup,
                     "duration_ms": round(elapsed * 1000, 3),
                 }
             ).decode()
         )
-        return _json(admission.response)
+        return _json(answer)
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -136,7 +169,7 @@ def create_app(state: WebhookState) -> Flask:
 
     @app.get("/readyz")
     def readyz() -> Response:
-        problem = state.readiness()
+        problem = state.readiness() or (state.pods.ready() if state.pods is not None else None)
         if problem:
             return _json({"status": "not ready", "reason": problem}, 503)
         return _json({"status": "ready", "kid": state.signer.kid})

@@ -40,6 +40,12 @@ class Settings:
     trusted_keys: tuple[Path, ...] = ()
     #: the webhook's name in the MutatingWebhookConfiguration (prefix of audit annotations)
     webhook_name: str = "exec.whoexec.io"
+    # pod awareness: "" (off), "in-cluster", a kubeconfig path, or an apiserver URL
+    kube: str = ""
+    pod_lookup_timeout: float = 0.5
+    images_without_env: tuple[str, ...] = ()
+    env_volume_path: str = "/.whoexec/env"
+    static_env_image: str = "ghcr.io/whoexec/whoexec:0.1.0"
     # consumer
     identity_pub: tuple[Path, ...] = ()
     procfs: Path | None = None
@@ -83,6 +89,11 @@ class Settings:
             raise ConfigError(f"env_path {self.env_path!r} must be an absolute path")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log_level {self.log_level!r} is not debug/info/warning/error")
+        if not 0 < self.pod_lookup_timeout <= 5:
+            raise ConfigError(
+                f"pod_lookup_timeout {self.pod_lookup_timeout} must be in (0, 5] seconds, well "
+                "under the webhook's timeoutSeconds"
+            )
         if self.hold_seconds < 0 or self.max_processes < 1:
             raise ConfigError("hold_seconds must be >= 0 and max_processes >= 1")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -104,6 +115,9 @@ class Settings:
             exclude_users=self.exclude_users,
             exclude_groups=self.exclude_groups,
             clock_skew_seconds=self.clock_skew_seconds,
+            env_volume_path=self.env_volume_path,
+            images_without_env=self.images_without_env,
+            static_env_image=self.static_env_image,
         )
 
 

@@ -87,6 +87,15 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
                 return f"TLS certificate unavailable: {exc.strerror}"
             return None
 
+        self.pods = None
+        if settings.kube:
+            from webhook.podcache import PodCache, api_client
+
+            # built here, started in each worker after fork (threads do not survive fork)
+            self.pods = PodCache(
+                api_client(settings.kube, settings.pod_lookup_timeout),
+                lookup_timeout=settings.pod_lookup_timeout,
+            )
         state = WebhookState(
             policy=settings.admission_policy,
             signer=signer,
@@ -94,6 +103,7 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
             max_body_bytes=settings.max_body_bytes,
             readiness=readiness,
             registry=registry,
+            pods=self.pods,
         )
         return create_app(state)
 
@@ -110,6 +120,12 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
 
                 multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
+        pods = self.pods
+
+        def post_fork(_server: Any, _worker: Any) -> None:
+            if pods is not None:
+                pods.start()
+
         def on_exit(_server: Any) -> None:
             if metrics_dir is not None:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -125,6 +141,7 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
             "keyfile": str(s.certs / TLS_KEY),
             "ssl_context": ssl_context,
             "child_exit": child_exit,
+            "post_fork": post_fork,
             "on_exit": on_exit,
             "accesslog": None,
             "errorlog": "-",
