@@ -8,6 +8,14 @@ COPY pyproject.toml README.md /src/
 COPY webhook /src/webhook
 # every dependency ships wheels (cryptography, orjson, psycopg[binary]): nothing compiles
 RUN /opt/whoexec/bin/pip install --only-binary=:all: /src
+# A static `env` for pods whose images have none (distroless, scratch): Debian's
+# busybox-static, one statically linked binary that acts as `env` when called by that
+# name. The pod CREATE mutation's init container copies it into the pod.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends busybox-static \
+ && mkdir -p /opt/whoexec/static \
+ && cp /bin/busybox /opt/whoexec/static/env \
+ && rm -rf /var/lib/apt/lists/*
 
 FROM python:3.11-slim-bookworm
 ARG VERSION=0.1.0

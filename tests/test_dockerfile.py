@@ -19,6 +19,7 @@ def test_multi_stage_on_a_slim_python_base():
 def test_final_image_has_no_compilers_and_runs_as_a_numeric_non_root_user():
     final = STAGES[-1]
     assert not re.search(r"\b(gcc|g\+\+|build-essential|clang|apt-get install)\b", final)
+    assert not re.search(r"\b(gcc|g\+\+|build-essential|clang)\b", STAGES[0])
     user = re.search(r"^USER (\d+):(\d+)$", final, re.M)
     assert user is not None and int(user.group(1)) != 0
     assert "--only-binary=:all:" in STAGES[0], "no source builds in the build stage either"
@@ -44,3 +45,12 @@ def test_dockerignore_keeps_keys_certs_venvs_and_tests_out():
     for copied in re.findall(r"^COPY (?!--from)(.+) /src/?\S*$", DOCKERFILE, re.M):
         for source in copied.split():
             assert source.rstrip("/") in allowed, source
+
+
+def test_the_static_env_is_shipped_where_the_init_container_copies_it_from():
+    from webhook.admission import STATIC_ENV_IN_IMAGE
+
+    assert "busybox-static" in STAGES[0]
+    assert f"cp /bin/busybox {STATIC_ENV_IN_IMAGE}" in STAGES[0]
+    assert "COPY --from=build /opt/whoexec /opt/whoexec" in STAGES[-1]
+    assert STATIC_ENV_IN_IMAGE.startswith("/opt/whoexec/")
