@@ -73,7 +73,7 @@ def test_every_rendered_object_validates_against_the_kubernetes_schema(tree, ove
 
 def test_webhook_configuration_matches_what_the_webhook_serves(tree):
     objects = render(tree, "self-signed")
-    (hook,) = one(objects, "MutatingWebhookConfiguration", "whoexec")["webhooks"]
+    hook, pods_hook = one(objects, "MutatingWebhookConfiguration", "whoexec")["webhooks"]
     assert hook["name"] == Settings().webhook_name == "exec.whoexec.io"
     assert hook["admissionReviewVersions"] == ["v1"]
     assert hook["sideEffects"] == "None"
@@ -104,7 +104,15 @@ def test_webhook_configuration_matches_what_the_webhook_serves(tree):
         "not-an-excluded-group",
     ]
     ca = (tree / "overlays" / "self-signed" / "certs" / "ca.crt").read_bytes()
-    assert base64.b64decode("".join(hook["clientConfig"]["caBundle"].split())) == ca
+    for webhook in (hook, pods_hook):
+        assert base64.b64decode("".join(webhook["clientConfig"]["caBundle"].split())) == ca
+    # the pod CREATE mutation: a second webhook, on the same endpoint, always fail-open
+    assert pods_hook["name"] == "pods.whoexec.io"
+    assert pods_hook["clientConfig"]["service"] == service_ref
+    assert [(r["operations"], r["resources"]) for r in pods_hook["rules"]] == [
+        (["CREATE"], ["pods"])
+    ]
+    assert pods_hook["failurePolicy"] == "Ignore"
 
 
 def test_served_routes_are_the_ones_the_manifests_use(signer, trusted):
@@ -181,20 +189,35 @@ def test_network_policies_admit_only_the_api_server_port_and_falco(tree):
     assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "falco"}
 
 
-def test_least_privilege_no_roles_and_no_api_tokens(tree):
+def test_least_privilege_only_the_webhook_reads_pods(tree):
     objects = render(tree, "self-signed")
-    assert not [
-        o
-        for o in objects
-        if o["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+    (role,) = [o for o in objects if o["kind"] in ("Role", "ClusterRole")]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
     ]
-    for sa in (o for o in objects if o["kind"] == "ServiceAccount"):
-        assert sa["automountServiceAccountToken"] is False
+    (binding,) = [o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "whoexec-webhook", "namespace": "whoexec"}
+    ]
+    webhook = one(objects, "Deployment")["spec"]["template"]["spec"]
+    consumer = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    assert webhook["automountServiceAccountToken"] is True
+    assert "--kube" in webhook["containers"][0]["args"]
+    assert consumer["automountServiceAccountToken"] is False
+
+
+def test_static_env_init_container_runs_the_deployed_image(tree):
+    spec = one(render(tree, "self-signed"), "Deployment")["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["WHOEXEC_STATIC_ENV_IMAGE"] == container["image"]
+    assert container["image"] == "ghcr.io/whoexec/whoexec:0.1.0"
 
 
 def test_overlays_change_what_they_say(tree):
     closed = one(render(tree, "fail-closed"), "MutatingWebhookConfiguration")
-    assert closed["webhooks"][0]["failurePolicy"] == "Fail"
+    assert [w["failurePolicy"] for w in closed["webhooks"]] == ["Fail", "Ignore"]
     managed = render(tree, "cert-manager")
     hook = one(managed, "MutatingWebhookConfiguration")
     assert (
