@@ -162,8 +162,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--review", type=Path, default=REVIEW)
+    parser.add_argument(
+        "--pod-cache",
+        action="store_true",
+        help="serve with a warm pod cache, fed by the tests' fake apiserver",
+    )
     parser.add_argument("serve_args", nargs="*", help="extra `whoexec serve` flags")
     args = parser.parse_args()
+    apiserver = None
+    if args.pod_cache:
+        sys.path.append(str(REVIEW.parent.parent.parent))  # tests/ holds the fake
+        from fake_apiserver import FakeApiserver, make_pod  # type: ignore[import-not-found]
+
+        review = json.loads(args.review.read_text())["request"]
+        apiserver = FakeApiserver()
+        apiserver.add(make_pod(review["namespace"], review["name"], "uid-bench", 0), False)
+        args.serve_args = [*args.serve_args, "--kube", apiserver.url]
     client = args.client
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "python"
@@ -184,6 +198,24 @@ def main() -> None:
                         port, c, args.seconds, keepalive, args.review, certs / "ca.crt"
                     )
 
+            if args.pod_cache:  # make sure the figures are for the cached path
+                conn = http.client.HTTPSConnection(
+                    "localhost",
+                    port,
+                    timeout=5,
+                    context=ssl.create_default_context(cafile=str(certs / "ca.crt")),
+                )
+                conn.request(
+                    "POST",
+                    "/mutate",
+                    body=args.review.read_bytes(),
+                    headers={"Content-Type": "application/json"},
+                )
+                answer = json.loads(conn.getresponse().read())["response"]
+                conn.close()
+                lookup = answer["auditAnnotations"].get("pod-lookup")
+                if lookup not in ("cached", "fetched"):
+                    raise SystemExit(f"the pod cache was not used: pod-lookup={lookup}")
             measure(8, True)  # warm up: imports, JIT-free but caches and connections
             results = {}
             for label, c, keepalive in (
@@ -199,9 +231,12 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+            if apiserver is not None:
+                apiserver.close()
 
     ratio = results["c32"]["rps"] / results["c32-no-keepalive"]["rps"]
     report = {
+        "pod_cache": bool(args.pod_cache),
         "client": client,
         "cpus": os.cpu_count(),
         "repeats": args.repeats,
