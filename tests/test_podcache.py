@@ -224,3 +224,79 @@ def test_readyz_waits_for_the_pod_cache(apiserver, signer, trusted):
     finally:
         apiserver.events.put(None)
         pods.stop()
+
+
+@pytest.mark.slow
+def test_real_serve_with_kube_starts_the_cache_in_every_worker(apiserver, tmp_path):
+    """`whoexec serve --kube URL`: the cache is started after gunicorn forks its workers."""
+    import base64
+    import http.client
+    import json
+    import os
+    import ssl
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from webhook.cli import main
+    from webhook.identity import verify_token
+    from webhook.keyfiles import load_key_ring
+
+    from .conftest import free_port
+
+    certs = tmp_path / "certs"
+    assert CliRunner().invoke(main, ["certs", "--out", str(certs)]).exit_code == 0
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "webhook.cli",
+            "serve",
+            "--certs",
+            str(certs),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--kube",
+            apiserver.url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+
+    def request(method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=5)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+            reply = conn.getresponse()
+            return reply.status, reply.read()
+        finally:
+            conn.close()
+
+    try:
+
+        def ready() -> bool:
+            try:
+                return request("GET", "/readyz")[0] == 200
+            except OSError:
+                return False
+
+        eventually(ready, 20)
+        ring = load_key_ring([certs / "identity.pub"])
+        for _ in range(4):  # reach both workers: each must have its own synced cache
+            status, body = request("POST", "/mutate", json.dumps(exec_review("web-0")).encode())
+            response = json.loads(body)["response"]
+            assert response["auditAnnotations"]["pod-lookup"] == "cached"
+            ops = json.loads(base64.b64decode(response["patch"]))
+            token = ops[0]["value"][1].split("=", 1)[1]
+            assert verify_token(token, ring, now=int(time.time())).pod_uid == "uid-web-0"
+    finally:
+        apiserver.events.put(None)
+        proc.terminate()
+        proc.communicate(timeout=30)
