@@ -291,6 +291,7 @@ def test_real_serve_with_kube_starts_the_cache_in_every_worker(apiserver, tmp_pa
         ring = load_key_ring([certs / "identity.pub"])
         for _ in range(4):  # reach both workers: each must have its own synced cache
             status, body = request("POST", "/mutate", json.dumps(exec_review("web-0")).encode())
+            assert status == 200
             response = json.loads(body)["response"]
             assert response["auditAnnotations"]["pod-lookup"] == "cached"
             ops = json.loads(base64.b64decode(response["patch"]))
