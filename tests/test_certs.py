@@ -7,6 +7,7 @@ import stat
 
 from click.testing import CliRunner
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from webhook.certs import ALL_FILES, PRIVATE_FILES
@@ -60,7 +61,12 @@ def test_identity_key_pair_matches_and_loads(tmp_path):
     ring = load_key_ring([out / "identity.pub"])
     assert list(ring) == [signer.kid] == [key_id(signer.public_key)]
     assert isinstance(signer.private_key, Ed25519PrivateKey)
-    assert b"BEGIN PRIVATE KEY" in (out / "identity.key").read_bytes()  # PKCS#8
+    pkcs8 = signer.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    assert (out / "identity.key").read_bytes() == pkcs8, "PKCS#8 PEM, unencrypted"
 
 
 def test_certs_refuses_to_overwrite_without_force(tmp_path):
