@@ -260,7 +260,8 @@ def parse_review(body: object) -> AdmissionRequest:
 # --- decisions ----------------------------------------------------------------------------
 
 
-def _is_exec(request: AdmissionRequest, subresource: str) -> bool:
+def is_pod_connect(request: AdmissionRequest, subresource: str) -> bool:
+    """``CONNECT`` on ``pods/<subresource>`` (``exec`` or ``attach``)."""
     return (
         request.get("operation") == "CONNECT"
         and request["resource"].get("resource") == "pods"
@@ -581,9 +582,9 @@ def decide(
     when the look-up failed or timed out, which ``pod_lookup`` then says).
     """
     ctx = _Context(request, policy, signer, trusted_keys, now, pod)
-    if _is_exec(request, "exec"):
+    if is_pod_connect(request, "exec"):
         return _with_warning(_decide_exec(ctx), pod_lookup)
-    if _is_exec(request, "attach"):
+    if is_pod_connect(request, "attach"):
         # attach joins a process that already runs: there is no command to rewrite
         return _with_warning(Decision(allowed=True, outcome="skipped-attach"), pod_lookup)
     if _is_ephemeral_update(request):

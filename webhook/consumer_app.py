@@ -376,6 +376,8 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
     """
     from gunicorn.app.base import BaseApplication
 
+    from webhook.wsgi import configure, multiprocess_registry
+
     load_key_ring(settings.identity_pub)  # fail before forking if the keys are unusable
     if settings.db:
         from webhook.store import open_store
@@ -386,13 +388,6 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
     heartbeat.unlink(missing_ok=True)
     Spool(settings.state_dir / "inbox.db").close()  # create the schema once, up front
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-
-    def registry() -> Any:
-        from prometheus_client import CollectorRegistry, multiprocess
-
-        reg = CollectorRegistry()
-        multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
-        return reg
 
     class ConsumerApplication(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -433,10 +428,7 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
                     config["cert_reqs"] = ssl.CERT_REQUIRED
                 tls = ReloadingContext(settings.tls_cert, settings.tls_key, settings.client_ca)
                 config["ssl_context"] = lambda _conf, _default: tls.current()
-            if "control_socket_disable" in self.cfg.settings:
-                config["control_socket_disable"] = True
-            for key, value in config.items():
-                self.cfg.set(key, value)
+            configure(self.cfg, config)
 
         def load(self) -> Flask:
             # in each worker, after fork: its own connections to the inbox and the store
@@ -449,7 +441,7 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
             return create_consumer_app(
                 inbox,
                 heartbeat,
-                registry if metrics_dir else None,
+                multiprocess_registry if metrics_dir else None,
                 store=store,
                 webhook_name=settings.webhook_name,
             )

@@ -27,9 +27,9 @@ from werkzeug.exceptions import HTTPException
 
 from webhook.admission import (
     AdmissionPolicy,
-    AdmissionRequest,
     PodFacts,
     decide,
+    is_pod_connect,
     outcomes,
     parse_review,
     render_response,
@@ -82,14 +82,6 @@ class WebhookState:
     pods: PodLookup | None = None
 
 
-def _targets_a_pod_exec(request: AdmissionRequest) -> bool:
-    return (
-        request.get("operation") == "CONNECT"
-        and request["resource"].get("resource") == "pods"
-        and request.get("subResource") == "exec"
-    )
-
-
 def _json(payload: object, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status=status, mimetype="application/json")
 
@@ -118,7 +110,7 @@ def create_app(state: WebhookState) -> Flask:
         try:
             req = parse_review(review)
             pod, lookup = None, ""
-            if state.pods is not None and _targets_a_pod_exec(req):
+            if state.pods is not None and is_pod_connect(req, "exec"):
                 pod, lookup = state.pods.lookup(req.get("namespace", ""), req.get("name", ""))
             decision = decide(
                 req,

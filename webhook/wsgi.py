@@ -39,6 +39,25 @@ def prepare_metrics_dir(workers: int) -> Path | None:
     return directory
 
 
+def multiprocess_registry() -> Any:
+    """A /metrics registry that sums the metrics of every gunicorn worker process."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def configure(cfg: Any, config: dict[str, Any]) -> None:
+    """Apply settings to a gunicorn config, with what every whoexec server needs."""
+    # gunicorn >= 25.1 opens a control socket under $HOME; a read-only root filesystem
+    # has no place for it, and whoexec does not use it
+    if "control_socket_disable" in cfg.settings:
+        config = {**config, "control_socket_disable": True}
+    for key, value in config.items():
+        cfg.set(key, value)
+
+
 class WebhookApplication(BaseApplication):  # type: ignore[misc]
     """gunicorn with the Flask app loaded once in the master (keys are read before fork)."""
 
@@ -69,15 +88,7 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
             extra.append(settings.certs / IDENTITY_PUB)
         if extra:
             trusted.update(load_key_ring(extra))
-        registry: Callable[[], Any] | None = None
-        if self.metrics_dir is not None:
-            from prometheus_client import CollectorRegistry, multiprocess
-
-            def registry() -> Any:
-                reg = CollectorRegistry()
-                multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
-                return reg
-
+        registry = multiprocess_registry if self.metrics_dir is not None else None
         tls = self.tls
 
         def readiness() -> str | None:
@@ -150,12 +161,7 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
             "graceful_timeout": 20,
             "proc_name": "whoexec-webhook",
         }
-        # gunicorn >= 25.1 opens a control socket under $HOME; a read-only root
-        # filesystem has no place for it, and the webhook does not need it
-        if "control_socket_disable" in self.cfg.settings:
-            config["control_socket_disable"] = True
-        for key, value in config.items():
-            self.cfg.set(key, value)
+        configure(self.cfg, config)
 
     def load(self) -> Any:
         return self.application
