@@ -189,23 +189,24 @@ class Attributor:
             return
         host = facts.host
         key = (host, facts.pid)
-        known = self.table.get(key)
+        record = self.table.get(key)
         own_token = self._intern(facts.token_in_args or facts.token_in_env)
-        reused = known is not None and None not in (known.start_ts, facts.start_ts)
-        if reused and known is not None and known.start_ts != facts.start_ts:
-            known = None  # the pid was reused: forget the old process entirely
-        if known is None:
-            record = ProcessRecord(facts.ppid, facts.start_ts, facts.container_id, own_token)
+        if (
+            record is not None
+            and record.start_ts is not None
+            and facts.start_ts is not None
+            and record.start_ts != facts.start_ts
+        ):
+            record = None  # the pid was reused: forget the old process entirely
+        if record is None:
+            record = ProcessRecord(facts.ppid, facts.start_ts, facts.container_id)
         else:
-            record = known
             record.ppid = facts.ppid if facts.ppid is not None else record.ppid
             record.start_ts = record.start_ts or facts.start_ts
             record.container_id = record.container_id or facts.container_id
-            # a token learnt at the env execve sticks across the exec into the command
-            if record.token is None and own_token is not None:
-                record.token = own_token
-                self._roots_learnt += 1
-        if known is None and own_token is not None:
+        # a token learnt at the env execve sticks across the exec into the command
+        if record.token is None and own_token is not None:
+            record.token = own_token
             self._roots_learnt += 1
         self.table.put(key, record)
         # the alert's own ancestor chain (proc.apid[N]) links parents to grandparents
