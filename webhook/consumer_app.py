@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,12 +54,9 @@ class Consumer:
 
     pipeline: Pipeline
     sinks: list[Sink]
-    closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
-        self.pipeline.close()
-        for closer in self.closers:
-            closer()
+        self.pipeline.close()  # closes every sink
 
 
 def build_consumer(
@@ -363,9 +360,7 @@ def _run_pipeline_process(settings: Settings, use_stdout: bool, heartbeat: Path)
     threading.Thread(target=watch_parent, name="whoexec-parent-watch", daemon=True).start()
     if stop.is_set():
         reader[0].stop()
-    reader[0].run()
-    for closer in consumer.closers:
-        closer()
+    reader[0].run()  # drains the inbox, then closes the pipeline and its sinks
 
 
 def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
