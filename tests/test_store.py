@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -347,3 +348,30 @@ def test_batch_mode_gives_up_after_max_wait_and_keeps_the_batch(tmp_path):
     with pytest.raises(StoreUnavailable), AUDIT_LOG.open("rb") as handle:
         ingestor.feed(handle)
     assert len(writer.pending) > 0, "nothing accepted was thrown away"
+
+
+def test_audit_log_is_followed_across_rotation_into_the_store(tmp_path):
+    from webhook.consumer import FileFollower
+
+    url = f"sqlite:///{tmp_path}/follow.db"
+    log = tmp_path / "audit.log"
+    lines = AUDIT_LOG.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:4]))
+    ingestor = AuditIngestor(StoreWriter(open_store(url)), "exec.whoexec.io")
+    follower = FileFollower(log, tmp_path / "audit.offset", poll=0.02)
+    thread = threading.Thread(target=follower.run, args=(ingestor,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while count(url, "audit_events") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log.rename(tmp_path / "audit.log.1")  # kube-apiserver rotates its audit log
+        log.write_bytes(b"".join(lines[4:]))
+        while count(url, "audit_events") < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        follower.stop()
+        thread.join(timeout=10)
+        ingestor.close()
+    assert count(url, "audit_events") == 4
+    assert ingestor.stats["malformed"] == 2
