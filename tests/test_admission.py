@@ -204,6 +204,7 @@ def test_ephemeral_container_gets_the_variable_in_its_env(signer, trusted):
     assert entry["name"] == "WHOEXEC_IDENTITY"
     identity = verify_token(entry["value"], trusted, now=NOW)
     assert (identity.user, identity.container) == ("alice@corp.example", "debugger-8xk2p")
+    assert identity.pod_uid == "c0ffee00-1111-4222-8333-444455556666", "from the Pod itself"
     assert {k: v for k, v in pod.items() if k != "spec"} == {
         k: v for k, v in review["request"]["object"].items() if k != "spec"
     }
@@ -477,3 +478,12 @@ def test_pod_create_leaves_opted_out_and_conflicting_pods_alone(signer, trusted,
     response, created = created_pod(signer, trusted, create_review(pod))
     assert response["auditAnnotations"]["outcome"] == outcome
     assert created is None
+
+
+def test_debug_container_in_an_opted_out_pod_is_not_injected(signer, trusted):
+    review = load_json("admission/debug_ephemeral_container.json")
+    review["request"]["object"]["metadata"]["annotations"] = {"whoexec.io/inject": "false"}
+    response = admit(review, signer, trusted).response["response"]
+    assert response["allowed"] is True
+    assert "patch" not in response
+    assert response["auditAnnotations"]["outcome"] == "skipped-pod-opt-out"

@@ -407,8 +407,11 @@ def _container_names(pod: Mapping[str, Any] | None, path: str) -> list[dict[str,
 
 
 def _decide_ephemeral(ctx: _Context) -> Decision:
-    if ctx.request.get("object") is None:
+    pod = ctx.request.get("object")
+    if pod is None:
         raise MalformedReview("request.object must be a Pod for pods/ephemeralcontainers")
+    # the object is the whole Pod: its UID is known without any look-up
+    ctx = replace(ctx, pod=pod_facts(pod))
     containers = _container_names(ctx.request.get("object"), "request.object")
     existing = {
         c["name"] for c in _container_names(ctx.request.get("oldObject"), "request.oldObject")
@@ -419,7 +422,6 @@ def _decide_ephemeral(ctx: _Context) -> Decision:
         return Decision(allowed=True, outcome="skipped-no-new-container")
 
     patch: list[dict[str, Any]] = []
-    already = 0
     for index, container in new:
         env = container.get("env")
         if env is not None and not isinstance(env, list):
@@ -431,7 +433,6 @@ def _decide_ephemeral(ctx: _Context) -> Decision:
             value = supplied[0].get("value")
             own = isinstance(value, str) and ctx.own_earlier_token(value, container["name"])
             if len(supplied) == 1 and own:
-                already += 1
                 continue
             return _denied(
                 f"whoexec: ephemeral container {container['name']!r} sets {variable}, which "
@@ -439,6 +440,8 @@ def _decide_ephemeral(ctx: _Context) -> Decision:
             )
     if skipped := _exclusion(ctx.request, ctx.policy):
         return Decision(allowed=True, outcome=skipped)
+    if ctx.pod is not None and ctx.pod.opted_out:
+        return Decision(allowed=True, outcome="skipped-pod-opt-out")
     token_bytes = 0
     for index, container in new:
         if any(
