@@ -16,6 +16,19 @@ from pathlib import Path
 from webhook.errors import ConfigError
 
 
+def connect_wal(path: Path) -> sqlite3.Connection:
+    """An autocommit SQLite connection in WAL mode, shareable across threads.
+
+    Several processes may write the same file (intake workers, consumers): a writer waits
+    up to 30 s for the lock rather than failing with "database is locked".
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
 class Spool:
     """FIFO of blobs. When full, the oldest items are dropped and counted in ``dropped``."""
 
@@ -29,19 +42,12 @@ class Spool:
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # several intake processes append while the pipeline process reads: wait for
-            # the write lock rather than fail with "database is locked"
-            self._db = sqlite3.connect(
-                path, check_same_thread=False, isolation_level=None, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = connect_wal(path)
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT,"
                 " body BLOB NOT NULL)"
             )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open spool {path}: {exc}") from None
 
     def __len__(self) -> int:

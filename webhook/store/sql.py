@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from webhook.errors import ConfigError, StoreError, StoreUnavailable
+from webhook.spool import connect_wal
 from webhook.store.model import (
     ATTRIBUTION_RANK,
     RANK_ATTRIBUTION,
@@ -453,12 +454,7 @@ class SQLiteStore(SqlStore):
 
     def __init__(self, path: Path) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = connect_wal(path)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open SQLite store {path}: {exc}") from None
         self.path = path
