@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,12 @@ def test_facts_read_iso8601_time_when_evt_time_is_absent():
 def test_fixture_public_key_is_the_only_key_material_committed():
     assert sorted(p.name for p in FALCO.glob("*.key")) == []
     assert Path(FALCO / "identity.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+
+
+@pytest.mark.parametrize("ns", [0, 1795341600_000_000_200, 1795341609_123456789])
+def test_falco_time_format_round_trips(ns):
+    from webhook.falco import format_time_ns, parse_time_ns
+
+    text = format_time_ns(ns)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", text)
+    assert parse_time_ns(text) == ns

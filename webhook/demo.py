@@ -40,6 +40,7 @@ import jsonpatch
 
 from webhook.certs import generate_certs
 from webhook.errors import WhoexecError
+from webhook.falco import format_time_ns
 from webhook.procfs import ProcFS
 
 NAMESPACE, POD, CONTAINER = "shop", "web-7d9f8b6c5-x2k4q", "app"
@@ -63,12 +64,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _iso(ns: int) -> str:
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
 
 
 class Demo:
@@ -448,7 +443,7 @@ class Demo:
             fields[f"proc.apid[{n}]"] = pid
             fields[f"proc.aname[{n}]"] = aname
         fields.update(extra or {})
-        clock = _iso(now)[11:29]
+        clock = format_time_ns(now)[11:29]
         output = (
             f"{clock}: {priority} {rule} (user=root process={name} "
             f"parent={ancestors[0][1]} command={fields['proc.cmdline'][:60]} "
@@ -464,7 +459,7 @@ class Demo:
                     "rule": rule,
                     "source": "syscall",
                     "tags": tags or ["container", "maturity_stable", "mitre_execution", "shell"],
-                    "time": _iso(now),
+                    "time": format_time_ns(now),
                 }.items()
             )
         )

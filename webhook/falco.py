@@ -160,6 +160,13 @@ def parse_time_ns(text: str) -> int:
     return int(stamp.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
 
 
+def format_time_ns(ns: int) -> str:
+    """Nanoseconds since the epoch as Falco prints ``time``: RFC 3339, UTC, 9 digits."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
+
+
 def _int(fields: dict[str, Any], key: str) -> int | None:
     value = fields.get(key)
     if isinstance(value, bool):

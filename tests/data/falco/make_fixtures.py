@@ -14,6 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from webhook.falco import format_time_ns
 from webhook.identity import Identity, Signer, sign_identity
 
 HERE = Path(__file__).parent
@@ -22,14 +23,6 @@ T0 = 1795341600_000_000_000  # 2026-11-22T10:00:00Z in ns
 SHOP = ("shop", "web-7d9f8b6c5-x2k4q", "app", "c0ffee00-1111-4222-8333-444455556666")
 CID = "3ad7c8e1f0b2"
 SHIM = 3100  # containerd-shim-runc-v2, the parent of every exec'd process
-
-
-def iso(ns: int) -> str:
-    import datetime
-
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
 
 
 def alert(
@@ -77,11 +70,11 @@ def alert(
         fields[f"proc.apid[{n}]"] = known[0]
         fields[f"proc.aname[{n}]"] = known[1]
     if iso_time:
-        fields["evt.time.iso8601"] = iso(t)
+        fields["evt.time.iso8601"] = format_time_ns(t)
     else:
         fields["evt.time"] = t
     fields.update(extra or {})
-    clock = iso(t)[11:29]
+    clock = format_time_ns(t)[11:29]
     output = (
         f"{clock}: {priority} {rule} (user=root user_loginuid=-1 process={name} "
         f"proc_exepath=/bin/{name} parent={fields['proc.pname']} command={fields['proc.cmdline']} "
@@ -96,7 +89,7 @@ def alert(
         "rule": rule,
         "source": "syscall",
         "tags": sorted(tags or ["container", "maturity_stable", "mitre_execution", "shell"]),
-        "time": iso(t),
+        "time": format_time_ns(t),
     }
     return dict(sorted(body.items()))
 
