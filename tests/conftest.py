@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import http.client
 import json
 import socket
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,32 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def http_ok(connect: Callable[[], http.client.HTTPConnection], path: str) -> bool:
+    """GET ``path`` answers 200 (False while the server is not up yet)."""
+    conn = connect()
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:  # refused, reset, or TLS not ready (ssl.SSLError is an OSError)
+        return False
+    finally:
+        conn.close()
+
+
+def wait_until_ready(
+    proc: subprocess.Popen[Any], probe: Callable[[], bool], what: str, seconds: float = 20
+) -> None:
+    """Poll ``probe``; if the server exits or time runs out, fail with its output."""
+    deadline = time.monotonic() + seconds
+    while not probe():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            output = proc.communicate()[0]
+            text = output.decode(errors="replace") if isinstance(output, bytes) else output
+            pytest.fail(f"{what} did not become ready:\n{text}")
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

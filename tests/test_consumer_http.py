@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from webhook.certs import issue_serving_certificate
 from webhook.cli import main
 
-from .conftest import DATA, free_port
+from .conftest import DATA, free_port, http_ok, wait_until_ready
 
 pytestmark = pytest.mark.slow
 FALCO = DATA / "falco"
@@ -92,21 +92,8 @@ def start_intake(tmp_path) -> Iterator[Callable[..., Intake]]:
         )
         started.append(proc)
         intake = Intake(proc, port, output, ctx)
-        deadline = time.monotonic() + 20
-        while True:
-            conn = intake.connection()
-            try:
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    return intake
-            except (OSError, ssl.SSLError):
-                pass
-            finally:
-                conn.close()
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"consumer did not start: {proc.communicate()[0].decode()}")
-            time.sleep(0.1)
+        wait_until_ready(proc, lambda: http_ok(intake.connection, "/healthz"), "the consumer")
+        return intake
 
     yield start
     for proc in started:

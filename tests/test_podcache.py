@@ -243,7 +243,7 @@ def test_real_serve_with_kube_starts_the_cache_in_every_worker(apiserver, tmp_pa
     from webhook.identity import verify_token
     from webhook.keyfiles import load_key_ring
 
-    from .conftest import free_port
+    from .conftest import free_port, http_ok, wait_until_ready
 
     certs = tmp_path / "certs"
     assert CliRunner().invoke(main, ["certs", "--out", str(certs)]).exit_code == 0
@@ -281,13 +281,10 @@ def test_real_serve_with_kube_starts_the_cache_in_every_worker(apiserver, tmp_pa
 
     try:
 
-        def ready() -> bool:
-            try:
-                return request("GET", "/readyz")[0] == 200
-            except OSError:
-                return False
+        def connect() -> http.client.HTTPSConnection:
+            return http.client.HTTPSConnection("localhost", port, context=context, timeout=5)
 
-        eventually(ready, 20)
+        wait_until_ready(proc, lambda: http_ok(connect, "/readyz"), "whoexec serve --kube")
         ring = load_key_ring([certs / "identity.pub"])
         for _ in range(4):  # reach both workers: each must have its own synced cache
             status, body = request("POST", "/mutate", json.dumps(exec_review("web-0")).encode())

@@ -24,7 +24,7 @@ from webhook.certs import issue_serving_certificate, service_dns_names
 from webhook.identity import verify_token
 from webhook.keyfiles import load_key_ring
 
-from .conftest import free_port, load_json
+from .conftest import free_port, http_ok, load_json, wait_until_ready
 
 pytestmark = pytest.mark.slow
 SERVER_NAME = "whoexec.whoexec.svc"
@@ -92,21 +92,11 @@ def server(certs: Path) -> Iterator[int]:
         text=True,
         env=env,
     )
-    deadline = time.monotonic() + 20
-    while True:
-        conn = PinnedHTTPSConnection(port, client_context(certs))
-        try:
-            conn.request("GET", "/readyz")
-            if conn.getresponse().status == 200:
-                break
-        except OSError:
-            pass
-        finally:
-            conn.close()
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"whoexec serve did not become ready:\n{proc.communicate()[0]}")
-        time.sleep(0.1)
+    wait_until_ready(
+        proc,
+        lambda: http_ok(lambda: PinnedHTTPSConnection(port, client_context(certs)), "/readyz"),
+        "whoexec serve",
+    )
     yield port
     proc.terminate()
     output = proc.communicate(timeout=30)[0]
