@@ -142,3 +142,16 @@ def test_admission_log_line_is_json_without_token_or_signature(client, caplog):
     assert entry["user"] == "alice@corp.example"
     assert entry["uid"] == review["request"]["uid"]
     assert signature not in line and token not in line
+
+
+def test_an_attacker_sized_pod_name_is_capped_in_the_log_line(client, caplog):
+    review = load_json("admission/exec_interactive_shell.json")
+    review["request"]["name"] = "p" * 40_000 + "\n{\"forged\": true}"
+    with caplog.at_level(logging.INFO, logger="whoexec"):
+        reply = client.post("/mutate", json=review)
+    assert reply.status_code == 200
+    (line,) = [r.getMessage() for r in caplog.records if '"msg":"admission"' in r.getMessage()]
+    assert len(line) < 2_000
+    entry = json.loads(line)
+    assert entry["pod"].endswith("...[cut 39762 chars]")
+    assert "\n" not in line

@@ -17,6 +17,7 @@ import orjson
 from webhook.audit import check_event, events_in_list, exec_audit
 from webhook.errors import MalformedAuditEvent
 from webhook.store.writer import StoreWriter, facts_from_audit
+from webhook.text import loggable
 
 log = logging.getLogger("whoexec.audit")
 
@@ -34,7 +35,7 @@ class AuditIngestor:
         self.stats["malformed"] += 1
         if len(self.errors) < 1000:
             self.errors.append(message)
-        log.warning("skipped audit input: %s", message)
+        log.warning("skipped audit input: %s", loggable(message))
 
     def ingest_event(self, data: object, where: str) -> None:
         try:

@@ -26,6 +26,7 @@ from webhook.errors import MalformedAlert
 from webhook.falco import FalcoAlert, check_alert, is_internal, render_json
 from webhook.lineage import Attributor, Outcome, enrich, findings
 from webhook.spool import Spool
+from webhook.text import loggable
 
 log = logging.getLogger("whoexec.consumer")
 
@@ -229,7 +230,7 @@ class RateLimitedLog:
         if now - self._last.get(reason, -1e18) >= self.interval:
             extra = self._suppressed.pop(reason, 0)
             more = f" ({extra} more since the last report)" if extra else ""
-            log.warning("skipped input: %s: %s%s", reason, detail, more)
+            log.warning("skipped input: %s: %s%s", reason, loggable(detail), more)
             self._last[reason] = now
         else:
             self._suppressed[reason] += 1

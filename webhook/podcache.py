@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge
 
 from webhook.admission import PodFacts, pod_facts
 from webhook.errors import ConfigError
+from webhook.text import loggable
 
 log = logging.getLogger("whoexec.podcache")
 
@@ -103,7 +104,7 @@ class PodCache:
         except Exception as exc:
             result = None, _classify(exc)
             if result[1] != "not-found":
-                log.warning("pod look-up %s/%s: %s", namespace, name, result[1])
+                log.warning("pod look-up %s/%s: %s", loggable(namespace), loggable(name), result[1])
         LOOKUPS.labels(result[1]).inc()
         return result
 

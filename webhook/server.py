@@ -36,6 +36,7 @@ from webhook.admission import (
 )
 from webhook.errors import MalformedReview
 from webhook.identity import Signer
+from webhook.text import loggable
 
 log = logging.getLogger("whoexec.admission")
 
@@ -139,10 +140,14 @@ def create_app(state: WebhookState) -> Flask:
                     "uid": req["uid"],
                     "outcome": decision.outcome,
                     "allowed": decision.allowed,
-                    "user": req.get("userInfo", {}).get("username", ""),
-                    "namespace": req.get("namespace", ""),
-                    "pod": req.get("name", ""),
-                    "container": obj.get("container", "") if isinstance(obj, dict) else "",
+                    # attacker-sized strings: escaped and capped (a 70 KB pod name
+                    # once went into one log line whole)
+                    "user": loggable(req.get("userInfo", {}).get("username", "")),
+                    "namespace": loggable(req.get("namespace", "")),
+                    "pod": loggable(req.get("name", "")),
+                    "container": loggable(
+                        obj.get("container", "") if isinstance(obj, dict) else ""
+                    ),
                     "subresource": req.get("subResource", ""),
                     "operation": req.get("operation", ""),
                     "dry_run": bool(req.get("dryRun", False)),
