@@ -244,12 +244,14 @@ def parse_review(body: object) -> AdmissionRequest:
     for key in ("kind", "resource"):
         _field(request, key, dict, "request")
     _field(request["resource"], "resource", str, "request.resource")
+    # Go's encoding/json accepts null for any of these, and the apiserver may omit them;
+    # from here on they are always present, with their empty value
     for key in ("subResource", "name", "namespace"):
-        _optional(request, key, str, "request")
+        request[key] = _optional(request, key, str, "request") or ""
     user_info = _field(request, "userInfo", dict, "request")
-    _optional(user_info, "username", str, "request.userInfo")
-    _optional(user_info, "uid", str, "request.userInfo")
-    _string_list(user_info, "groups", "request.userInfo")
+    for key in ("username", "uid"):
+        user_info[key] = _optional(user_info, key, str, "request.userInfo") or ""
+    user_info["groups"] = _string_list(user_info, "groups", "request.userInfo")
     _optional(request, "object", dict, "request")
     _optional(request, "oldObject", dict, "request")
     _optional(request, "dryRun", bool, "request")
