@@ -54,6 +54,7 @@ LINEAGE_FIELDS = (
     "proc.pid",
     "proc.ppid",
     "proc.vpid",
+    "thread.tid",
     "proc.pid.ts",
     "proc.name",
     "proc.pname",
@@ -93,7 +94,11 @@ class ProcessFacts:
     pid: int | None
     ppid: int | None
     vpid: int | None
-    start_ts: int | None  # proc.pid.ts, ns since the epoch
+    #: the process's start, ns since the epoch: ``proc.pid.ts`` when the event came from
+    #: the main thread. Falco's ``proc.pid.ts`` is the clone time of the *thread* that raised
+    #: the event (see shared/falco-0.44.1, run 2), so a worker thread's alert carries a
+    #: later value. Without ``thread.tid`` (an older append_output) it is taken as it is.
+    start_ts: int | None
     name: str | None
     parent_name: str | None
     cmdline: str | None
@@ -203,6 +208,9 @@ def process_facts(alert: FalcoAlert, variable: str, pattern: re.Pattern[str]) ->
         if apid is None or apid <= 0:
             break
         ancestors.append((apid, _str(fields, f"proc.aname[{n}]")))
+    pid = _int(fields, "proc.pid")
+    tid = _int(fields, "thread.tid")
+    start_ts = _int(fields, "proc.pid.ts") if tid is None or tid == pid else None
     ppid = _int(fields, "proc.ppid")
     if not ancestors and ppid:
         ancestors.append((ppid, _str(fields, "proc.pname")))
@@ -221,10 +229,10 @@ def process_facts(alert: FalcoAlert, variable: str, pattern: re.Pattern[str]) ->
     return ProcessFacts(
         host=alert.get("hostname", ""),
         time_ns=time_ns,
-        pid=_int(fields, "proc.pid"),
+        pid=pid,
         ppid=ppid if ppid is not None else (ancestors[0][0] if ancestors else None),
         vpid=_int(fields, "proc.vpid"),
-        start_ts=_int(fields, "proc.pid.ts"),
+        start_ts=start_ts,
         name=_str(fields, "proc.name"),
         parent_name=_str(fields, "proc.pname") or (ancestors[0][1] if ancestors else None),
         cmdline=cmdline,
