@@ -17,6 +17,9 @@ ALICE = "alice@corp.example"
 TAMPERED = "Exec identity tampered"
 INVALID = "Exec identity token invalid"
 NO_IDENTITY = "Exec session without identity"
+REPLAYED = "Exec identity replayed"
+CAROL = "carol@corp.example"
+READ_SHADOW = "Read sensitive file untrusted"
 
 
 class FakeClock:
@@ -82,11 +85,37 @@ SCENARIOS = [
         ],
         [INVALID, INVALID],
     ),
+    ("token_for_another_pod", 0.0, [("Terminal shell in container", "replayed", None)], [REPLAYED]),
+    ("replay_stale", 0.0, [("Read sensitive file untrusted", "replayed", None)], [REPLAYED]),
     (
-        "token_for_another_pod",
+        "replay_reused_a_minute_later",
         0.0,
-        [("Terminal shell in container", "tampered", ALICE)],
-        [TAMPERED],
+        [
+            ("Read sensitive file untrusted", "verified", CAROL),
+            ("Read sensitive file untrusted", "replayed", None),
+        ],
+        [REPLAYED],
+    ),
+    (
+        "replay_reused_within_window",
+        0.0,
+        [
+            ("Read sensitive file untrusted", "verified", CAROL),
+            ("Read sensitive file untrusted", "replayed", None),
+        ],
+        [REPLAYED],
+    ),
+    (
+        "replay_bound_elsewhere",
+        0.0,
+        [("Read sensitive file untrusted", "replayed", None)],
+        [REPLAYED],
+    ),
+    (
+        "replay_recreated_pod",
+        0.0,
+        [("Read sensitive file untrusted", "replayed", None)],
+        [REPLAYED],
     ),
     ("out_of_order", 5.0, [("Read sensitive file untrusted", "verified", ALICE)], []),
     ("out_of_order", 0.0, [("Read sensitive file untrusted", "none", None)], []),
@@ -248,3 +277,58 @@ def test_falco_time_format_round_trips(ns):
     text = format_time_ns(ns)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", text)
     assert parse_time_ns(text) == ns
+
+
+REPLAY_REASONS = [
+    ("replay_stale", "bob@corp.example", "stale: the session root started 10800s after"),
+    ("replay_reused_a_minute_later", CAROL, "stale: the session root started 61s after"),
+    ("replay_reused_within_window", CAROL, "reused: session ca201000-"),
+    ("replay_bound_elsewhere", "dave@corp.example", "bound elsewhere: token minted for pod 'db-0'"),
+    ("replay_recreated_pod", "erin@corp.example", "bound elsewhere: token minted for pod uid"),
+    ("token_for_another_pod", ALICE, "bound elsewhere: token minted for pod 'payments-0'"),
+]
+
+
+@pytest.mark.parametrize(("scenario", "victim", "reason"), REPLAY_REASONS)
+def test_a_replayed_root_names_nobody_and_keeps_the_claim_apart(scenario, victim, reason):
+    alerts, _, _ = run_scenario(scenario)
+    replayed = [
+        a
+        for a in alerts
+        if a["source"] == "syscall" and a["output_fields"]["whoexec.attribution"] == "replayed"
+    ]
+    assert replayed
+    for alert in replayed:
+        fields = alert["output_fields"]
+        assert fields["whoexec.user.name"] is None
+        assert fields["whoexec.session.id"] is None
+        assert fields["whoexec.user.groups"] is None
+        assert fields["whoexec.claimed.user.name"] == victim
+        assert "k8s_user=" not in alert["output"]
+        assert victim not in alert["output"]
+    (finding,) = [a for a in alerts if a["rule"] == REPLAYED]
+    assert finding["priority"] == "Critical"
+    assert finding["source"] == "whoexec"
+    assert finding["output_fields"]["whoexec.reason"].startswith(reason)
+    assert finding["output_fields"]["whoexec.claimed.user.name"] == victim
+    assert "whoexec.user.name" not in finding["output_fields"]
+    assert "nobody is attributed" in finding["output"]
+
+
+def test_a_genuine_session_is_verified_and_carries_no_claim():
+    alerts, _, _ = run_scenario("shell_and_grandchild")
+    for alert in alerts:
+        assert alert["output_fields"]["whoexec.attribution"] == "verified"
+        assert alert["output_fields"]["whoexec.claimed.user.name"] is None
+
+
+def test_a_tampered_alert_carries_a_marker_before_the_user_in_output():
+    alerts, _, _ = run_scenario("shadowed_export")
+    tampered = [
+        a
+        for a in alerts
+        if a["source"] == "syscall" and a["output_fields"]["whoexec.attribution"] == "tampered"
+    ]
+    assert tampered
+    for alert in tampered:
+        assert "[WHOEXEC: IDENTITY TAMPERED INSIDE THE SESSION] k8s_user=" in alert["output"]

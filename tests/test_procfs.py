@@ -19,9 +19,13 @@ PROC = Path("/proc")
 pytestmark = pytest.mark.skipif(not (PROC / "self/environ").exists(), reason="needs Linux /proc")
 
 
-def token_for(signer, user: str) -> str:
+WEB_0 = ("shop", "web-0", "app", "0000aaaa-1111-4222-8333-444455556666")
+
+
+def token_for(signer, user: str, *, age: int = 1, where=WEB_0, sid: str = "sess-1") -> str:
+    ns, pod, container, pod_uid = where
     return sign_identity(
-        Identity("sess-1", user, "", ("devs",), "shop", "web-0", "app", int(time.time()) - 5),
+        Identity(sid, user, "", ("devs",), ns, pod, container, int(time.time()) - age, pod_uid),
         signer,
     )
 
@@ -62,9 +66,19 @@ def spawn() -> Iterator:
         proc.wait()
 
 
-def synthetic_alert(pid: int, start_ns: int) -> dict:
+def synthetic_alert(pid: int, start_ns: int, where=None) -> dict:
     """What Falco would say about ``pid`` if its environment had been cut at 4 KiB."""
+    k8s = {}
+    if where is not None:
+        ns, pod, container, pod_uid = where
+        k8s = {
+            "k8s.ns.name": ns,
+            "k8s.pod.name": pod,
+            "container.name": container,
+            "k8s.pod.uid": pod_uid,
+        }
     fields = {
+        **k8s,
         "container.id": None,
         "evt.time": time.time_ns(),
         "proc.env[WHOEXEC_IDENTITY]": None,
@@ -87,12 +101,62 @@ def synthetic_alert(pid: int, start_ns: int) -> dict:
     )
 
 
-def attribute_live(pid: int, signer, trusted):
+def attribute_live(pid: int, signer, trusted, attributor=None, where=None):
     procfs = ProcFS(PROC)
     start_ns = procfs.read(pid).start_ns
-    attributor = Attributor(TokenVerifier(trusted), ProcessTable(), lineage_source=procfs.learn)
-    (outcome,) = attributor.submit(synthetic_alert(pid, start_ns), now=0)
+    if attributor is None:
+        attributor = Attributor(TokenVerifier(trusted), ProcessTable(), lineage_source=procfs.learn)
+    (outcome,) = attributor.submit(synthetic_alert(pid, start_ns, where), now=0)
     return outcome.attribution
+
+
+def live_root(spawn, token: str) -> int:
+    """A real session root (``env VAR=<token> sh``) and the pid of its grandchild."""
+    root = spawn("env", f"WHOEXEC_IDENTITY={token}", "sh", "-c", 'sh -c "sleep 30; true"; true')
+    return innermost(root.pid, 3)[-1]
+
+
+DB_0 = ("shop", "db-0", "postgres", "0000bbbb-1111-4222-8333-444455556666")
+WEB_0_RECREATED = (*WEB_0[:3], "0000cccc-1111-4222-8333-444455556666")
+
+
+@pytest.mark.parametrize(
+    ("case", "age", "minted_for", "seen_in", "status", "reason"),
+    [
+        ("a fresh, first, bound token", 1, WEB_0, WEB_0, "verified", ""),
+        ("bob's token minted 3 hours earlier", 3 * 3600, WEB_0, WEB_0, "replayed", "stale"),
+        ("dave's token for db-0 planted in web-0", 1, DB_0, WEB_0, "replayed", "bound elsewhere"),
+        (
+            "a token of web-0 before it was recreated",
+            1,
+            WEB_0,
+            WEB_0_RECREATED,
+            "replayed",
+            "bound",
+        ),
+    ],
+)
+def test_real_session_roots_are_believed_only_when_fresh_and_bound(
+    spawn, signer, trusted, case, age, minted_for, seen_in, status, reason
+):
+    pid = live_root(spawn, token_for(signer, "victim@corp.example", age=age, where=minted_for))
+    attribution = attribute_live(pid, signer, trusted, where=seen_in)
+    assert attribution.status == status, case
+    assert attribution.reason.startswith(reason), attribution.reason
+    if status == "replayed":
+        assert attribution.identity is None
+        assert attribution.claimed.user == "victim@corp.example"
+
+
+def test_a_second_real_root_with_the_same_token_is_a_replay(spawn, signer, trusted):
+    token = token_for(signer, "carol@corp.example")
+    procfs = ProcFS(PROC)
+    attributor = Attributor(TokenVerifier(trusted), ProcessTable(), lineage_source=procfs.learn)
+    first = attribute_live(live_root(spawn, token), signer, trusted, attributor, WEB_0)
+    second = attribute_live(live_root(spawn, token), signer, trusted, attributor, WEB_0)
+    assert first.status == "verified"
+    assert second.status == "replayed"
+    assert second.reason.startswith("reused: session sess-1 was already rooted by pid ")
 
 
 def test_innermost_process_resolves_to_the_env_root_token(spawn, signer, trusted):

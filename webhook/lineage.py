@@ -11,7 +11,16 @@ passed in). Falco facts this module is built around:
   itself), so anyone inside the session can shadow it with ``export``. The token that is
   believed is the **topmost** token-bearing ancestor's; any different token below it is
   tampering.
-* ``proc.pid`` + ``proc.pid.ts`` is a unique key; a pid alone can be reused.
+* ``proc.pid`` + ``proc.pid.ts`` is a unique key; a pid alone can be reused. But
+  ``proc.pid.ts`` is the clone time of the *thread* that raised the event, so it is the
+  process's start only when ``thread.tid == proc.pid`` (see ``falco.process_facts``).
+
+A token is not secret (it is in ``/proc/<pid>/environ`` and in the audit log), so a
+session root is believed only when it is **bound** (namespace, pod, pod UID and container
+match the token), **fresh** (the root started within a bounded window after the token's
+``iat``) and **first** (one root per session id and container, across consumers through
+the store). Anything else is ``replayed``: no user is attributed, and what the token
+claims is kept apart for the investigator (``docs/security.md``).
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -28,7 +37,9 @@ from webhook.errors import TokenError, TokenFromFuture
 from webhook.falco import FalcoAlert, ProcessFacts, is_whoexec_rule, process_facts, token_pattern
 from webhook.identity import DEFAULT_CLOCK_SKEW_SECONDS, Identity, verify_token
 
-Status = Literal["verified", "unverified", "tampered", "none"]
+Status = Literal["verified", "unverified", "tampered", "replayed", "none"]
+#: the statuses under which an alert names a user (``whoexec.user.*``, ``k8s_user=``)
+ATTRIBUTED: frozenset[str] = frozenset({"verified", "tampered"})
 #: the walk never goes further than this many parents (a process tree is never deeper)
 MAX_WALK = 64
 
@@ -41,6 +52,8 @@ class ProcessRecord:
     start_ts: int | None
     container_id: str | None
     token: str | None = None
+    #: the root check's result once made: "" believed, else why it is a replay
+    root_check: str | None = None
 
 
 ProcessKey = tuple[str, int]  # (hostname, host pid)
@@ -116,6 +129,96 @@ class TokenVerifier:
         return verdict
 
 
+#: A genuine root starts right after admission: the apiserver forwards the exec to the
+#: kubelet, which asks the runtime to start ``env``. Measured on the real cluster (bench/),
+#: the delay is well under a second; the window leaves room for a loaded node.
+DEFAULT_FRESH_SECONDS = 30
+#: node clocks against the webhook's clock; ``iat`` is also truncated to whole seconds
+DEFAULT_ROOT_SKEW_SECONDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPolicy:
+    """When a session root is believed: its start lies in ``[iat - skew, iat + fresh]``."""
+
+    fresh_seconds: int = DEFAULT_FRESH_SECONDS
+    skew_seconds: int = DEFAULT_ROOT_SKEW_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRoot:
+    """The one process a session id may root: a process is (host, pid, start time)."""
+
+    host: str
+    pid: int
+    start_ns: int
+
+
+class RootClaims(Protocol):
+    """Single use of session ids. ``claim`` records ``root`` as the root of
+    (``session_id``, ``container``) unless another root holds it, and returns the holder.
+    The store's implementation makes this hold across consumers (a unique key)."""
+
+    def claim(self, session_id: str, container: str, root: SessionRoot) -> SessionRoot: ...
+
+
+#: /proc's start time (clock ticks after a whole-second boot time) and Falco's
+#: ``proc.pid.ts`` (ns) differ by up to a second for the same process
+START_TOLERANCE_NS = 2_000_000_000
+
+
+def same_process(a: SessionRoot, b: SessionRoot) -> bool:
+    return (a.host, a.pid) == (b.host, b.pid) and abs(a.start_ns - b.start_ns) <= START_TOLERANCE_NS
+
+
+class MemoryRootClaims:
+    """Single use within one consumer, bounded (the oldest claims go first)."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._roots: dict[tuple[str, str], SessionRoot] = {}
+
+    def claim(self, session_id: str, container: str, root: SessionRoot) -> SessionRoot:
+        holder = self._roots.setdefault((session_id, container), root)
+        if len(self._roots) > self.max_entries:
+            del self._roots[next(iter(self._roots))]
+        return holder
+
+
+def freshness_problem(issued_at: int, root_start_ns: int, policy: ReplayPolicy) -> str:
+    """Why a root that started at ``root_start_ns`` cannot be the exec that minted
+    ``issued_at``; "" when it can. (The same decision is in ``e2e/tokenverifier``.)"""
+    start = root_start_ns // 1_000_000_000
+    if start < issued_at - policy.skew_seconds:
+        return (
+            f"stale: the session root started {issued_at - start}s before the token was "
+            f"issued (allowed skew {policy.skew_seconds}s)"
+        )
+    if start > issued_at + policy.fresh_seconds:
+        return (
+            f"stale: the session root started {start - issued_at}s after the token was "
+            f"issued (freshness window {policy.fresh_seconds}s)"
+        )
+    return ""
+
+
+def binding_problem(identity: Identity, facts: ProcessFacts) -> str:
+    """A token is bound to its namespace, pod, pod UID and container; elsewhere it is a
+    replay. A null field in the alert (k8s metadata still pending) cannot be compared."""
+    checks: list[tuple[str, str, str | None]] = [
+        ("namespace", identity.namespace, facts.namespace),
+        ("pod", identity.pod, facts.pod),
+        ("container", identity.container, facts.container_name),
+    ]
+    if identity.pod_uid is not None:
+        # a pod recreated under the same name (a StatefulSet's payments-0) has a new UID
+        checks.append(("pod uid", identity.pod_uid, facts.pod_uid))
+    for what, minted, seen in checks:
+        if seen is not None and minted and minted != seen:
+            return f"bound elsewhere: token minted for {what} {minted!r} is used in {what} {seen!r}"
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class Attribution:
     """Who an alert is attributed to, and how sure we are."""
@@ -124,8 +227,18 @@ class Attribution:
     identity: Identity | None = None
     root_pid: int | None = None
     via: str = ""  # lineage | env | aenv
-    reason: str = ""  # why tampered / unverified
+    reason: str = ""  # why tampered / unverified / replayed
     token: str | None = field(default=None, repr=False)
+    #: what a ``replayed`` root's token claims: never attributed, kept for the investigator
+    claimed: Identity | None = None
+    root_start_ns: int | None = None
+    #: the lineage seen so far cannot settle it (the root or its start time is missing):
+    #: worth holding back for a late root event
+    incomplete: bool = False
+
+    @property
+    def settled(self) -> bool:
+        return self.status != "none" and not self.incomplete
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +268,12 @@ class Attributor:
         max_held: int = 10_000,
         is_root_event: Callable[[FalcoAlert], bool] | None = None,
         lineage_source: Callable[[ProcessFacts, ProcessTable], object] | None = None,
+        replay: ReplayPolicy | None = None,
+        claims: RootClaims | None = None,
     ) -> None:
         self.verifier = verifier
+        self.replay = replay or ReplayPolicy()
+        self.claims: RootClaims = claims if claims is not None else MemoryRootClaims()
         self.table = table if table is not None else ProcessTable()
         self.variable = variable
         self.pattern: re.Pattern[str] = token_pattern(variable)
@@ -247,55 +364,116 @@ class Attributor:
             pid = record.ppid
 
     def attribute(self, facts: ProcessFacts) -> Attribution:
-        """Find the session root above ``facts`` and verify its token."""
+        """Find the session root above ``facts``, verify its token, and check that the
+        root is bound, fresh and first (see the module docstring)."""
         if facts.pid is None:
             return Attribution("none")
-        bearers = [(pid, record.token) for pid, record in self._lineage(facts) if record.token]
-        via = "lineage"
-        if bearers:
-            root_pid, root_token = bearers[-1]  # the topmost token-bearing ancestor
-            if len(bearers) == 1 and root_pid == facts.pid and facts.token_in_args is None:
-                via = "env"
-        elif facts.token_in_ancestor_env:
-            root_pid, root_token, via = None, facts.token_in_ancestor_env, "aenv"
-        else:
-            return Attribution("none")
-        assert root_token is not None
         now = facts.time_ns // 1_000_000_000
+        bearers = [(pid, record) for pid, record in self._lineage(facts) if record.token]
+        if not bearers:
+            if not facts.token_in_ancestor_env:
+                return Attribution("none")
+            # only the nearest ancestor's value (proc.aenv): the root process itself was
+            # never seen, so neither freshness nor single use can be checked
+            token = facts.token_in_ancestor_env
+            verdict = self.verifier.verify(token, now)
+            reason = verdict.error or (
+                "session root not seen: only proc.aenv carries the token, so freshness and "
+                "single use cannot be checked"
+            )
+            return Attribution(
+                "unverified",
+                None,
+                None,
+                "aenv",
+                reason,
+                token=token,
+                claimed=verdict.identity,
+                incomplete=verdict.identity is not None,
+            )
+        root_pid, root = bearers[-1]  # the topmost token-bearing ancestor
+        root_token = root.token
+        assert root_token is not None
+        via = "lineage"
+        if len(bearers) == 1 and root_pid == facts.pid and facts.token_in_args is None:
+            via = "env"
         verdict = self.verifier.verify(root_token, now)
         if verdict.identity is None:
             return Attribution(
                 "unverified", None, root_pid, via, verdict.error or "", token=root_token
             )
         identity = verdict.identity
-        attribution = Attribution("verified", identity, root_pid, via, token=root_token)
-
-        # a different token below the root, in the process's own env, or in the nearest
-        # ancestor's env (proc.aenv) means someone inside the session set the variable
-        for label, token in (
+        if root.start_ts is None:
+            return Attribution(
+                "unverified",
+                None,
+                root_pid,
+                via,
+                f"the start time of session root pid {root_pid} is unknown, so its freshness "
+                "cannot be checked",
+                token=root_token,
+                claimed=identity,
+                incomplete=True,
+            )
+        problem = binding_problem(identity, facts) or self._root_problem(
+            identity, facts.host, root_pid, root
+        )
+        if problem:
+            return Attribution(
+                "replayed",
+                None,
+                root_pid,
+                via,
+                problem,
+                token=root_token,
+                claimed=identity,
+                root_start_ns=root.start_ts,
+            )
+        attribution = Attribution(
+            "verified", identity, root_pid, via, token=root_token, root_start_ns=root.start_ts
+        )
+        # inside a genuine session, a different token below the root, in the process's own
+        # env, or in the nearest ancestor's env (proc.aenv) means someone set the variable:
+        # the session's owner keeps the attribution, and the alert is flagged
+        for label, other in (
             ("its environment", facts.token_in_env),
             ("its parent's environment (proc.aenv)", facts.token_in_ancestor_env),
         ):
-            if token and token != root_token:
+            if other and other != root_token:
                 return replace(
                     attribution,
                     status="tampered",
                     reason=f"pid {facts.pid} carries a different {self.variable} in {label} "
                     f"than session root pid {root_pid}",
                 )
-        others = [pid for pid, token in bearers[:-1] if token != root_token]
+        others = [pid for pid, record in bearers[:-1] if record.token != root_token]
         if others:
-            pid = others[0]
             return replace(
                 attribution,
                 status="tampered",
-                reason=f"descendant pid {pid} carries a different {self.variable} than "
+                reason=f"descendant pid {others[0]} carries a different {self.variable} than "
                 f"session root pid {root_pid}",
             )
-        mismatch = _binding_mismatch(identity, facts)
-        if mismatch:
-            return replace(attribution, status="tampered", reason=mismatch)
         return attribution
+
+    def _root_problem(
+        self, identity: Identity, host: str, root_pid: int, root: ProcessRecord
+    ) -> str:
+        """Freshness and single use of a root; decided once per root process."""
+        if root.root_check is not None:
+            return root.root_check
+        assert root.start_ts is not None
+        problem = freshness_problem(identity.issued_at, root.start_ts, self.replay)
+        if not problem:
+            this = SessionRoot(host, root_pid, root.start_ts)
+            holder = self.claims.claim(identity.session_id, identity.container, this)
+            if not same_process(holder, this):
+                problem = (
+                    f"reused: session {identity.session_id} was already rooted by pid "
+                    f"{holder.pid} on {holder.host}"
+                )
+        root.root_check = problem
+        return problem
 
     # -- the stream ------------------------------------------------------------------
 
@@ -309,7 +487,7 @@ class Attributor:
         attribution = self.attribute(facts)
         root_event = self._is_root_event(alert)
         if (
-            attribution.status == "none"
+            not attribution.settled
             and self.hold_seconds > 0
             and facts.in_container
             and not root_event
@@ -340,7 +518,7 @@ class Attributor:
             keep: deque[tuple[float, FalcoAlert, ProcessFacts]] = deque()
             for deadline, alert, facts in self._held:
                 attribution = self.attribute(facts)
-                if attribution.status != "none":
+                if attribution.settled:
                     ready.append(Outcome(alert, attribution, facts, self._is_root_event(alert)))
                 else:
                     keep.append((deadline, alert, facts))
@@ -362,33 +540,28 @@ class Attributor:
         return len(self._held)
 
 
-def _binding_mismatch(identity: Identity, facts: ProcessFacts) -> str:
-    """A token is bound to its namespace/pod/container; used elsewhere it is a replay."""
-    checks: list[tuple[str, str, str | None]] = [
-        ("namespace", identity.namespace, facts.namespace),
-        ("pod", identity.pod, facts.pod),
-        ("container", identity.container, facts.container_name),
-    ]
-    if identity.pod_uid is not None:
-        checks.append(("pod uid", identity.pod_uid, facts.pod_uid))
-    for what, minted, seen in checks:
-        # a null field in the alert (k8s metadata still pending) or a token minted for
-        # "no container named" cannot be compared
-        if seen is not None and minted and minted != seen:
-            return f"token minted for {what} {minted!r} is used in {what} {seen!r}"
-    return ""
-
-
 def enrichment(attribution: Attribution) -> dict[str, Any]:
-    """The ``whoexec.*`` fields added to an alert's ``output_fields``."""
-    identity = attribution.identity if attribution.status in ("verified", "tampered") else None
+    """The ``whoexec.*`` fields added to an alert's ``output_fields``.
+
+    Only ``verified`` and ``tampered`` name a user. What a replayed (or unverifiable)
+    token claims goes under ``whoexec.claimed.*``, which never means "this person".
+    """
+    identity = attribution.identity if attribution.status in ATTRIBUTED else None
+    claimed = attribution.claimed if identity is None else None
     return {
         "whoexec.attribution": attribution.status,
+        "whoexec.claimed.session.id": claimed.session_id if claimed else None,
+        "whoexec.claimed.user.name": claimed.user if claimed else None,
         "whoexec.session.id": identity.session_id if identity else None,
         "whoexec.user.groups": list(identity.groups) if identity else None,
         "whoexec.user.name": identity.user if identity else None,
         "whoexec.user.uid": identity.uid if identity else None,
     }
+
+
+#: put before ``k8s_user=`` on a tampered session's alerts, so that a person who reads only
+#: ``output`` (Slack, a SIEM) cannot miss it
+TAMPERED_MARKER = "[WHOEXEC: IDENTITY TAMPERED INSIDE THE SESSION]"
 
 
 def enrich(outcome: Outcome) -> FalcoAlert:
@@ -398,15 +571,18 @@ def enrich(outcome: Outcome) -> FalcoAlert:
     fields = {**alert["output_fields"], **enrichment(attribution)}
     enriched: FalcoAlert = {**alert, "output_fields": fields}
     identity = attribution.identity
-    if identity is not None and attribution.status in ("verified", "tampered"):
+    if identity is not None and attribution.status in ATTRIBUTED:
+        marker = f" {TAMPERED_MARKER}" if attribution.status == "tampered" else ""
         enriched["output"] = (
-            f"{alert.get('output', '')} k8s_user={identity.user} k8s_session={identity.session_id}"
+            f"{alert.get('output', '')}{marker} k8s_user={identity.user} "
+            f"k8s_session={identity.session_id}"
         )
     return enriched
 
 
 FINDING_TAMPERED = "Exec identity tampered"
 FINDING_INVALID = "Exec identity token invalid"
+FINDING_REPLAYED = "Exec identity replayed"
 FINDING_NO_IDENTITY = "Exec session without identity"
 
 
@@ -451,6 +627,27 @@ def findings(outcome: Outcome) -> list[tuple[tuple[object, ...], FalcoAlert]]:
                         "whoexec.reason": attribution.reason,
                         "whoexec.session.id": identity.session_id,
                         "whoexec.user.name": identity.user,
+                    },
+                ),
+            )
+        )
+    elif attribution.status == "replayed" and attribution.claimed is not None:
+        claimed = attribution.claimed
+        found.append(
+            (
+                (facts.host, attribution.root_pid, attribution.root_start_ns, FINDING_REPLAYED),
+                _finding(
+                    outcome,
+                    FINDING_REPLAYED,
+                    "Critical",
+                    f"Exec identity replayed: {attribution.reason}. The token claims user "
+                    f"{claimed.user} (session {claimed.session_id}); nobody is attributed "
+                    f"({where})",
+                    {
+                        **base,
+                        "whoexec.reason": attribution.reason,
+                        "whoexec.claimed.session.id": claimed.session_id,
+                        "whoexec.claimed.user.name": claimed.user,
                     },
                 ),
             )

@@ -79,10 +79,12 @@ class ProcFS:
             key = (facts.host, info.pid)
             record = table.get(key)
             if record is None:
-                record = ProcessRecord(info.ppid, None, None, info.token)
+                record = ProcessRecord(info.ppid, info.start_ns, None, info.token)
             else:
                 record.ppid = info.ppid
                 record.token = record.token or info.token
+                # a root's freshness is judged on its start time (lineage.freshness_problem)
+                record.start_ts = record.start_ts or info.start_ns
             table.put(key, record)
             learnt += 1
             info = self.read(info.ppid) if info.ppid > 1 else None

@@ -53,8 +53,9 @@ def alert(
         "k8s.pod.uid": pod_uid,
         "proc.args": args,
         "proc.cmdline": f"{name} {args}".strip(),
-        "proc.env[WHOEXEC_IDENTITY]": env_var,
-        "proc.aenv[WHOEXEC_IDENTITY]": aenv_var,
+        # real Falco prints "" for an absent variable, not null (shared/falco-0.44.1)
+        "proc.env[WHOEXEC_IDENTITY]": env_var or "",
+        "proc.aenv[WHOEXEC_IDENTITY]": aenv_var or "",
         "proc.name": name,
         "proc.pid": pid,
         "proc.pid.ts": pid_ts,
@@ -62,6 +63,7 @@ def alert(
         "proc.ppid": ancestors[0][0] if ancestors else 0,
         "proc.tty": 34816,
         "proc.vpid": vpid,
+        "thread.tid": pid,
         "user.loginuid": -1,
         "user.name": "root",
     }
@@ -346,6 +348,52 @@ def main() -> None:
     # 10. a token issued an hour after the event it is seen in
     future = token("88888888-0000-4000-8000-000000000008", iat=T0 // 1_000_000_000 + 3600)
     scenarios["token_from_future"] = [root_alert(T0 + 200, 4242, root_ts, future, "/bin/sh")]
+
+    # 11-15. a real token replayed as a session root (webhook down, nodes/proxy, node shell)
+    def replay_of(sid: str, user: str, where=SHOP, iat=None, pid=5242, start=root_ts) -> list:
+        stolen = token(sid, where=where, user=user, iat=iat)
+        return [
+            root_alert(start + 100, pid, start, stolen, "/bin/sh", vpid=40),
+            alert(
+                "Read sensitive file untrusted",
+                "Warning",
+                t=start + 2 * s,
+                pid=pid + 1,
+                vpid=41,
+                pid_ts=start + s,
+                name="cat",
+                args="/etc/shadow",
+                env_var=stolen,
+                aenv_var=stolen,
+                ancestors=[(pid, "sh"), (SHIM, "containerd-shim")],
+                extra={"fd.name": "/etc/shadow"},
+            ),
+        ]
+
+    # bob's token, minted three hours earlier for this very pod
+    scenarios["replay_stale"] = replay_of(
+        "b0b00000-0000-4000-8000-000000000011",
+        "bob@corp.example",
+        iat=T0 // 1_000_000_000 - 3 * 3600,
+    )
+    # carol's token: its genuine root, then a second root with it a minute later (past
+    # the freshness window) and one 10 s later (inside it: only single use catches it)
+    carol = "ca201000-0000-4000-8000-000000000012"
+    for name, later in (("replay_reused_a_minute_later", 60), ("replay_reused_within_window", 10)):
+        genuine = replay_of(carol, "carol@corp.example", pid=6100)
+        scenarios[name] = genuine + replay_of(
+            carol, "carol@corp.example", pid=6200, start=root_ts + later * s
+        )
+    # dave's token minted for pod db-0, planted as the root in pod web-1
+    db0 = ("shop", "db-0", "postgres", "db000000-1111-4222-8333-444455556666")
+    scenarios["replay_bound_elsewhere"] = replay_of(
+        "da7e0000-0000-4000-8000-000000000013", "dave@corp.example", where=db0
+    )
+    # a StatefulSet pod recreated under the same name: the old pod's token, the new pod UID
+    old_uid = (SHOP[0], SHOP[1], SHOP[2], "01d00000-1111-4222-8333-444455556666")
+    scenarios["replay_recreated_pod"] = replay_of(
+        "e1e10000-0000-4000-8000-000000000014", "erin@corp.example", where=old_uid
+    )
 
     for name, alerts in scenarios.items():
         with (HERE / f"{name}.jsonl").open("w") as out:
