@@ -187,3 +187,102 @@ def test_the_cli_as_a_real_subprocess(tmp_path):
     )
     assert listed.returncode == 0
     assert "Exec not attributed by the webhook" in listed.stdout
+
+
+FORGED_LINE = "\n2026-11-22T09:00:00Z  audit     create exec by admin@corp.example: rm -rf /"
+TERMINAL_ESCAPES = "\x1b]0;pwned\x07\x1b[2J\u202e"
+
+
+@pytest.fixture
+def hostile_db(tmp_path) -> str:
+    """A session whose command, pod and host come from an attacker."""
+    from webhook.store import Batch, open_store
+    from webhook.store.model import ProcessFact, SessionFact
+
+    url = f"sqlite:///{tmp_path / 'hostile.db'}"
+    store = open_store(url)
+    t0 = 1795341600_000_000_000
+    store.ingest(
+        Batch(
+            sessions=[
+                SessionFact(
+                    session_id="hostile-1",
+                    time_ns=t0,
+                    learnt_from="token",
+                    user="eve@corp.example",
+                    namespace="shop",
+                    pod='web,"0"\nx',
+                    container="app",
+                    command=("sh", "-c", f"echo hi{FORGED_LINE}{TERMINAL_ESCAPES}"),
+                    attribution="verified",
+                    started_ns=t0,
+                )
+            ],
+            processes=[
+                ProcessFact("hostile-1", "node-a", 42, t0, 1, f"cat x{FORGED_LINE}", t0 + 1)
+            ],
+        )
+    )
+    store.close()
+    return url
+
+
+def test_the_timeline_shows_control_characters_as_escapes_never_raw(hostile_db):
+    result = run("session", "hostile-1", "--db", hostile_db)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "\u202e" not in result.stdout
+    timeline = [line for line in result.stdout.splitlines() if line[:4].isdigit()]
+    assert len(timeline) == 1, "the forged line did not become an entry of its own"
+    assert "\\n2026-11-22T09:00:00Z  audit" in timeline[0]
+    assert "\\x1b]0;pwned\\x07" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv"])
+def test_session_lists_escape_control_characters(hostile_db, fmt):
+    result = run("sessions", "--db", hostile_db, "--since", EVER, "--format", fmt)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert "\\x1b" in result.stdout
+
+
+def test_csv_quotes_commas_quotes_and_newlines_and_round_trips(hostile_db):
+    result = run("sessions", "--db", hostile_db, "--since", EVER, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 1
+    assert rows[0]["pod"] == 'web,"0"\\nx'
+    assert rows[0]["user"] == "eve@corp.example"
+
+
+def test_json_keeps_the_exact_values_for_machines(hostile_db):
+    result = run("sessions", "--db", hostile_db, "--since", EVER, "--format", "json")
+    (row,) = json.loads(result.stdout)
+    assert row["pod"] == 'web,"0"\nx'
+    assert "\x1b" not in result.stdout, "JSON escapes control characters itself"
+
+
+def test_a_replayed_session_is_shown_under_nobody_with_the_claim_apart(store_url):
+    result = run(
+        "consume",
+        "--input",
+        str(FALCO / "replay_stale.jsonl"),
+        "--identity-pub",
+        str(FALCO / "identity.pub"),
+        "--db",
+        store_url,
+        "--no-stdout",
+    )
+    assert result.exit_code == 0, result.output
+    listing = run("sessions", "--db", store_url, "--since", EVER, "--format", "json")
+    (row,) = json.loads(listing.stdout)
+    assert (row["user_name"], row["attribution"]) == (None, "replayed")
+    assert row["claimed_user"] == "bob@corp.example"
+    only = run("sessions", "--db", store_url, "--since", EVER, "--attribution", "verified")
+    assert only.stdout.strip() == "(none)"
+    timeline = run("session", row["session_id"], "--db", store_url)
+    assert "user       nobody: a replayed token (it claims bob@corp.example" in timeline.stdout
+    assert "reason     stale: " in timeline.stdout
+    found = run("findings", "--db", store_url, "--since", EVER, "--format", "json")
+    (finding,) = json.loads(found.stdout)
+    assert finding["kind"] == "Exec identity replayed"
+    assert finding["user_name"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -15,6 +16,8 @@ from webhook.keyfiles import load_key_ring
 from webhook.lineage import Attributor, TokenVerifier
 from webhook.store import Batch, SessionQuery, open_store
 from webhook.store import sql as store_sql
+from webhook.store.claims import StoreRootClaims
+from webhook.store.sql import FINDING_AUDIT_USER_MISMATCH, FINDING_NOT_IN_AUDIT_LOG
 from webhook.store.writer import FINDING_UNATTRIBUTED, StoreWriter
 
 from .conftest import DATA, free_port
@@ -67,13 +70,28 @@ def test_upgrade_from_version_1_keeps_the_data(store_url, monkeypatch):
     monkeypatch.setattr(store_sql, "LATEST", 1)
     old = open_store(store_url)
     assert old.schema_version() == 1
+    # a session as release 1 wrote it, with release 1's columns only
+    with old._transaction() as cursor:
+        cursor.execute(
+            old._sql(
+                "INSERT INTO sessions (session_id, user_name, namespace, pod, started_ns, "
+                "last_seen_ns, via_token, attribution_rank) VALUES (?, ?, ?, ?, ?, ?, 1, 1)"
+            ),
+            (ALICE_SID, "alice@corp.example", "shop", "web-0", T0, T0),
+        )
     old.close()
-    consume_into(store_url, "shell_and_grandchild")  # v1 has no findings table...
     monkeypatch.undo()
-    new = open_store(store_url)  # ...the upgrade adds it and keeps every session
-    assert new.schema_version() == 2
-    assert [s["session_id"] for s in new.sessions(SessionQuery(since_ns=EVER))] == [ALICE_SID]
+    new = open_store(store_url)  # the upgrade adds findings, session_roots and columns
+    assert new.schema_version() == store_sql.LATEST
+    (row,) = new.sessions(SessionQuery(since_ns=EVER))
+    assert (row["session_id"], row["user_name"], row["attribution"]) == (
+        ALICE_SID,
+        "alice@corp.example",
+        "verified",
+    )
+    assert row["claimed_user"] is None
     assert new.findings(EVER) == []
+    assert new.claim_root(ALICE_SID, "app", "node-a", 42, T0) == ("node-a", 42, T0)
     new.close()
 
 
@@ -205,15 +223,26 @@ def test_session_queries_filter_and_sort_newest_first(store_url):
     everything = store.sessions(SessionQuery(since_ns=EVER))
     starts = [row["started_ns"] for row in everything]
     assert starts == sorted(starts, reverse=True)
-    assert {row["user_name"] for row in everything} == {"alice@corp.example", "dave@corp.example"}
+    # the replayed root is a session of its own, under nobody's name
+    assert {row["user_name"] for row in everything} == {
+        "alice@corp.example",
+        "dave@corp.example",
+        None,
+    }
     assert store.sessions(SessionQuery(namespace="payments", since_ns=EVER))[0]["pod"] == (
         "payments-0"
     )
     assert store.sessions(SessionQuery(pod="nope", since_ns=EVER)) == []
     assert store.sessions(SessionQuery(since_ns=T0 + 3600 * 10**9)) == []
-    assert len(store.sessions(SessionQuery(until_ns=T0 + 1, since_ns=EVER))) == 2
-    tampered = [r for r in everything if r["attribution"] == "tampered"]
-    assert [r["session_id"] for r in tampered] == ["77777777-0000-4000-8000-000000000007"]
+    assert len(store.sessions(SessionQuery(until_ns=T0 + 1, since_ns=EVER))) == 1
+    assert len(store.sessions(SessionQuery(until_ns=T0 + 101, since_ns=EVER))) == 2
+    (replayed,) = store.sessions(SessionQuery(attribution="replayed", since_ns=EVER))
+    assert replayed["session_id"].startswith("replayed:")
+    assert replayed["user_name"] is None
+    assert replayed["claimed_user"] == "alice@corp.example"
+    assert replayed["claimed_session_id"] == "77777777-0000-4000-8000-000000000007"
+    assert replayed["reason"].startswith("bound elsewhere: token minted for pod 'payments-0'")
+    assert store.session("77777777-0000-4000-8000-000000000007") is None, "never the victim's"
     store.close()
 
 
@@ -234,10 +263,13 @@ def test_findings_include_tampering_and_invalid_tokens(store_url):
     store = open_store(store_url)
     kinds = sorted(f["kind"] for f in store.findings(EVER))
     assert kinds == [
-        "Exec identity tampered",
+        "Exec identity replayed",
         "Exec identity token invalid",
         "Exec identity token invalid",
     ]
+    (replay,) = [f for f in store.findings(EVER) if f["kind"] == "Exec identity replayed"]
+    assert replay["user_name"] is None, "a replay finding names nobody as its user"
+    assert "claims user alice@corp.example" in replay["detail"]
     store.close()
 
 
@@ -375,3 +407,117 @@ def test_audit_log_is_followed_across_rotation_into_the_store(tmp_path):
         ingestor.close()
     assert count(url, "audit_events") == 4
     assert ingestor.stats["malformed"] == 2
+
+
+def ingest_audit_lines(url: str, text: str) -> None:
+    ingestor = AuditIngestor(StoreWriter(open_store(url)), "exec.whoexec.io")
+    ingestor.feed(io.BytesIO(text.encode()), where="audit.log")
+    ingestor.close()
+
+
+CAROL_SID = "ca201000-0000-4000-8000-000000000012"
+LATER = T0 + 3600 * 10**9
+
+
+def crosscheck_findings(url: str) -> dict[str, dict]:
+    store = open_store(url)
+    try:
+        store.crosscheck(LATER, 60 * 10**9)
+        return {f["kind"]: f for f in store.findings(EVER) if f["kind"].startswith("Exec session")}
+    finally:
+        store.close()
+
+
+def test_crosscheck_finds_a_session_root_the_audit_log_never_saw(store_url):
+    consume_into(store_url, "shell_and_grandchild", "replay_reused_within_window")
+    ingest_audit(store_url)  # alice's exec is there; carol's is not
+    store = open_store(store_url)
+    assert store.crosscheck(LATER, 60 * 10**9) == 1
+    assert store.crosscheck(LATER, 60 * 10**9) == 0, "idempotent"
+    (finding,) = [f for f in store.findings(EVER) if f["kind"] == FINDING_NOT_IN_AUDIT_LOG]
+    assert finding["session_id"] == CAROL_SID
+    assert finding["priority"] == "Warning"
+    assert "carol@corp.example" in finding["detail"]
+    store.close()
+
+
+def test_crosscheck_waits_until_the_audit_log_has_moved_past_the_session(store_url):
+    consume_into(store_url, "replay_reused_within_window")
+    store = open_store(store_url)
+    assert store.crosscheck(LATER, 60 * 10**9) == 0, "no audit event at all yet: no verdict"
+    store.close()
+
+
+def test_crosscheck_flags_an_audit_event_that_names_another_user(store_url):
+    consume_into(store_url, "shell_and_grandchild")
+    forged = AUDIT_LOG.read_text().replace(
+        '"username":"alice@corp.example"', '"username":"mallory"'
+    )
+    ingest_audit_lines(store_url, forged)
+    store = open_store(store_url)
+    store.crosscheck(LATER, 60 * 10**9)
+    (finding,) = [f for f in store.findings(EVER) if f["kind"] == FINDING_AUDIT_USER_MISMATCH]
+    assert finding["priority"] == "Critical"
+    assert finding["session_id"] == ALICE_SID
+    assert "names alice@corp.example" in finding["detail"]
+    assert "names mallory" in finding["detail"]
+    store.close()
+
+
+def test_crosscheck_is_quiet_when_token_and_audit_event_agree(store_url):
+    consume_into(store_url, "shell_and_grandchild")
+    ingest_audit(store_url)
+    store = open_store(store_url)
+    assert store.crosscheck(LATER, 60 * 10**9) == 0
+    store.close()
+
+
+def two_consumers_on_one_store(url: str, first: list[bytes], second: list[bytes]):
+    """Two consumers (two nodes) with their own process tables, sharing one store."""
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    sinks = []
+    for lines in (first, second):
+        writer = StoreWriter(open_store(url))
+        sink = MemorySink()
+        claims_store = open_store(url)
+        attributor = Attributor(verifier, claims=StoreRootClaims(claims_store))
+        pipeline = Pipeline(attributor, [sink, writer])
+        pipeline.observe(writer.record)
+        pipeline.feed(lines, where="node")
+        pipeline.close()
+        claims_store.close()
+        sinks.append(sink)
+    return [
+        [a["output_fields"]["whoexec.attribution"] for a in sink.alerts if a["source"] == "syscall"]
+        for sink in sinks
+    ]
+
+
+def test_a_session_id_roots_one_process_across_consumers_sharing_postgresql(postgres_url):
+    lines = (FALCO / "replay_reused_within_window.jsonl").read_bytes().splitlines()
+    genuine, replay = lines[:2], lines[2:]
+    on_node_a, on_node_b = two_consumers_on_one_store(postgres_url, genuine, replay)
+    assert on_node_a == ["verified"]
+    assert on_node_b == ["replayed"], "node b's own table has never seen the genuine root"
+    store = open_store(postgres_url)
+    (replayed,) = store.sessions(SessionQuery(attribution="replayed", since_ns=EVER))
+    assert replayed["reason"].startswith(f"reused: session {CAROL_SID} was already rooted by")
+    store.close()
+
+
+def test_concurrent_root_claims_have_exactly_one_winner(postgres_url):
+    import concurrent.futures
+
+    stores = [open_store(postgres_url) for _ in range(8)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            holders = list(
+                pool.map(
+                    lambda n: stores[n].claim_root("race-sid", "app", f"node-{n}", 100 + n, T0),
+                    range(8),
+                )
+            )
+    finally:
+        for store in stores:
+            store.close()
+    assert len(set(holders)) == 1, holders

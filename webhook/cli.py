@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from webhook.errors import WhoexecError
+from webhook.text import visible
 from webhook.times import format_utc, parse_duration_ns, parse_time_ns
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -439,8 +440,10 @@ def _emit(rows: list[dict[str, Any]], fmt: str, columns: list[tuple[str, str]]) 
     table = [[render(row) for render in _renderers(columns)] for row in rows]
     headers = [title for title, _ in columns]
     if fmt == "csv":
+        # the csv module quotes commas, quotes and newlines; control characters were
+        # already escaped by the renderers, so no cell can forge a row or reach a terminal
         out = io.StringIO()
-        writer = csv.writer(out)
+        writer = csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         writer.writerow(headers)
         writer.writerows(table)
         click.echo(out.getvalue(), nl=False)
@@ -460,8 +463,8 @@ def _renderers(columns: list[tuple[str, str]]) -> list[Callable[[dict[str, Any]]
             if key == "alerts":
                 return _priorities(item or {})
             if isinstance(item, list):
-                return " ".join(map(str, item))
-            return "" if item is None else str(item)
+                return visible(" ".join(map(str, item)))
+            return "" if item is None else visible(str(item))
 
         return value
 
@@ -482,6 +485,12 @@ def _with_utc(rows: list[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
 @click.option("--user", default=None)
 @click.option("--namespace", default=None)
 @click.option("--pod", default=None)
+@click.option(
+    "--attribution",
+    type=click.Choice(["pending", "verified", "unverified", "tampered", "replayed"]),
+    default=None,
+    help="Only sessions with this attribution status.",
+)
 @click.option("--since", type=TimeParam(), default="24h", show_default=True)
 @click.option("--until", type=TimeParam(), default=None)
 @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
@@ -492,16 +501,29 @@ def sessions(
     user: str | None,
     namespace: str | None,
     pod: str | None,
+    attribution: str | None,
     since: int,
     until: int | None,
     limit: int,
     fmt: str,
 ) -> None:
-    """Exec sessions, newest first: who, where, when, commands run, alerts by priority."""
+    """Exec sessions, newest first: who, where, when, commands run, alerts by priority.
+
+    A replayed session names nobody as its user: the user its token claims is shown apart.
+    """
     from webhook.store import SessionQuery
 
+    query = SessionQuery(
+        user=user,
+        namespace=namespace,
+        pod=pod,
+        since_ns=since,
+        until_ns=until,
+        attribution=attribution,
+        limit=limit,
+    )
     with _reader(db) as store:
-        rows = store.sessions(SessionQuery(user, namespace, pod, since, until, limit))
+        rows = store.sessions(query)
     _emit(
         _with_utc(rows, "started_ns", "last_seen_ns"),
         fmt,
@@ -515,6 +537,7 @@ def sessions(
             ("commands run", "commands"),
             ("alerts", "alerts"),
             ("attribution", "attribution"),
+            ("claimed by a replayed token", "claimed_user"),
             ("session", "session_id"),
         ],
     )
@@ -538,28 +561,39 @@ def session(session_id: str, db: str, fmt: str) -> None:
     if fmt == "json":
         click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
         return
+    # every value below comes from the people being audited: shown through visible()
+    v = visible
     groups = ", ".join(found.get("user_groups") or [])
-    click.echo(f"session    {found['session_id']}")
+    click.echo(f"session    {v(found['session_id'])}")
+    if found["attribution"] == "replayed":
+        click.echo(
+            f"user       nobody: a replayed token (it claims {v(found.get('claimed_user') or '-')}"
+            f", session {v(found.get('claimed_session_id') or '-')})"
+        )
+        click.echo(f"reason     {v(found.get('reason') or '-')}")
+    else:
+        click.echo(
+            f"user       {v(found['user_name'] or '-')} (uid {v(found.get('user_uid') or '-')}; "
+            f"groups {v(groups) or '-'})"
+        )
     click.echo(
-        f"user       {found['user_name']} (uid {found.get('user_uid') or '-'}; "
-        f"groups {groups or '-'})"
+        f"pod        {v(found['namespace'] or '-')}/{v(found['pod'] or '-')} container "
+        f"{v(found.get('container') or '-')} (pod uid {v(found.get('pod_uid') or '-')})"
     )
-    click.echo(
-        f"pod        {found['namespace']}/{found['pod']} container "
-        f"{found.get('container') or '-'} (pod uid {found.get('pod_uid') or '-'})"
-    )
-    click.echo(f"command    {' '.join(found.get('command') or []) or '-'}")
+    click.echo(f"command    {v(' '.join(found.get('command') or [])) or '-'}")
     click.echo(f"attribution {found['attribution']}; learnt from {', '.join(found['learnt_from'])}")
     events: list[tuple[int, str]] = []
     for audit in found["audit_events"]:
-        who = audit["user_name"] + (
-            f" (impersonating {audit['impersonated_user']})" if audit["impersonated_user"] else ""
+        who = v(audit["user_name"]) + (
+            f" (impersonating {v(audit['impersonated_user'])})"
+            if audit["impersonated_user"]
+            else ""
         )
         events.append(
             (
                 audit["time_ns"],
-                f"audit     {audit['verb']} {audit['subresource']} by "
-                f"{who}: {' '.join(audit['command'])} [{audit['outcome'] or '-'}]",
+                f"audit     {v(audit['verb'])} {v(audit['subresource'])} by "
+                f"{who}: {v(' '.join(audit['command']))} [{v(audit['outcome'] or '-')}]",
             )
         )
     root = found.get("root_pid")
@@ -569,16 +603,16 @@ def session(session_id: str, db: str, fmt: str) -> None:
             (
                 proc["first_seen_ns"],
                 f"{label}   pid {proc['pid']} (parent "
-                f"{proc['ppid']}) on {proc['host']}: {proc['args'] or ''}",
+                f"{proc['ppid']}) on {v(proc['host'])}: {v(proc['args'] or '')}",
             )
         )
     for alert in found["alerts"]:
-        events.append((alert["time_ns"], f"alert     {alert['priority']}: {alert['rule']}"))
+        events.append((alert["time_ns"], f"alert     {v(alert['priority'])}: {v(alert['rule'])}"))
     for finding in found["findings"]:
         events.append(
             (
                 finding["time_ns"],
-                f"finding   {finding['priority']}: {finding['kind']}: {finding['detail']}",
+                f"finding   {v(finding['priority'])}: {v(finding['kind'])}: {v(finding['detail'])}",
             )
         )
     click.echo("")
@@ -652,6 +686,19 @@ def prune(db: str, older_than: int) -> None:
     click.echo(", ".join(f"{table}: {n} deleted" for table, n in deleted.items()))
 
 
+def _grace_option(func: F) -> F:
+    return click.option(
+        "--grace",
+        "grace_seconds",
+        type=click.IntRange(0),
+        envvar="WHOEXEC_AUDIT_GRACE_SECONDS",
+        default=300,
+        show_default=True,
+        help="Seconds the audit log must have moved past a session before its absence "
+        "there is a finding.",
+    )(func)
+
+
 @main.group()
 def audit() -> None:
     """Kubernetes audit events (exec and attach) into the session store."""
@@ -675,8 +722,11 @@ def audit() -> None:
     show_default=True,
     help="Where the followed file's offset is kept.",
 )
+@_grace_option
 @_friendly
-def audit_ingest(path: Path, db: str, follow: bool, webhook_name: str, state_dir: Path) -> None:
+def audit_ingest(
+    path: Path, db: str, follow: bool, webhook_name: str, state_dir: Path, grace_seconds: int
+) -> None:
     """Read kube-apiserver's JSON-lines audit log (--audit-log-path) into the store.
 
     Exec and attach events are linked to sessions by the webhook's
@@ -715,6 +765,25 @@ def audit_ingest(path: Path, db: str, follow: bool, webhook_name: str, state_dir
         f"events ignored, {stats['malformed']} malformed lines skipped",
         err=True,
     )
+    with _reader(db) as store:
+        added = store.crosscheck(time.time_ns(), grace_seconds * 1_000_000_000)
+    click.echo(f"whoexec: audit cross-check: {added} new findings", err=True)
+
+
+@audit.command("crosscheck")
+@_db_option
+@_grace_option
+@_friendly
+def audit_crosscheck(db: str, grace_seconds: int) -> None:
+    """Late findings from the audit log against the sessions seen through tokens.
+
+    A session whose audit event names another user than its token is a finding; so is a
+    session root whose id is in no exec audit event once the audit log has moved
+    GRACE past it (the audit log lags, so these findings come late). Idempotent.
+    """
+    with _reader(db) as store:
+        added = store.crosscheck(time.time_ns(), grace_seconds * 1_000_000_000)
+    click.echo(f"whoexec: audit cross-check: {added} new findings", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

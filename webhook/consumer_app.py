@@ -38,7 +38,7 @@ from webhook.consumer import (
 )
 from webhook.errors import ConfigError, MalformedAuditEvent, StoreUnavailable
 from webhook.keyfiles import load_key_ring
-from webhook.lineage import Attributor, ProcessTable, TokenVerifier
+from webhook.lineage import Attributor, ProcessTable, ReplayPolicy, RootClaims, TokenVerifier
 from webhook.settings import Settings
 from webhook.spool import Spool
 from webhook.store.sql import SqlStore
@@ -79,13 +79,6 @@ def build_consumer(
             lineage_source = ProcFS(settings.procfs, settings.identity_variable).learn
         except OSError as exc:
             raise ConfigError(f"--procfs {settings.procfs} is not a procfs: {exc}") from None
-    attributor = Attributor(
-        verifier,
-        ProcessTable(settings.max_processes),
-        variable=settings.identity_variable,
-        hold_seconds=settings.hold_seconds,
-        lineage_source=lineage_source,
-    )
     sinks: list[Sink] = []
     if stdout is not None:
         sinks.append(StreamSink(stdout))
@@ -101,8 +94,10 @@ def build_consumer(
         )
     sinks.extend(extra_sinks or [])
     writer = None
+    claims: RootClaims | None = None
     if settings.db:
         from webhook.store import open_store
+        from webhook.store.claims import StoreRootClaims
         from webhook.store.writer import StoreWriter
 
         # an unreachable database is a clear error at start-up (StoreUnavailable)
@@ -112,6 +107,17 @@ def build_consumer(
             variable=settings.identity_variable,
         )
         sinks.append(writer)
+        # single use of session ids holds across every consumer sharing this store
+        claims = StoreRootClaims(writer.store)
+    attributor = Attributor(
+        verifier,
+        ProcessTable(settings.max_processes),
+        variable=settings.identity_variable,
+        hold_seconds=settings.hold_seconds,
+        lineage_source=lineage_source,
+        replay=ReplayPolicy(settings.fresh_seconds, settings.root_skew_seconds),
+        claims=claims,
+    )
     pipeline = Pipeline(
         attributor, sinks, forward_roots=settings.forward_roots, input_name=input_name
     )

@@ -52,6 +52,12 @@ class Settings:
     state_dir: Path = Path("whoexec-state")
     listen: str = ""
     hold_seconds: float = 2.0
+    #: a session root is believed when it started within [iat - skew, iat + fresh]
+    fresh_seconds: int = 30
+    root_skew_seconds: int = 5
+    #: how far the audit log must have moved past a session before its absence there is a
+    #: finding (``whoexec audit crosscheck``)
+    audit_grace_seconds: int = 300
     max_processes: int = 100_000
     output: Path | None = None
     forward_url: str = ""
@@ -93,6 +99,12 @@ class Settings:
             raise ConfigError(
                 f"pod_lookup_timeout {self.pod_lookup_timeout} must be in (0, 5] seconds, well "
                 "under the webhook's timeoutSeconds"
+            )
+        if self.fresh_seconds < 1 or self.root_skew_seconds < 0 or self.audit_grace_seconds < 0:
+            raise ConfigError(
+                f"fresh_seconds ({self.fresh_seconds}) must be >= 1, root_skew_seconds "
+                f"({self.root_skew_seconds}) and audit_grace_seconds "
+                f"({self.audit_grace_seconds}) >= 0"
             )
         if self.hold_seconds < 0 or self.max_processes < 1:
             raise ConfigError("hold_seconds must be >= 0 and max_processes >= 1")

@@ -7,7 +7,9 @@ from typing import Any, Protocol
 
 #: attribution statuses by precedence: a session that was ever tampered stays tampered.
 #: "pending": known from the webhook's audit annotation, no consumer has seen its root yet
-ATTRIBUTION_RANK = {"pending": 0, "verified": 1, "unverified": 2, "tampered": 3}
+#: "replayed": a real token planted as the root of a process it was not minted for; such a
+#: session has its own key (``replayed:<host>:<pid>:<start>``), never the victim's
+ATTRIBUTION_RANK = {"pending": 0, "verified": 1, "unverified": 2, "tampered": 3, "replayed": 4}
 RANK_ATTRIBUTION = {rank: name for name, rank in ATTRIBUTION_RANK.items()}
 
 
@@ -29,6 +31,10 @@ class SessionFact:
     root_pid: int | None = None
     started_ns: int | None = None  # the token's iat, when known
     audit_id: str | None = None
+    #: what a replayed root's token claims; never shown as the session's user
+    claimed_user: str | None = None
+    claimed_session_id: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +128,7 @@ class SessionQuery:
     pod: str | None = None
     since_ns: int | None = None
     until_ns: int | None = None
+    attribution: str | None = None
     limit: int = 1000
 
 
@@ -143,5 +150,11 @@ class Store(Protocol):
     ) -> list[dict[str, Any]]: ...
 
     def prune(self, before_ns: int) -> dict[str, int]: ...
+
+    def claim_root(
+        self, session_id: str, container: str, host: str, pid: int, start_ns: int
+    ) -> tuple[str, int, int]: ...
+
+    def crosscheck(self, now_ns: int, grace_ns: int) -> int: ...
 
     def close(self) -> None: ...

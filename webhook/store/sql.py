@@ -76,14 +76,33 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX sessions_last_seen ON sessions (last_seen_ns)",
         ],
     ),
+    (
+        3,
+        [
+            # the user the token names, kept apart from the audit event's user, so that the
+            # two can be compared (crosscheck); and what a replayed root's token claims
+            "ALTER TABLE sessions ADD COLUMN token_user TEXT",
+            "ALTER TABLE sessions ADD COLUMN claimed_user TEXT",
+            "ALTER TABLE sessions ADD COLUMN claimed_session_id TEXT",
+            "ALTER TABLE sessions ADD COLUMN reason TEXT",
+            # single use of a session id, across every consumer that shares the store: the
+            # primary key, not a read-then-write, decides which root came first
+            """CREATE TABLE session_roots (
+                session_id TEXT NOT NULL, container TEXT NOT NULL, host TEXT NOT NULL,
+                pid BIGINT NOT NULL, start_ns BIGINT NOT NULL, claimed_ns BIGINT NOT NULL,
+                PRIMARY KEY (session_id, container))""",
+            "CREATE INDEX sessions_attribution ON sessions (attribution_rank, started_ns)",
+        ],
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 
 _SESSION_UPSERT = """
 INSERT INTO sessions (session_id, user_name, user_uid, user_groups, namespace, pod, pod_uid,
     container, command, started_ns, last_seen_ns, via_token, via_admission, via_audit,
-    attribution_rank, host, root_pid, audit_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    attribution_rank, host, root_pid, audit_id, token_user, claimed_user, claimed_session_id,
+    reason)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (session_id) DO UPDATE SET
     user_name = COALESCE(sessions.user_name, excluded.user_name),
     user_uid = COALESCE(sessions.user_uid, excluded.user_uid),
@@ -104,7 +123,16 @@ ON CONFLICT (session_id) DO UPDATE SET
         THEN excluded.attribution_rank ELSE sessions.attribution_rank END,
     host = COALESCE(sessions.host, excluded.host),
     root_pid = COALESCE(sessions.root_pid, excluded.root_pid),
-    audit_id = COALESCE(sessions.audit_id, excluded.audit_id)
+    audit_id = COALESCE(sessions.audit_id, excluded.audit_id),
+    token_user = COALESCE(sessions.token_user, excluded.token_user),
+    claimed_user = COALESCE(sessions.claimed_user, excluded.claimed_user),
+    claimed_session_id = COALESCE(sessions.claimed_session_id, excluded.claimed_session_id),
+    reason = COALESCE(sessions.reason, excluded.reason)
+"""
+_ROOT_CLAIM = """
+INSERT INTO session_roots (session_id, container, host, pid, start_ns, claimed_ns)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (session_id, container) DO NOTHING
 """
 _PROCESS_UPSERT = """
 INSERT INTO processes (session_id, host, pid, start_ns, ppid, args, first_seen_ns)
@@ -140,6 +168,10 @@ INSERT INTO findings (finding_key, kind, priority, time_ns, session_id, user_nam
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (finding_key) DO NOTHING
 """
+
+
+FINDING_AUDIT_USER_MISMATCH = "Exec identity differs from the audit log"
+FINDING_NOT_IN_AUDIT_LOG = "Exec session missing from the audit log"
 
 
 def _json(value: Any) -> str | None:
@@ -237,6 +269,10 @@ class SqlStore:
                 s.host,
                 s.root_pid,
                 s.audit_id,
+                s.user if s.learnt_from == "token" else None,
+                s.claimed_user,
+                s.claimed_session_id,
+                s.reason,
             )
             for s in batch.sessions
         ]
@@ -325,6 +361,84 @@ class SqlStore:
                 deleted[table] = max(cursor.rowcount, 0)
         return deleted
 
+    def claim_root(
+        self, session_id: str, container: str, host: str, pid: int, start_ns: int
+    ) -> tuple[str, int, int]:
+        """Make (host, pid, start) the one root of the session, unless one already is;
+        returns the root that holds it. Atomic across consumers (the primary key)."""
+        with self._transaction() as cursor:
+            cursor.execute(
+                self._sql(_ROOT_CLAIM), (session_id, container, host, pid, start_ns, start_ns)
+            )
+            cursor.execute(
+                self._sql(
+                    "SELECT host, pid, start_ns FROM session_roots "
+                    "WHERE session_id = ? AND container = ?"
+                ),
+                (session_id, container),
+            )
+            found = cursor.fetchone()
+        return str(found[0]), int(found[1]), int(found[2])
+
+    def crosscheck(self, now_ns: int, grace_ns: int) -> int:
+        """Late findings from joining sessions seen through tokens with the audit log.
+
+        * the audit event of a session names another user than its token: Critical;
+        * a session root whose id is in no exec audit event, although the audit log has
+          moved ``grace_ns`` past the session's start: Warning (the apiserver never
+          audited that exec: an audit policy gap, or a token used outside kubectl exec).
+
+        Idempotent (one finding per session and kind); returns the findings added.
+        """
+        mismatched = self._query(
+            "SELECT s.session_id, s.token_user, s.namespace, s.pod, s.started_ns, "
+            "a.user_name AS audit_user, a.audit_id FROM sessions s "
+            "JOIN audit_events a ON a.session_id = s.session_id "
+            "WHERE s.token_user IS NOT NULL AND a.user_name <> s.token_user"
+        )
+        unaudited = self._query(
+            "SELECT s.session_id, s.token_user, s.namespace, s.pod, s.started_ns FROM sessions s "
+            "WHERE s.via_token = 1 AND s.token_user IS NOT NULL AND s.started_ns < ? "
+            "AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.session_id = s.session_id) "
+            "AND EXISTS (SELECT 1 FROM audit_events a WHERE a.time_ns > s.started_ns + ?)",
+            [now_ns - grace_ns, grace_ns],
+        )
+        rows = [
+            (
+                f"crosscheck:user:{r['session_id']}",
+                FINDING_AUDIT_USER_MISMATCH,
+                "Critical",
+                now_ns,
+                r["session_id"],
+                None,
+                r["namespace"],
+                r["pod"],
+                f"the token of session {r['session_id']} names {r['token_user']}, but its "
+                f"audit event {r['audit_id']} names {r['audit_user']}",
+            )
+            for r in mismatched
+        ] + [
+            (
+                f"crosscheck:unaudited:{r['session_id']}",
+                FINDING_NOT_IN_AUDIT_LOG,
+                "Warning",
+                now_ns,
+                r["session_id"],
+                None,
+                r["namespace"],
+                r["pod"],
+                f"session {r['session_id']} (token of {r['token_user']}) has a session root "
+                "but no exec event in the audit log, which has moved on past it",
+            )
+            for r in unaudited
+        ]
+        if not rows:
+            return 0
+        before = self._query("SELECT count(*) AS n FROM findings")[0]["n"]
+        with self._transaction() as cursor:
+            cursor.executemany(self._sql(_FINDING_INSERT), rows)
+        return int(self._query("SELECT count(*) AS n FROM findings")[0]["n"]) - int(before)
+
     # -- reading -----------------------------------------------------------------------
 
     def _priorities(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
@@ -367,6 +481,9 @@ class SqlStore:
         if query.until_ns is not None:
             where.append("started_ns < ?")
             params.append(query.until_ns)
+        if query.attribution is not None:
+            where.append("attribution_rank = ?")
+            params.append(ATTRIBUTION_RANK.get(query.attribution, -1))
         # only fixed column names are joined in; every value is a bound parameter
         rows = self._query(
             "SELECT s.*, (SELECT count(*) FROM processes p WHERE p.session_id = s.session_id) "  # noqa: S608

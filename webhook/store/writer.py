@@ -67,11 +67,59 @@ def shorten_tokens(text: str | None, variable: str) -> str | None:
     )
 
 
+def replay_session_id(host: str, pid: int, start_ns: int | None) -> str:
+    """A replayed root's own session key: the victim's session id is never reused."""
+    return f"replayed:{host}:{pid}:{start_ns or 0}"
+
+
+def _replayed_session(outcome: Outcome, variable: str) -> Batch:
+    """A replayed root as a session of its own: no user, the claim kept apart."""
+    batch = Batch()
+    attribution = outcome.attribution
+    claimed, facts = attribution.claimed, outcome.facts
+    if claimed is None or attribution.root_pid is None:
+        return batch
+    session_id = replay_session_id(facts.host, attribution.root_pid, attribution.root_start_ns)
+    batch.sessions.append(
+        SessionFact(
+            session_id=session_id,
+            time_ns=facts.time_ns,
+            learnt_from="token",
+            namespace=facts.namespace,
+            pod=facts.pod,
+            pod_uid=facts.pod_uid,
+            container=facts.container_name,
+            attribution="replayed",
+            host=facts.host,
+            root_pid=attribution.root_pid,
+            started_ns=attribution.root_start_ns,
+            claimed_user=claimed.user,
+            claimed_session_id=claimed.session_id,
+            reason=attribution.reason,
+        )
+    )
+    if facts.pid is not None:
+        batch.processes.append(
+            ProcessFact(
+                session_id=session_id,
+                host=facts.host,
+                pid=facts.pid,
+                start_ns=facts.start_ts or 0,
+                ppid=facts.ppid,
+                args=shorten_tokens(facts.cmdline, variable),
+                time_ns=facts.time_ns,
+            )
+        )
+    return batch
+
+
 def facts_from_outcome(outcome: Outcome, variable: str = "WHOEXEC_IDENTITY") -> Batch:
-    """The session and process an attributed outcome tells about."""
+    """The session and process an attributed (or replayed) outcome tells about."""
     batch = Batch()
     identity = outcome.attribution.identity
     facts = outcome.facts
+    if outcome.attribution.status == "replayed":
+        return _replayed_session(outcome, variable)
     if identity is None or outcome.attribution.status not in ("verified", "tampered"):
         return batch
     command = None
