@@ -146,7 +146,7 @@ def test_admission_log_line_is_json_without_token_or_signature(client, caplog):
 
 def test_an_attacker_sized_pod_name_is_capped_in_the_log_line(client, caplog):
     review = load_json("admission/exec_interactive_shell.json")
-    review["request"]["name"] = "p" * 40_000 + "\n{\"forged\": true}"
+    review["request"]["name"] = "p" * 40_000 + '\n{"forged": true}'
     with caplog.at_level(logging.INFO, logger="whoexec"):
         reply = client.post("/mutate", json=review)
     assert reply.status_code == 200

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ..conftest import free_port, http_ok, wait_until_ready
+from tests.conftest import free_port, http_ok, wait_until_ready
 
 ROOT = Path(__file__).parent.parent.parent
 CLUSTER = ROOT / "e2e" / "cluster"
