@@ -40,7 +40,21 @@ def make_pod(
             "annotations": annotations or {},
             "creationTimestamp": "2026-11-22T09:00:00Z",
         },
-        "spec": {"containers": [{"name": "app", "image": image}], "volumes": volumes or []},
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "image": image,
+                    # as the pod CREATE mutation leaves it: the volume mounted in the container
+                    "volumeMounts": [
+                        {"name": v["name"], "mountPath": "/.whoexec", "readOnly": True}
+                        for v in volumes or []
+                        if v["name"] == "whoexec-env"
+                    ],
+                }
+            ],
+            "volumes": volumes or [],
+        },
         "status": {"phase": "Running"},
     }
 

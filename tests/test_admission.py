@@ -15,7 +15,11 @@ from webhook.identity import Signer, key_ring, verify_token
 
 from .conftest import NOW, load_json
 
-POLICY = AdmissionPolicy(exclude_users=("system:serviceaccount:kube-system:*",))
+#: the operator vouches that every image has /usr/bin/env (the tests of the rewrite itself);
+#: the safe default, without it, is tested below
+POLICY = AdmissionPolicy(
+    exclude_users=("system:serviceaccount:kube-system:*",), env_trusted_namespaces=("*",)
+)
 
 
 def admit(review: Any, signer: Signer, trusted: Any, policy: AdmissionPolicy = POLICY, **kw: Any):
@@ -112,7 +116,9 @@ def test_patch_is_a_single_add_on_command_so_it_cannot_fail_to_apply(signer, tru
 
 
 def test_variable_name_and_env_path_are_settings(signer, trusted):
-    policy = AdmissionPolicy(identity_variable="K8S_WHO", env_path="/.whoexec/env")
+    policy = AdmissionPolicy(
+        identity_variable="K8S_WHO", env_path="/.whoexec/env", env_trusted_namespaces=("*",)
+    )
     review = load_json("admission/exec_interactive_shell.json")
     patched = applied(review, admit(review, signer, trusted, policy).response["response"])
     assert patched["command"][0] == "/.whoexec/env"
@@ -127,7 +133,7 @@ def test_our_own_earlier_rewrite_is_left_unchanged_not_denied(signer, trusted):
     again = admit(reinvoked, signer, trusted).response["response"]
     assert again["allowed"] is True
     assert "patch" not in again
-    assert again["auditAnnotations"]["outcome"] == "skipped-already-injected"
+    assert again["auditAnnotations"]["outcome"] == "injected", "the first call's annotation"
     assert again["auditAnnotations"]["session-id"] == review["request"]["uid"]
 
 
@@ -183,7 +189,7 @@ def test_caller_supplied_identity_variable_is_denied_even_for_excluded_users(sig
         (AdmissionPolicy(exclude_namespaces=("sho?",)), "skipped-excluded-namespace"),
         (AdmissionPolicy(exclude_users=("*@corp.example",)), "skipped-excluded-user"),
         (AdmissionPolicy(exclude_groups=("platform-*",)), "skipped-excluded-group"),
-        (AdmissionPolicy(exclude_groups=("platform",)), "injected"),
+        (AdmissionPolicy(exclude_groups=("platform",), env_trusted_namespaces=("*",)), "injected"),
     ],
 )
 def test_exclusions_are_globs_and_allow_unchanged(signer, trusted, policy, outcome):
@@ -226,15 +232,17 @@ def test_reinvoked_ephemeral_update_is_idempotent(signer, trusted):
     again["request"]["object"] = applied(
         review, admit(review, signer, trusted).response["response"]
     )
-    response = admit(again, signer, trusted).response["response"]
+    admission = admit(again, signer, trusted)
+    response = admission.response["response"]
     assert response["allowed"] is True
     assert "patch" not in response
-    assert response["auditAnnotations"]["outcome"] == "skipped-already-injected"
+    assert admission.decision.outcome == "skipped-already-injected"
+    assert response["auditAnnotations"]["outcome"] == "injected", "the first call's annotation"
 
 
 def test_pod_uid_goes_into_the_token_when_known(signer, trusted):
     review = load_json("admission/exec_interactive_shell.json")
-    pod = PodFacts("c0ffee00-1111", False, False, (("app", "nginx:1.27"),))
+    pod = PodFacts("c0ffee00-1111", False, (("app", "nginx:1.27"),), default_container="app")
     response = admit(review, signer, trusted, pod=pod).response["response"]
     token = applied(review, response)["command"][1].split("=", 1)[1]
     assert verify_token(token, trusted, now=NOW).pod_uid == "c0ffee00-1111"
@@ -335,7 +343,14 @@ def test_token_of_the_same_identity_is_deterministic_for_a_given_clock(signer, t
 
 # --- pod-aware injection ------------------------------------------------------------------
 
-WEB = PodFacts("c0ffee00-1111-4222-8333-444455556666", False, False, (("app", "nginx:1.27"),))
+WEB = PodFacts(
+    "c0ffee00-1111-4222-8333-444455556666",
+    False,
+    (("app", "nginx:1.27"),),
+    default_container="app",
+)
+#: the same pod created after install: the static env is mounted in its container
+WEB_WITH_STATIC_ENV = PodFacts(WEB.uid, False, WEB.images, frozenset({"app"}), "app")
 
 
 def exec_with(pod, policy=POLICY, signer=None, trusted=None, lookup=""):
@@ -347,7 +362,9 @@ def exec_with(pod, policy=POLICY, signer=None, trusted=None, lookup=""):
 
 
 def test_pod_with_the_static_env_volume_is_rewritten_to_use_it(signer, trusted):
-    pod = PodFacts(WEB.uid, False, True, (("app", "gcr.io/distroless/static:nonroot"),))
+    pod = PodFacts(
+        WEB.uid, False, (("app", "gcr.io/distroless/static:nonroot"),), frozenset({"app"}), "app"
+    )
     review, response = exec_with(pod, signer=signer, trusted=trusted)
     command = applied(review, response)["command"]
     assert command[0] == "/.whoexec/env"
@@ -355,7 +372,7 @@ def test_pod_with_the_static_env_volume_is_rewritten_to_use_it(signer, trusted):
 
 
 def test_pod_annotation_opts_out_with_a_warning(signer, trusted):
-    pod = PodFacts(WEB.uid, True, False, WEB.images)
+    pod = PodFacts(WEB.uid, True, WEB.images, default_container="app")
     _, response = exec_with(pod, signer=signer, trusted=trusted)
     assert response["allowed"] is True
     assert "patch" not in response
@@ -369,9 +386,14 @@ def test_pod_annotation_opts_out_with_a_warning(signer, trusted):
     [("gcr.io/distroless/base-debian12:latest", "skipped-no-env"), ("nginx:1.27", "injected")],
 )
 def test_images_known_to_lack_env_are_not_rewritten(signer, trusted, image, outcome):
-    policy = AdmissionPolicy(images_without_env=("gcr.io/distroless/*",))
+    policy = AdmissionPolicy(
+        images_without_env=("gcr.io/distroless/*",), env_trusted_namespaces=("*",)
+    )
     _, response = exec_with(
-        PodFacts(WEB.uid, False, False, (("app", image),)), policy, signer, trusted
+        PodFacts(WEB.uid, False, (("app", image),), default_container="app"),
+        policy,
+        signer,
+        trusted,
     )
     assert response["auditAnnotations"]["outcome"] == outcome
 
@@ -385,19 +407,25 @@ def test_unknown_pod_after_a_lookup_timeout_still_injects_and_says_so(signer, tr
 
 
 def test_rewrite_through_the_static_env_is_recognised_as_our_own(signer, trusted):
-    pod = PodFacts(WEB.uid, False, True, WEB.images)
+    pod = WEB_WITH_STATIC_ENV
     review, first = exec_with(pod, signer=signer, trusted=trusted)
     again = copy.deepcopy(review)
     again["request"]["object"] = applied(review, first)
-    response = review_admission(again, POLICY, signer, trusted, now=NOW, pod=pod).response
-    assert response["response"]["auditAnnotations"]["outcome"] == "skipped-already-injected"
+    admission = review_admission(again, POLICY, signer, trusted, now=NOW, pod=pod)
+    assert admission.decision.outcome == "skipped-already-injected"
+    # the same audit annotations as the first call: the apiserver keeps the first value
+    # of a key and logs any other as a conflict
+    annotations = admission.response["response"]["auditAnnotations"]
+    assert annotations["outcome"] == first["auditAnnotations"]["outcome"] == "injected"
+    assert annotations["session-id"] == first["auditAnnotations"]["session-id"]
 
 
 def test_pod_facts_are_read_from_a_pod_object():
     pod = load_json("admission/pod_create.json")["request"]["object"]
     facts = pod_facts(pod)
     assert facts.uid == "c0ffee00-1111-4222-8333-444455556666"
-    assert facts.images == (("app", "registry.example/shop/web:1.4.2"),)
+    assert facts.images[0] == ("app", "registry.example/shop/web:1.4.2")
+    assert facts.default_container == "app"
     assert not facts.opted_out and not facts.has_env_volume
     pod["metadata"]["annotations"] = {"whoexec.io/inject": "false"}
     assert pod_facts(pod).opted_out
@@ -443,16 +471,19 @@ def test_pod_create_appends_to_existing_lists(signer, trusted):
     )
     _, created = created_pod(signer, trusted, create_review(pod))
     assert [v["name"] for v in created["spec"]["volumes"]] == ["data", "whoexec-env"]
-    assert [c["name"] for c in created["spec"]["initContainers"]] == ["migrate", "whoexec-env"]
+    # ours runs first, so that every later init container and sidecar finds the file
+    assert [c["name"] for c in created["spec"]["initContainers"]] == ["whoexec-env", "migrate"]
+    migrate = created["spec"]["initContainers"][1]
+    assert [m["name"] for m in migrate["volumeMounts"]] == ["whoexec-env"]
     sidecar = created["spec"]["containers"][1]
     assert [m["name"] for m in sidecar["volumeMounts"]] == ["data", "whoexec-env"]
 
 
 def test_pod_create_is_idempotent(signer, trusted):
     review = load_json("admission/pod_create.json")
-    _, once = created_pod(signer, trusted, review)
+    first, once = created_pod(signer, trusted, review)
     response, twice = created_pod(signer, trusted, create_review(once))
-    assert response["auditAnnotations"]["outcome"] == "skipped-already-injected"
+    assert response["auditAnnotations"]["outcome"] == first["auditAnnotations"]["outcome"]
     assert twice is None
     assert [v["name"] for v in once["spec"]["volumes"]].count("whoexec-env") == 1
 

@@ -23,7 +23,9 @@ from webhook.server import WebhookState, create_app
 from .conftest import NOW, load_json
 
 POLICY = AdmissionPolicy(
-    exclude_users=("system:serviceaccount:kube-system:*",), exclude_groups=("break-glass",)
+    exclude_users=("system:serviceaccount:kube-system:*",),
+    exclude_groups=("break-glass",),
+    env_trusted_namespaces=("*",),
 )
 FIXTURES = [
     "exec_interactive_shell.json",

@@ -137,7 +137,14 @@ def pod_aware_client(cache, signer, trusted):
 
     from .conftest import NOW
 
-    state = WebhookState(AdmissionPolicy(), signer, trusted, 1 << 20, clock=lambda: NOW, pods=cache)
+    state = WebhookState(
+        AdmissionPolicy(env_trusted_namespaces=("*",)),
+        signer,
+        trusted,
+        1 << 20,
+        clock=lambda: NOW,
+        pods=cache,
+    )
     return create_app(state).test_client()
 
 
@@ -214,7 +221,9 @@ def test_readyz_waits_for_the_pod_cache(apiserver, signer, trusted):
 
     pods = PodCache(api_client(apiserver.url, 1.0), watch_timeout=5)
     client = create_app(
-        WebhookState(AdmissionPolicy(), signer, trusted, 1024, pods=pods)
+        WebhookState(
+            AdmissionPolicy(env_trusted_namespaces=("*",)), signer, trusted, 1024, pods=pods
+        )
     ).test_client()
     assert client.get("/readyz").status_code == 503
     pods.start()
@@ -263,6 +272,8 @@ def test_real_serve_with_kube_starts_the_cache_in_every_worker(apiserver, tmp_pa
             "2",
             "--kube",
             apiserver.url,
+            "--env-trusted-namespace",
+            "*",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

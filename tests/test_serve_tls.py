@@ -86,6 +86,8 @@ def server(certs: Path) -> Iterator[int]:
             "2",
             "--threads",
             "4",
+            "--env-trusted-namespace",
+            "*",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

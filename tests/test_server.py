@@ -16,7 +16,7 @@ from .conftest import NOW, load_json
 @pytest.fixture
 def client(signer, trusted) -> FlaskClient:
     state = WebhookState(
-        policy=AdmissionPolicy(),
+        policy=AdmissionPolicy(env_trusted_namespaces=("*",)),
         signer=signer,
         trusted_keys=trusted,
         max_body_bytes=64 * 1024,
@@ -98,7 +98,7 @@ def test_health_and_readiness(client):
 
 def test_readiness_reports_a_problem_with_503(signer, trusted):
     state = WebhookState(
-        policy=AdmissionPolicy(),
+        policy=AdmissionPolicy(env_trusted_namespaces=("*",)),
         signer=signer,
         trusted_keys=trusted,
         max_body_bytes=1024,

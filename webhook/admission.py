@@ -126,6 +126,15 @@ class AdmissionPolicy:
     env_volume_path: str = "/.whoexec/env"
     #: image globs known to lack /usr/bin/env (distroless, scratch): exec is not rewritten
     images_without_env: tuple[str, ...] = ()
+    #: where the static env is not mounted, exec is rewritten to ``env_path`` only in
+    #: namespaces, or for images, that the operator vouches have it (globs); elsewhere it
+    #: is skipped (``skipped-no-static-env``): an exec that worked must keep working
+    env_trusted_namespaces: tuple[str, ...] = ()
+    env_trusted_images: tuple[str, ...] = ()
+    #: the static env's init container: requests and limits alike (ResourceQuota on limits,
+    #: LimitRange minimums)
+    static_env_cpu: str = "10m"
+    static_env_memory: str = "16Mi"
     #: the image whose init container copies the static env into the pod
     static_env_image: str = "ghcr.io/whoexec/whoexec:0.1.0"
 
@@ -137,19 +146,37 @@ ENV_VOLUME = "whoexec-env"
 STATIC_ENV_IN_IMAGE = "/opt/whoexec/static/env"
 
 
+#: the annotation of a mirror pod: the apiserver's copy of a static pod, whose real pod
+#: (from the kubelet's manifest file) never gets what a mutation adds to the copy
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+#: kubectl's default container for exec, when a pod names one
+DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
+_CONTAINER_KINDS = ("containers", "initContainers", "ephemeralContainers")
+
+
 @dataclass(frozen=True, slots=True)
 class PodFacts:
     """What the webhook knows of the exec's target pod (from the pod cache)."""
 
     uid: str
     opted_out: bool
-    has_env_volume: bool
-    images: tuple[tuple[str, str], ...]  # (container name, image), in spec order
+    #: every container of every kind (containers, init containers including native
+    #: sidecars, ephemeral containers): (name, image), in spec order
+    images: tuple[tuple[str, str], ...]
+    #: the containers in which the static env is really mounted, so known to exist
+    mounted: frozenset[str] = frozenset()
+    default_container: str = ""
+
+    @property
+    def has_env_volume(self) -> bool:
+        return bool(self.mounted)
+
+    def container_of(self, requested: str) -> str:
+        return requested or self.default_container
 
     def image_of(self, container: str) -> str | None:
-        if not container:  # the request named none: the first (default) container
-            return self.images[0][1] if self.images else None
-        return next((image for name, image in self.images if name == container), None)
+        name = self.container_of(container)
+        return next((image for each, image in self.images if each == name), None)
 
 
 def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
@@ -158,15 +185,33 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
     spec = pod.get("spec") or {}
     annotations = metadata.get("annotations") or {}
     volumes = spec.get("volumes") or []
+    has_volume = any(isinstance(v, dict) and v.get("name") == ENV_VOLUME for v in volumes)
+    mirror = MIRROR_ANNOTATION in annotations
+    images: list[tuple[str, str]] = []
+    mounted: set[str] = set()
+    for kind in _CONTAINER_KINDS:
+        for container in spec.get(kind) or []:
+            if not isinstance(container, dict):
+                continue
+            name = str(container.get("name", ""))
+            images.append((name, str(container.get("image", ""))))
+            mounts = container.get("volumeMounts") or []
+            if (
+                has_volume
+                and not mirror
+                and any(isinstance(m, dict) and m.get("name") == ENV_VOLUME for m in mounts)
+            ):
+                mounted.add(name)
+    containers = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
+    default = str(annotations.get(DEFAULT_CONTAINER_ANNOTATION, "")) or (
+        str(containers[0].get("name", "")) if containers else ""
+    )
     return PodFacts(
         uid=str(metadata.get("uid", "")),
         opted_out=str(annotations.get(OPT_OUT_ANNOTATION, "")).lower() == "false",
-        has_env_volume=any(v.get("name") == ENV_VOLUME for v in volumes if isinstance(v, dict)),
-        images=tuple(
-            (str(c.get("name", "")), str(c.get("image", "")))
-            for c in spec.get("containers") or []
-            if isinstance(c, dict)
-        ),
+        images=tuple(images),
+        mounted=frozenset(mounted),
+        default_container=default,
     )
 
 
@@ -181,6 +226,10 @@ class Decision:
     session_id: str = ""
     token_bytes: int = 0
     warnings: tuple[str, ...] = ()
+    #: the outcome recorded in the audit annotation, when it differs: a reinvocation
+    #: answers what the first call did, since the apiserver keeps the first value of a
+    #: key and logs a conflict for any other
+    audit_outcome: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +403,10 @@ def _decide_exec(ctx: _Context) -> Decision:
         earlier = ctx.own_earlier_token(command[1][len(marker) :], container)
         if earlier is not None and not any(marker in arg for arg in command[2:]):
             return Decision(
-                allowed=True, outcome="skipped-already-injected", session_id=earlier.session_id
+                allowed=True,
+                outcome="skipped-already-injected",
+                audit_outcome="injected",
+                session_id=earlier.session_id,
             )
     if any(marker in arg for arg in command):
         return _denied(
@@ -368,19 +420,9 @@ def _decide_exec(ctx: _Context) -> Decision:
     if "=" in command[0]:
         # env would read argv[0] as another NAME=VALUE assignment, not as the program
         return Decision(allowed=True, outcome="skipped-argv0-assignment")
-    env_path = ctx.policy.env_path
-    pod = ctx.pod
-    if pod is not None:
-        if pod.opted_out:
-            return Decision(allowed=True, outcome="skipped-pod-opt-out")
-        if pod.has_env_volume:
-            env_path = ctx.policy.env_volume_path  # the static env our CREATE mutation added
-        else:
-            image = pod.image_of(container)
-            patterns = ctx.policy.images_without_env
-            if image and any(fnmatch.fnmatchcase(image, p) for p in patterns):
-                # rewriting would turn an exec that works into "no such file": leave it
-                return Decision(allowed=True, outcome="skipped-no-env")
+    env_path = _env_path_for(ctx, container)
+    if env_path.startswith("skipped-"):
+        return Decision(allowed=True, outcome=env_path)
     try:
         token = sign_identity(ctx.identity_for(container), ctx.signer)
     except TokenTooLarge:
@@ -393,6 +435,54 @@ def _decide_exec(ctx: _Context) -> Decision:
         session_id=ctx.request["uid"],
         token_bytes=len(token),
     )
+
+
+def _static_env_mount(
+    ctx: _Context, index: int, container: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """A later ``kubectl exec -c <debug container>`` finds the static env there too, when
+    the pod has it (ephemeral containers may mount the pod's volumes)."""
+    pod = ctx.request.get("object") or {}
+    volumes = (pod.get("spec") or {}).get("volumes") or []
+    if not any(isinstance(v, dict) and v.get("name") == ENV_VOLUME for v in volumes):
+        return []
+    mount_dir = ctx.policy.env_volume_path.rsplit("/", 1)[0] or "/"
+    mounts = container.get("volumeMounts")
+    if not isinstance(mounts, list | None) or any(
+        isinstance(m, dict) and str(m.get("mountPath", "")).rstrip("/") == mount_dir
+        for m in mounts or []
+    ):
+        return []
+    mount = {"name": ENV_VOLUME, "mountPath": mount_dir, "readOnly": True}
+    base = f"/spec/ephemeralContainers/{index}/volumeMounts"
+    if mounts is None:
+        return [{"op": "add", "path": base, "value": [mount]}]
+    return [{"op": "add", "path": base + "/-", "value": mount}]
+
+
+def _env_path_for(ctx: _Context, container: str) -> str:
+    """The env binary known to exist in the exec's container, or the skip outcome.
+
+    Rewriting to a binary that is not there turns an exec that works into "no such
+    file": the worst thing whoexec can do. So the command is rewritten only to the
+    static env where it is mounted in *that* container, or to ``env_path`` where the
+    operator vouches for the namespace or the image.
+    """
+    policy, pod = ctx.policy, ctx.pod
+    namespace = ctx.request.get("namespace", "")
+    if pod is not None:
+        if pod.opted_out:
+            return "skipped-pod-opt-out"
+        if pod.container_of(container) in pod.mounted:
+            return policy.env_volume_path  # the static env our CREATE mutation added
+        image = pod.image_of(container)
+        if image and any(fnmatch.fnmatchcase(image, p) for p in policy.images_without_env):
+            return "skipped-no-env"
+        if image and any(fnmatch.fnmatchcase(image, p) for p in policy.env_trusted_images):
+            return policy.env_path
+    if any(fnmatch.fnmatchcase(namespace, p) for p in policy.env_trusted_namespaces):
+        return policy.env_path
+    return "skipped-no-static-env"
 
 
 def _container_names(pod: Mapping[str, Any] | None, path: str) -> list[dict[str, Any]]:
@@ -461,9 +551,13 @@ def _decide_ephemeral(ctx: _Context) -> Decision:
             patch.append({"op": "add", "path": base, "value": [entry]})
         else:
             patch.append({"op": "add", "path": base + "/-", "value": entry})
+        patch.extend(_static_env_mount(ctx, index, container))
     if not patch:
         return Decision(
-            allowed=True, outcome="skipped-already-injected", session_id=ctx.request["uid"]
+            allowed=True,
+            outcome="skipped-already-injected",
+            audit_outcome="injected",
+            session_id=ctx.request["uid"],
         )
     return Decision(
         allowed=True,
@@ -482,12 +576,48 @@ def _is_pod_create(request: AdmissionRequest) -> bool:
     )
 
 
+def _targets_windows(spec: Mapping[str, Any]) -> bool:
+    """A Windows pod (``spec.os.name``), or one that can only land on a Windows node."""
+    os_spec = spec.get("os")
+    if isinstance(os_spec, dict) and os_spec.get("name") == "windows":
+        return True
+    selector = spec.get("nodeSelector")
+    if isinstance(selector, dict) and selector.get("kubernetes.io/os") == "windows":
+        return True
+    affinity = spec.get("affinity")
+    node_affinity = affinity.get("nodeAffinity") if isinstance(affinity, dict) else None
+    required = (
+        node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution")
+        if isinstance(node_affinity, dict)
+        else None
+    )
+    terms = required.get("nodeSelectorTerms") if isinstance(required, dict) else None
+    if not isinstance(terms, list) or not terms:
+        return False
+
+    def windows_only(term: object) -> bool:
+        expressions = term.get("matchExpressions") if isinstance(term, dict) else None
+        return any(
+            isinstance(e, dict)
+            and e.get("key") == "kubernetes.io/os"
+            and e.get("operator") == "In"
+            and e.get("values") == ["windows"]
+            for e in expressions or []
+        )
+
+    # the terms are ORed: the pod is Windows-only when every term asks for Windows
+    return all(windows_only(term) for term in terms)
+
+
 def _decide_pod_create(ctx: _Context) -> Decision:
     """Give a new pod a static ``env`` so that exec works even in distroless images.
 
-    An emptyDir, an init container that copies the static env into it, and a read-only
-    mount at the same path in every container. Idempotent: a pod that already has the
-    volume is left alone.
+    An emptyDir, an init container (first, so that every later init container and native
+    sidecar finds the file) that copies the static env into it, and a read-only mount at
+    the same path in every container and init container. It must never make a valid pod
+    invalid (pod validation runs after mutation, so ``failurePolicy: Ignore`` would not
+    save it): Windows pods and name or path collisions are skipped with an outcome, and
+    the init container has requests and limits (ResourceQuota, LimitRange).
     """
     pod = ctx.request.get("object")
     if pod is None:
@@ -497,26 +627,46 @@ def _decide_pod_create(ctx: _Context) -> Decision:
     annotations = _optional(metadata, "annotations", dict, "request.object.metadata") or {}
     if str(annotations.get(OPT_OUT_ANNOTATION, "")).lower() == "false":
         return Decision(allowed=True, outcome="skipped-pod-opt-out")
+    if MIRROR_ANNOTATION in annotations:
+        # a static pod's mirror: the kubelet runs the manifest file, never this copy
+        return Decision(allowed=True, outcome="skipped-static-pod")
+    if _targets_windows(spec):
+        # the init container's securityContext is invalid on Windows pods
+        return Decision(allowed=True, outcome="skipped-windows")
     volumes = _optional(spec, "volumes", list, "request.object.spec")
-    if any(isinstance(v, dict) and v.get("name") == ENV_VOLUME for v in volumes or []):
-        return Decision(allowed=True, outcome="skipped-already-injected")
     containers = _field(spec, "containers", list, "request.object.spec")
+    init_containers = _optional(spec, "initContainers", list, "request.object.spec")
+    ours = [c for c in init_containers or [] if isinstance(c, dict) and c.get("name") == ENV_VOLUME]
+    if any(isinstance(v, dict) and v.get("name") == ENV_VOLUME for v in volumes or []):
+        if ours and ours[0].get("image") == ctx.policy.static_env_image:
+            # our own earlier mutation (reinvocation): the same audit annotation again
+            return Decision(
+                allowed=True, outcome="skipped-already-injected", audit_outcome="env-volume-added"
+            )
+        return Decision(allowed=True, outcome="skipped-name-collision")
     mount_dir = ctx.policy.env_volume_path.rsplit("/", 1)[0] or "/"
-    for index, container in enumerate(containers):
-        if not isinstance(container, dict):
-            raise MalformedReview(f"request.object.spec.containers[{index}] must be an object")
-        mounts = _optional(
-            container, "volumeMounts", list, f"request.object.spec.containers[{index}]"
-        )
-        if any(isinstance(m, dict) and m.get("mountPath") == mount_dir for m in mounts or []):
-            return Decision(allowed=True, outcome="skipped-env-volume-conflict")
+    for kind, items in (("containers", containers), ("initContainers", init_containers or [])):
+        for index, container in enumerate(items):
+            if not isinstance(container, dict):
+                raise MalformedReview(f"request.object.spec.{kind}[{index}] must be an object")
+            if container.get("name") == ENV_VOLUME:
+                return Decision(allowed=True, outcome="skipped-name-collision")
+            mounts = _optional(
+                container, "volumeMounts", list, f"request.object.spec.{kind}[{index}]"
+            )
+            if any(
+                isinstance(m, dict) and str(m.get("mountPath", "")).rstrip("/") == mount_dir
+                for m in mounts or []
+            ):
+                return Decision(allowed=True, outcome="skipped-env-volume-conflict")
     volume = {"name": ENV_VOLUME, "emptyDir": {"sizeLimit": "8Mi"}}
+    amount = {"cpu": ctx.policy.static_env_cpu, "memory": ctx.policy.static_env_memory}
     init = {
         "name": ENV_VOLUME,
         "image": ctx.policy.static_env_image,
         "command": ["cp", STATIC_ENV_IN_IMAGE, ctx.policy.env_volume_path],
         "volumeMounts": [{"name": ENV_VOLUME, "mountPath": mount_dir}],
-        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+        "resources": {"requests": dict(amount), "limits": dict(amount)},
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 10001,
@@ -537,13 +687,18 @@ def _decide_pod_create(ctx: _Context) -> Decision:
             patch.append({"op": "add", "path": path, "value": [value]})
 
     append("/spec/volumes", volumes is not None, volume)
-    append("/spec/initContainers", spec.get("initContainers") is not None, init)
-    for index, container in enumerate(containers):
-        append(
-            f"/spec/containers/{index}/volumeMounts",
-            container.get("volumeMounts") is not None,
-            mount,
-        )
+    for kind, items in (("initContainers", init_containers or []), ("containers", containers)):
+        for index, container in enumerate(items):
+            append(
+                f"/spec/{kind}/{index}/volumeMounts",
+                container.get("volumeMounts") is not None,
+                mount,
+            )
+    if init_containers is None:
+        patch.append({"op": "add", "path": "/spec/initContainers", "value": [init]})
+    else:
+        # first: an earlier init container or native sidecar would find no file yet
+        patch.append({"op": "add", "path": "/spec/initContainers/0", "value": init})
     return Decision(allowed=True, outcome="env-volume-added", patch=tuple(patch))
 
 
@@ -559,6 +714,7 @@ _UNATTRIBUTED = {
     "skipped-attach": "attach joins a running process",
     "skipped-pod-opt-out": "the pod opted out (whoexec.io/inject=false)",
     "skipped-no-env": "the image has no env binary",
+    "skipped-no-static-env": "no env binary is known to exist in this container",
 }
 
 
@@ -603,7 +759,7 @@ def render_response(
     request: AdmissionRequest, decision: Decision, pod_lookup: str = ""
 ) -> AdmissionReview:
     """The AdmissionReview the apiserver expects, echoing ``request.uid``."""
-    annotations = {"outcome": decision.outcome}
+    annotations = {"outcome": decision.audit_outcome or decision.outcome}
     if pod_lookup:
         annotations["pod-lookup"] = pod_lookup
     if decision.session_id:
@@ -660,6 +816,10 @@ def outcomes() -> Sequence[str]:
         "skipped-not-exec",
         "skipped-pod-opt-out",
         "skipped-no-env",
+        "skipped-no-static-env",
         "skipped-env-volume-conflict",
+        "skipped-name-collision",
+        "skipped-windows",
+        "skipped-static-pod",
         "env-volume-added",
     )

@@ -108,6 +108,17 @@ def certs(service: str, namespace: str, out: Path, days: int, force: bool) -> No
 @click.option(
     "--image-without-env", multiple=True, help="Image glob known to lack /usr/bin/env; repeatable."
 )
+@click.option(
+    "--env-trusted-namespace",
+    multiple=True,
+    help="Namespace glob whose images you vouch have /usr/bin/env: execs into pods without "
+    "the static env are rewritten there, and skipped elsewhere; repeatable.",
+)
+@click.option(
+    "--env-trusted-image",
+    multiple=True,
+    help="Image glob you vouch has /usr/bin/env (as above); repeatable.",
+)
 @_friendly
 def serve(
     certs_dir: Path | None,
@@ -122,8 +133,15 @@ def serve(
     kube: str | None,
     pod_lookup_timeout: float | None,
     image_without_env: tuple[str, ...],
+    env_trusted_namespace: tuple[str, ...],
+    env_trusted_image: tuple[str, ...],
 ) -> None:
-    """Run the admission webhook over TLS under gunicorn (gthread, keep-alive)."""
+    """Run the admission webhook over TLS under gunicorn (gthread, keep-alive).
+
+    An exec is rewritten only where the env binary is known to exist in its container:
+    the static env in pods created after install, or /usr/bin/env in namespaces and
+    images you vouch for. Elsewhere it runs unchanged (outcome skipped-no-static-env).
+    """
     from webhook.settings import Settings
 
     settings = Settings.from_env(
@@ -140,6 +158,8 @@ def serve(
         kube=kube,
         pod_lookup_timeout=pod_lookup_timeout,
         images_without_env=image_without_env,
+        env_trusted_namespaces=env_trusted_namespace,
+        env_trusted_images=env_trusted_image,
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stderr)
     # before anything imports prometheus_client (see prepare_metrics_dir)

@@ -44,6 +44,12 @@ class Settings:
     kube: str = ""
     pod_lookup_timeout: float = 0.5
     images_without_env: tuple[str, ...] = ()
+    #: where the static env is not mounted, /usr/bin/env is used only in these namespaces
+    #: or images (globs the operator vouches for); elsewhere the exec is left alone
+    env_trusted_namespaces: tuple[str, ...] = ()
+    env_trusted_images: tuple[str, ...] = ()
+    static_env_cpu: str = "10m"
+    static_env_memory: str = "16Mi"
     env_volume_path: str = "/.whoexec/env"
     static_env_image: str = "ghcr.io/whoexec/whoexec:0.1.0"
     # consumer
@@ -129,6 +135,10 @@ class Settings:
             clock_skew_seconds=self.clock_skew_seconds,
             env_volume_path=self.env_volume_path,
             images_without_env=self.images_without_env,
+            env_trusted_namespaces=self.env_trusted_namespaces,
+            env_trusted_images=self.env_trusted_images,
+            static_env_cpu=self.static_env_cpu,
+            static_env_memory=self.static_env_memory,
             static_env_image=self.static_env_image,
         )
 

@@ -1,0 +1,248 @@
+"""Never break what would have worked: exec is rewritten only where the env binary is known
+to exist in that container, and the pod CREATE mutation never makes a valid pod invalid."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from typing import Any
+
+import jsonpatch
+import kubernetes_validate
+import pytest
+
+from webhook.admission import AdmissionPolicy, PodFacts, pod_facts, review_admission
+
+from .conftest import NOW, load_json
+
+SAFE = AdmissionPolicy()  # the default: vouch for nothing
+
+
+def exec_into(container: str, pod: PodFacts | None, signer, trusted, policy=SAFE, ns="shop"):
+    review = load_json("admission/exec_interactive_shell.json")
+    review["request"]["object"]["container"] = container
+    review["request"]["namespace"] = ns
+    response = review_admission(review, policy, signer, trusted, now=NOW, pod=pod).response
+    answer = response["response"]
+    command = None
+    if "patch" in answer:
+        ops = json.loads(base64.b64decode(answer["patch"]))
+        command = jsonpatch.apply_patch(review["request"]["object"], ops)["command"]
+    return answer, command
+
+
+def created(spec_change=None, policy=SAFE, signer=None, trusted=None, metadata=None):
+    review = load_json("admission/pod_create.json")
+    pod = review["request"]["object"]
+    pod["spec"].pop("ephemeralContainers", None)
+    if spec_change:
+        spec_change(pod["spec"])
+    if metadata:
+        pod["metadata"].update(metadata)
+    answer = review_admission(review, policy, signer, trusted, now=NOW).response["response"]
+    if "patch" not in answer:
+        return answer, None
+    ops = json.loads(base64.b64decode(answer["patch"]))
+    return answer, jsonpatch.apply_patch(pod, ops)
+
+
+def a_pod_created_after_install(signer, trusted, spec_change=None) -> dict[str, Any]:
+    _, pod = created(spec_change, signer=signer, trusted=trusted)
+    assert pod is not None
+    return pod
+
+
+SIDECAR = {"name": "istio-proxy", "image": "proxy:1", "restartPolicy": "Always"}
+MIGRATE = {"name": "migrate", "image": "migrate:1"}
+
+
+def with_init(spec: dict[str, Any]) -> None:
+    spec["initContainers"] = [copy.deepcopy(MIGRATE), copy.deepcopy(SIDECAR)]
+
+
+@pytest.mark.parametrize(
+    ("container", "expected"),
+    [("app", "/.whoexec/env"), ("migrate", "/.whoexec/env"), ("istio-proxy", "/.whoexec/env")],
+)
+def test_every_container_kind_of_a_new_pod_execs_through_the_static_env(
+    signer, trusted, container, expected
+):
+    pod = a_pod_created_after_install(signer, trusted, with_init)
+    answer, command = exec_into(container, pod_facts(pod), signer, trusted)
+    assert answer["auditAnnotations"]["outcome"] == "injected"
+    assert command[0] == expected
+
+
+def test_a_container_added_by_a_later_webhook_is_left_alone(signer, trusted):
+    # vault-agent's webhook runs after ours (name order): its container has no mount
+    pod = a_pod_created_after_install(signer, trusted)
+    pod["spec"]["initContainers"].append({"name": "vault-agent-init", "image": "vault:1"})
+    answer, command = exec_into("vault-agent-init", pod_facts(pod), signer, trusted)
+    assert answer["auditAnnotations"]["outcome"] == "skipped-no-static-env"
+    assert command is None
+    assert answer["allowed"] is True
+
+
+def test_a_static_pods_mirror_never_counts_as_having_the_static_env(signer, trusted):
+    pod = a_pod_created_after_install(signer, trusted)
+    pod["metadata"]["annotations"] = {"kubernetes.io/config.mirror": "abc"}
+    answer, command = exec_into("app", pod_facts(pod), signer, trusted)
+    assert answer["auditAnnotations"]["outcome"] == "skipped-no-static-env"
+    assert command is None
+
+
+@pytest.mark.parametrize(
+    ("policy", "pod_known", "outcome", "binary"),
+    [
+        (SAFE, True, "skipped-no-static-env", None),
+        (SAFE, False, "skipped-no-static-env", None),
+        (AdmissionPolicy(env_trusted_namespaces=("sho?",)), False, "injected", "/usr/bin/env"),
+        (AdmissionPolicy(env_trusted_namespaces=("sho?",)), True, "injected", "/usr/bin/env"),
+        (
+            AdmissionPolicy(env_trusted_images=("registry.k8s.io/etcd:*",)),
+            True,
+            "skipped-no-static-env",
+            None,
+        ),
+        (AdmissionPolicy(env_trusted_images=("debian:*",)), True, "injected", "/usr/bin/env"),
+        (
+            AdmissionPolicy(env_trusted_namespaces=("*",), images_without_env=("debian:*",)),
+            True,
+            "skipped-no-env",
+            None,
+        ),
+    ],
+)
+def test_a_pod_created_before_install_is_rewritten_only_where_vouched_for(
+    signer, trusted, policy, pod_known, outcome, binary
+):
+    old = PodFacts("uid-old", False, (("app", "debian:12"),), default_container="app")
+    answer, command = exec_into("app", old if pod_known else None, signer, trusted, policy)
+    assert answer["auditAnnotations"]["outcome"] == outcome
+    assert answer["allowed"] is True
+    assert (command[0] if command else None) == binary
+    if binary is None:
+        assert any("not attributed" in w for w in answer.get("warnings", []))
+
+
+def test_an_etcd_like_image_is_not_broken_by_default(signer, trusted):
+    # registry.k8s.io/etcd is distroless plus /bin/sh: no /usr/bin/env
+    etcd = PodFacts(
+        "uid-etcd", False, (("etcd", "registry.k8s.io/etcd:3.6.5-0"),), default_container="etcd"
+    )
+    answer, command = exec_into("etcd", etcd, signer, trusted, ns="kube-system")
+    assert command is None
+    assert answer["auditAnnotations"]["outcome"] == "skipped-no-static-env"
+
+
+# --- the pod CREATE mutation ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda spec: spec.update(os={"name": "windows"}),
+        lambda spec: spec.update(nodeSelector={"kubernetes.io/os": "windows"}),
+        lambda spec: spec.update(
+            affinity={
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {
+                                        "key": "kubernetes.io/os",
+                                        "operator": "In",
+                                        "values": ["windows"],
+                                    }
+                                ]
+                            }
+                        ]
+                    }
+                }
+            }
+        ),
+    ],
+    ids=["os.name", "nodeSelector", "nodeAffinity"],
+)
+def test_windows_pods_are_left_alone(signer, trusted, shape):
+    answer, pod = created(shape, signer=signer, trusted=trusted)
+    assert answer["auditAnnotations"]["outcome"] == "skipped-windows"
+    assert pod is None
+
+
+@pytest.mark.parametrize(
+    ("shape", "outcome"),
+    [
+        (
+            lambda spec: spec["containers"].append({"name": "whoexec-env", "image": "x"}),
+            "skipped-name-collision",
+        ),
+        (
+            lambda spec: spec.update(volumes=[{"name": "whoexec-env", "emptyDir": {}}]),
+            "skipped-name-collision",
+        ),
+        (
+            lambda spec: spec.update(
+                initContainers=[
+                    {
+                        "name": "i",
+                        "image": "x",
+                        "volumeMounts": [{"name": "v", "mountPath": "/.whoexec/"}],
+                    }
+                ]
+            ),
+            "skipped-env-volume-conflict",
+        ),
+    ],
+    ids=["container name", "volume name", "init container mount path"],
+)
+def test_name_and_path_collisions_skip_the_pod(signer, trusted, shape, outcome):
+    answer, pod = created(shape, signer=signer, trusted=trusted)
+    assert answer["auditAnnotations"]["outcome"] == outcome
+    assert pod is None
+
+
+def test_a_mirror_pod_is_left_alone(signer, trusted):
+    answer, pod = created(
+        metadata={"annotations": {"kubernetes.io/config.mirror": "abc"}},
+        signer=signer,
+        trusted=trusted,
+    )
+    assert answer["auditAnnotations"]["outcome"] == "skipped-static-pod"
+    assert pod is None
+
+
+def test_the_init_container_has_requests_and_limits_from_the_settings(signer, trusted):
+    policy = AdmissionPolicy(static_env_cpu="25m", static_env_memory="24Mi")
+    _, pod = created(policy=policy, signer=signer, trusted=trusted)
+    (init,) = pod["spec"]["initContainers"]
+    assert init["resources"] == {
+        "requests": {"cpu": "25m", "memory": "24Mi"},
+        "limits": {"cpu": "25m", "memory": "24Mi"},
+    }
+
+
+def test_a_pod_with_init_containers_and_a_native_sidecar_stays_valid(signer, trusted):
+    _, pod = created(with_init, signer=signer, trusted=trusted)
+    names = [c["name"] for c in pod["spec"]["initContainers"]]
+    assert names == ["whoexec-env", "migrate", "istio-proxy"]
+    for container in pod["spec"]["initContainers"][1:] + pod["spec"]["containers"]:
+        assert {"name": "whoexec-env", "mountPath": "/.whoexec", "readOnly": True} in container[
+            "volumeMounts"
+        ]
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_a_debug_container_gets_the_static_env_mount_when_the_pod_has_it(signer, trusted):
+    review = load_json("admission/debug_ephemeral_container.json")
+    pod = review["request"]["object"]
+    pod["spec"].setdefault("volumes", []).append({"name": "whoexec-env", "emptyDir": {}})
+    answer = review_admission(review, SAFE, signer, trusted, now=NOW).response["response"]
+    ops = json.loads(base64.b64decode(answer["patch"]))
+    patched = jsonpatch.apply_patch(pod, ops)
+    debugger = patched["spec"]["ephemeralContainers"][-1]
+    assert {"name": "whoexec-env", "mountPath": "/.whoexec", "readOnly": True} in debugger[
+        "volumeMounts"
+    ]
