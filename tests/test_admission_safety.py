@@ -224,6 +224,54 @@ def test_the_init_container_has_requests_and_limits_from_the_settings(signer, tr
     }
 
 
+def test_the_init_container_is_as_large_as_the_largest_container(signer, trusted):
+    # LimitRanger gave the containers the namespace's defaults before any webhook ran, so
+    # these values satisfy its min and max; an init container adds nothing to the quota
+    def sized(spec):
+        spec["containers"][0]["resources"] = {
+            "requests": {"cpu": "250m", "memory": "64Mi"},
+            "limits": {"cpu": "1", "memory": "128Mi"},
+        }
+        spec["containers"].append(
+            {"name": "side", "image": "x", "resources": {"requests": {"cpu": "0.5"}}}
+        )
+
+    _, pod = created(sized, signer=signer, trusted=trusted)
+    init = pod["spec"]["initContainers"][0]
+    assert init["resources"] == {
+        "requests": {"cpu": "0.5", "memory": "64Mi"},
+        "limits": {"cpu": "1", "memory": "128Mi"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("100m", "0.1"),
+        ("1", "1"),
+        ("64Mi", str(64 * 2**20)),
+        ("1.5Gi", str(int(1.5 * 2**30))),
+        ("2k", "2000"),
+        ("1e3", "1000"),
+    ],
+)
+def test_quantities_are_read_as_kubernetes_writes_them(text, value):
+    from decimal import Decimal
+
+    from webhook.admission import quantity
+
+    assert quantity(text) == Decimal(value)
+
+
+def test_a_request_without_a_limit_gets_an_equal_limit_never_a_lower_one(signer, trusted):
+    def big(spec):
+        spec["containers"][0]["resources"] = {"requests": {"memory": "1Gi"}}
+
+    _, pod = created(big, signer=signer, trusted=trusted)
+    resources = pod["spec"]["initContainers"][0]["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"] == "1Gi"
+
+
 def test_a_pod_with_init_containers_and_a_native_sidecar_stays_valid(signer, trusted):
     _, pod = created(with_init, signer=signer, trusted=trusted)
     names = [c["name"] for c in pod["spec"]["initContainers"]]

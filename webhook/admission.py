@@ -24,8 +24,10 @@ from __future__ import annotations
 import base64
 import fnmatch
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any, Literal, NotRequired, TypedDict
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -609,6 +611,73 @@ def _targets_windows(spec: Mapping[str, Any]) -> bool:
     return all(windows_only(term) for term in terms)
 
 
+_QUANTITY_SUFFIXES: dict[str, Decimal] = {
+    "": Decimal(1),
+    "m": Decimal("0.001"),
+    "k": Decimal(10**3),
+    "M": Decimal(10**6),
+    "G": Decimal(10**9),
+    "T": Decimal(10**12),
+    "Ki": Decimal(2**10),
+    "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40),
+}
+_QUANTITY = re.compile(r"([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?")
+
+
+def quantity(text: object) -> Decimal | None:
+    """A Kubernetes resource quantity (``100m``, ``64Mi``, ``1.5``) as a number."""
+    if isinstance(text, int | float):
+        return Decimal(str(text))
+    match = _QUANTITY.fullmatch(str(text).strip())
+    if not match:
+        return None
+    try:
+        return Decimal(match.group(1)) * _QUANTITY_SUFFIXES[match.group(2) or ""]
+    except ArithmeticError:
+        return None
+
+
+def _init_resources(containers: list[Any], policy: AdmissionPolicy) -> dict[str, dict[str, str]]:
+    """Requests and limits for the static env's init container.
+
+    The largest value the pod's own containers have, per resource, else the settings. By
+    the time a webhook runs, LimitRanger has already given the containers the namespace's
+    defaults, so a LimitRange's min and max hold for these values too; and an init
+    container never adds to the pod's effective request (max of init, sum of the rest),
+    so ResourceQuota sees no more than before.
+    """
+    fallback = {"cpu": policy.static_env_cpu, "memory": policy.static_env_memory}
+    chosen: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
+    for kind in ("requests", "limits"):
+        for resource in ("cpu", "memory"):
+            best: tuple[Decimal, str] | None = None
+            for container in containers:
+                resources = container.get("resources") if isinstance(container, dict) else None
+                values = resources.get(kind) if isinstance(resources, dict) else None
+                raw = values.get(resource) if isinstance(values, dict) else None
+                amount = quantity(raw) if raw is not None else None
+                if amount is not None and (best is None or amount > best[0]):
+                    best = (amount, str(raw))
+            if best is not None:
+                chosen[kind][resource] = best[1]
+    for resource, value in fallback.items():
+        request = chosen["requests"].get(resource)
+        limit = chosen["limits"].get(resource)
+        if request is None:
+            request = limit if limit is not None else value
+        if limit is None:
+            limit = request
+        # a limit below the request is invalid
+        low, high = quantity(request), quantity(limit)
+        if low is not None and high is not None and high < low:
+            limit = request
+        chosen["requests"][resource] = request
+        chosen["limits"][resource] = limit
+    return chosen
+
+
 def _decide_pod_create(ctx: _Context) -> Decision:
     """Give a new pod a static ``env`` so that exec works even in distroless images.
 
@@ -660,13 +729,12 @@ def _decide_pod_create(ctx: _Context) -> Decision:
             ):
                 return Decision(allowed=True, outcome="skipped-env-volume-conflict")
     volume = {"name": ENV_VOLUME, "emptyDir": {"sizeLimit": "8Mi"}}
-    amount = {"cpu": ctx.policy.static_env_cpu, "memory": ctx.policy.static_env_memory}
     init = {
         "name": ENV_VOLUME,
         "image": ctx.policy.static_env_image,
         "command": ["cp", STATIC_ENV_IN_IMAGE, ctx.policy.env_volume_path],
         "volumeMounts": [{"name": ENV_VOLUME, "mountPath": mount_dir}],
-        "resources": {"requests": dict(amount), "limits": dict(amount)},
+        "resources": _init_resources(containers, ctx.policy),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 10001,
