@@ -219,6 +219,10 @@ def webhook(cluster: Cluster) -> Iterator[Webhook]:
         "--kube",
         str(kubeconfig),
     ]
+    # pods created before whoexec is installed: they never get the static env
+    cluster.kubectl("create", "namespace", "legacy", check=False)
+    cluster.pod("legacy", "old-debian", cluster.images["with-env"])
+    cluster.pod("legacy", "old-distroless", cluster.images["without-env"])
     hook = Webhook(None, port, certs, certs / "identity.pub", env, args)  # type: ignore[arg-type]
     hook.start()
     ca_bundle = base64.b64encode((certs / "ca.crt").read_bytes()).decode()
