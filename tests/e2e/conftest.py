@@ -1,299 +1,47 @@
-"""The real single-node cluster (``e2e/cluster``) and a real ``whoexec serve`` in front of it.
-
-Everything here goes through the real kube-apiserver: the MutatingWebhookConfiguration
-from ``manifests/``, RBAC, PodSecurity, the kubelet and containerd, the audit log.
-"""
+"""Fixtures of the e2e suite: the real cluster and the real webhook, once per session."""
 
 from __future__ import annotations
 
-import base64
-import copy
-import http.client
-import json
 import os
-import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import free_port, http_ok, wait_until_ready
+from .harness import (
+    BIN,
+    WHOEXEC,
+    Cluster,
+    Webhook,
+    install_webhook,
+    start_cluster,
+    stop_cluster,
+    token_from_environ,
+)
 
-ROOT = Path(__file__).parent.parent.parent
-CLUSTER = ROOT / "e2e" / "cluster"
-MANIFESTS = ROOT / "manifests"
-BIN = Path(os.environ.get("WHOEXEC_E2E_CACHE", "/var/cache/whoexec-e2e")) / "bin"
-WHOEXEC = Path(sys.executable).parent / "whoexec"
-
-pytestmark = pytest.mark.e2e
-
-
-@dataclass
-class Cluster:
-    dir: Path
-    images: dict[str, str]
-
-    @property
-    def admin(self) -> Path:
-        return self.dir / "admin.kubeconfig"
-
-    @property
-    def audit_log(self) -> Path:
-        return self.dir / "audit.log"
-
-    def kubectl(
-        self,
-        *args: str,
-        user: Path | None = None,
-        check: bool = True,
-        stdin: str | bytes | None = None,
-        timeout: float = 60,
-    ) -> subprocess.CompletedProcess[bytes]:
-        data = stdin.encode() if isinstance(stdin, str) else stdin
-        done = subprocess.run(
-            [str(BIN / "kubectl"), "--kubeconfig", str(user or self.admin), *args],
-            input=data,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(
-                f"kubectl {' '.join(args)} failed ({done.returncode}): "
-                f"{done.stderr.decode(errors='replace')}"
-            )
-        return done
-
-    def apply(self, obj: dict[str, Any] | list[dict[str, Any]]) -> None:
-        items = obj if isinstance(obj, list) else [obj]
-        self.kubectl(
-            "apply",
-            "-f",
-            "-",
-            stdin=json.dumps({"kind": "List", "apiVersion": "v1", "items": items}),
-        )
-
-    def user(self, name: str, *groups: str) -> Path:
-        out = subprocess.run(
-            [str(CLUSTER), "user", str(self.dir), name, *groups],
-            capture_output=True,
-            check=True,
-            text=True,
-        )
-        return Path(out.stdout.strip())
-
-    def get(self, *args: str) -> Any:
-        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
-
-    def pod(self, namespace: str, name: str, image: str, **spec: Any) -> dict[str, Any]:
-        """A host-network pod that sleeps, ready to exec into."""
-        container = {
-            "name": "app",
-            "image": image,
-            "imagePullPolicy": "Never",
-            "command": spec.pop("command", ["/bin/sh", "-c", "sleep 100000"]),
-        }
-        body = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "hostNetwork": True,
-                "terminationGracePeriodSeconds": 0,
-                "containers": [container],
-                **spec,
-            },
-        }
-        self.apply(body)
-        self.kubectl(
-            "wait",
-            "-n",
-            namespace,
-            "--for=condition=Ready",
-            f"pod/{name}",
-            "--timeout=90s",
-            timeout=100,
-        )
-        return self.get("-n", namespace, "pod", name)
+__all__ = ["BIN", "WHOEXEC", "Cluster", "Webhook", "token_from_environ"]
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    # short: containerd's unix sockets live in it
-    where = Path(f"/tmp/wx-{os.getpid()}")
-    up = subprocess.run(
-        [str(CLUSTER), "up", str(where)], capture_output=True, text=True, timeout=2400, check=False
-    )
+    where = Path(f"/tmp/wx-{os.getpid()}")  # short: containerd's unix sockets live in it
     try:
-        if up.returncode != 0:
-            pytest.fail(f"e2e/cluster up failed:\n{up.stderr[-4000:]}")
-        images = json.loads((where / "images.json").read_text())
-        yield Cluster(where, images)
+        try:
+            started = start_cluster(where)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield started
     finally:
-        subprocess.run([str(CLUSTER), "down", str(where)], capture_output=True, check=False)
-
-
-@dataclass
-class Webhook:
-    proc: subprocess.Popen[bytes]
-    port: int
-    certs: Path
-    identity_pub: Path
-    env: dict[str, str]
-    args: list[str]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.communicate(timeout=30)  # reaps it and closes its output pipe
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
-
-        def probe() -> bool:
-            return http_ok(
-                lambda: http.client.HTTPSConnection(
-                    "127.0.0.1", self.port, context=context, timeout=2
-                ),
-                "/readyz",
-            )
-
-        wait_until_ready(self.proc, probe, "whoexec serve", seconds=60)
-
-
-def service_account_kubeconfig(cluster: Cluster, token: str) -> Path:
-    admin = yaml.safe_load(cluster.admin.read_text())
-    config = copy.deepcopy(admin)
-    config["users"] = [{"name": "whoexec-webhook", "user": {"token": token}}]
-    config["contexts"][0]["context"]["user"] = "whoexec-webhook"
-    path = cluster.dir / "whoexec-webhook.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
-
-
-def webhook_configuration(port: int, ca_bundle: str) -> dict[str, Any]:
-    """The manifests' MutatingWebhookConfiguration, pointed at the local server."""
-    config = yaml.safe_load((MANIFESTS / "base" / "mutatingwebhookconfiguration.yaml").read_text())
-    for hook in config["webhooks"]:
-        hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}/mutate", "caBundle": ca_bundle}
-    return config
+        stop_cluster(where)
 
 
 @pytest.fixture(scope="session")
 def webhook(cluster: Cluster) -> Iterator[Webhook]:
-    # the manifests' namespace, ServiceAccount and least-privilege ClusterRole
-    for name in ("namespace.yaml", "serviceaccounts.yaml"):
-        cluster.kubectl("apply", "-n", "whoexec", "-f", str(MANIFESTS / "base" / name))
-    token = (
-        cluster.kubectl("create", "token", "whoexec-webhook", "-n", "whoexec", "--duration", "3h")
-        .stdout.decode()
-        .strip()
-    )
-    kubeconfig = service_account_kubeconfig(cluster, token)
-    certs = cluster.dir / "whoexec-certs"
-    subprocess.run([str(WHOEXEC), "certs", "--out", str(certs)], check=True, capture_output=True)
-    port = free_port()
-    env = {
-        **os.environ,
-        "WHOEXEC_STATIC_ENV_IMAGE": cluster.images["whoexec"],
-        "WHOEXEC_LOG_LEVEL": "info",
-    }
-    args = [
-        str(WHOEXEC),
-        "serve",
-        "--certs",
-        str(certs),
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-        "--kube",
-        str(kubeconfig),
-    ]
-    # pods created before whoexec is installed: they never get the static env
-    cluster.kubectl("create", "namespace", "legacy", check=False)
-    cluster.pod("legacy", "old-debian", cluster.images["with-env"])
-    cluster.pod("legacy", "old-distroless", cluster.images["without-env"])
-    hook = Webhook(None, port, certs, certs / "identity.pub", env, args)  # type: ignore[arg-type]
-    hook.start()
-    ca_bundle = base64.b64encode((certs / "ca.crt").read_bytes()).decode()
-    cluster.apply(webhook_configuration(port, ca_bundle))
-    # RBAC for the people of the tests: exec, attach, debug in any namespace
-    cluster.apply(
-        [
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": {"name": "e2e-exec"},
-                "rules": [
-                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
-                    {
-                        "apiGroups": [""],
-                        "resources": ["pods/exec", "pods/attach", "pods/ephemeralcontainers"],
-                        "verbs": ["get", "create", "patch", "update"],
-                    },
-                ],
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": "e2e-exec"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "e2e-exec",
-                },
-                "subjects": [
-                    {"kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io"}
-                ],
-            },
-        ]
-    )
-    # the apiserver reads webhook configurations through an informer: wait until it calls us
-    wait_for_webhook(cluster)
+    try:
+        hook = install_webhook(cluster)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         yield hook
     finally:
         hook.stop()
-
-
-def wait_for_webhook(cluster: Cluster, seconds: float = 30) -> None:
-    """Until a pod created now gets the static env (the pod CREATE webhook answered)."""
-    cluster.kubectl("create", "namespace", "probe", check=False)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done = cluster.kubectl(
-            "run",
-            "-n",
-            "probe",
-            f"p{int(time.monotonic() * 1000)}",
-            "--image",
-            cluster.images["with-env"],
-            "--image-pull-policy",
-            "Never",
-            "--dry-run=server",
-            "-o",
-            "json",
-            "--",
-            "true",
-        )
-        if '"whoexec-env"' in done.stdout.decode():
-            return
-        time.sleep(0.5)
-    pytest.fail("the apiserver never called the whoexec webhook")
-
-
-def token_from_environ(environ: bytes) -> str:
-    for entry in environ.split(b"\0"):
-        if entry.startswith(b"WHOEXEC_IDENTITY="):
-            return entry.split(b"=", 1)[1].decode()
-    raise AssertionError(f"no WHOEXEC_IDENTITY in {environ[:300]!r}")
