@@ -12,6 +12,7 @@ import copy
 import http.client
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -213,7 +214,9 @@ def start_cluster(where: Path) -> Cluster:
 
 
 def stop_cluster(where: Path) -> None:
+    """``e2e/cluster down``, then the directory goes (etcd data, keys, logs)."""
     subprocess.run([str(CLUSTER), "down", str(where)], capture_output=True, check=False)
+    shutil.rmtree(where, ignore_errors=True)
 
 
 def install_webhook(cluster: Cluster) -> Webhook:
