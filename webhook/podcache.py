@@ -13,6 +13,7 @@ disconnects lead to a relist with exponential backoff. The cache is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -80,7 +81,7 @@ class PodCache:
         self._pods: dict[PodKey, PodFacts] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._watch: Any = None
+        self._response: Any = None  # the open watch stream, closed by stop()
         self._thread: threading.Thread | None = None
 
     # -- the admission side ----------------------------------------------------------------
@@ -135,50 +136,84 @@ class PodCache:
         CACHED.set(len(self._pods))
 
     def relist(self) -> str:
-        """Replace the cache with a full list; returns the list's resourceVersion."""
-        reply: Any = self.core.list_pod_for_all_namespaces(
-            _preload_content=False, _request_timeout=(5, 60)
-        )
-        listing = orjson.loads(reply.data)
-        pods = {}
-        for pod in listing.get("items") or []:
-            metadata = pod.get("metadata") or {}
-            pods[(str(metadata.get("namespace", "")), str(metadata.get("name", "")))] = pod_facts(
-                pod
+        """Replace the cache with a full list, a page at a time; returns its resourceVersion.
+
+        Paginated (``limit``/``continue``): an unpaginated list of a large cluster is one
+        response of every whole Pod, decoded at once in every gunicorn worker.
+        """
+        pods: dict[tuple[str, str], PodFacts] = {}
+        token: str | None = None
+        version = ""
+        while True:
+            reply: Any = self.core.list_pod_for_all_namespaces(
+                limit=LIST_PAGE,
+                _continue=token,
+                _preload_content=False,
+                _request_timeout=(5, 60),
             )
-            if len(pods) >= self.max_pods:
+            listing = orjson.loads(reply.data)
+            for pod in listing.get("items") or []:
+                metadata = pod.get("metadata") or {}
+                key = (str(metadata.get("namespace", "")), str(metadata.get("name", "")))
+                if len(pods) < self.max_pods:
+                    pods[key] = pod_facts(pod)  # only the facts are kept, never the Pod
+            meta = listing.get("metadata") or {}
+            version = str(meta.get("resourceVersion", "")) or version
+            token = meta.get("continue") or None
+            if token is None:
                 break
         with self._lock:
             self._pods = pods
         CACHED.set(len(pods))
         self.relists += 1
         self.synced.set()
-        return str((listing.get("metadata") or {}).get("resourceVersion", ""))
+        return version
 
     def watch(self, resource_version: str) -> str:
-        """Apply watch events until the stream ends; returns the last resourceVersion."""
-        from kubernetes import watch
+        """Apply watch events until the stream ends; returns the last resourceVersion.
 
-        self._watch = watch.Watch()  # type: ignore[no-untyped-call]
-        for event in self._watch.stream(
-            self.core.list_pod_for_all_namespaces,
+        The stream is read here, one JSON event per line, rather than through the
+        client's ``Watch``, whose handling of ERROR events changed across releases (with
+        ``deserialize=False`` 37.x raises ``KeyError('raw_object')``). An ERROR event with
+        code 410 means the version is too old: :class:`WatchExpired`, then a relist.
+        """
+        reply: Any = self.core.list_pod_for_all_namespaces(
+            watch=True,
             resource_version=resource_version,
             timeout_seconds=self.watch_timeout,
             allow_watch_bookmarks=True,
-            deserialize=False,
+            _preload_content=False,
             _request_timeout=(5, self.watch_timeout + 30),
-        ):
-            if self._stop.is_set():
-                break
-            kind, pod = event.get("type"), event.get("object") or {}
-            version = (pod.get("metadata") or {}).get("resourceVersion")
-            if kind in ("ADDED", "MODIFIED"):
-                self._put(pod)
-            elif kind == "DELETED":
-                self._delete(pod)
-            if version:
-                resource_version = str(version)
+        )
+        self._response = reply
+        buffer = b""
+        try:
+            for chunk in reply.stream(65536):
+                if self._stop.is_set():
+                    break
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        resource_version = self._apply(orjson.loads(line), resource_version)
+        finally:
+            self._response = None
+            reply.release_conn()
         return resource_version
+
+    def _apply(self, event: dict[str, Any], resource_version: str) -> str:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                raise WatchExpired(str(obj.get("message", "too old resource version")))
+            raise WatchFailed(f"watch ERROR event: {code} {str(obj.get('message', ''))[:200]}")
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if kind in ("ADDED", "MODIFIED"):
+            self._put(obj)
+        elif kind == "DELETED":
+            self._delete(obj)
+        return str(version) if version else resource_version
 
     def run(self) -> None:
         delay = self.backoff[0]
@@ -209,15 +244,34 @@ class PodCache:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.close()  # ends a watch that is waiting for its next event
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+class WatchExpired(Exception):
+    """The watch's resourceVersion is too old (410 Gone): relist."""
+
+
+class WatchFailed(Exception):
+    """The watch stream carried an ERROR event other than 410."""
+
+
+#: pods per page of a relist
+LIST_PAGE = 500
 
 
 def _classify(exc: BaseException) -> str:
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import MaxRetryError, ProtocolError, TimeoutError
+
+    if isinstance(exc, WatchExpired):
+        return "gone"
+    if isinstance(exc, WatchFailed):
+        return "watch-error"
 
     if isinstance(exc, ApiException):
         if exc.status == 404:
