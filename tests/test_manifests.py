@@ -4,6 +4,7 @@ code: webhook name, paths, ports, Secret file names, rules."""
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +20,9 @@ from webhook.keyfiles import IDENTITY_KEY, IDENTITY_PUB, TLS_CERT, TLS_KEY
 from webhook.settings import Settings
 
 ROOT = Path(__file__).parent.parent
-KUBECTL = shutil.which("kubectl")
+#: kubectl on PATH, else the one e2e/cluster built (.ci/run builds it before the tests)
+_BUILT = Path(os.environ.get("WHOEXEC_E2E_CACHE", "/var/cache/whoexec-e2e")) / "bin" / "kubectl"
+KUBECTL = shutil.which("kubectl") or (str(_BUILT) if _BUILT.exists() else None)
 OVERLAYS = ["self-signed", "cert-manager", "fail-closed", "postgres"]
 pytestmark = pytest.mark.skipif(
     KUBECTL is None, reason="kubectl is not installed: cannot render the kustomize manifests"
