@@ -18,7 +18,7 @@ import orjson
 
 from webhook.audit import ExecAudit
 from webhook.errors import StoreUnavailable
-from webhook.falco import FalcoAlert, parse_time_ns
+from webhook.falco import FalcoAlert, ProcessFacts, parse_time_ns
 from webhook.lineage import Outcome
 from webhook.store.model import (
     AlertFact,
@@ -67,6 +67,23 @@ def shorten_tokens(text: str | None, variable: str) -> str | None:
     )
 
 
+def _process_fact(session_id: str, facts: ProcessFacts, variable: str) -> list[ProcessFact]:
+    """The alert's process as a command of the session (none without a pid)."""
+    if facts.pid is None:
+        return []
+    return [
+        ProcessFact(
+            session_id=session_id,
+            host=facts.host,
+            pid=facts.pid,
+            start_ns=facts.start_ts or 0,
+            ppid=facts.ppid,
+            args=shorten_tokens(facts.cmdline, variable),
+            time_ns=facts.time_ns,
+        )
+    ]
+
+
 def replay_session_id(host: str, pid: int, start_ns: int | None) -> str:
     """A replayed root's own session key: the victim's session id is never reused."""
     return f"replayed:{host}:{pid}:{start_ns or 0}"
@@ -98,18 +115,7 @@ def _replayed_session(outcome: Outcome, variable: str) -> Batch:
             reason=attribution.reason,
         )
     )
-    if facts.pid is not None:
-        batch.processes.append(
-            ProcessFact(
-                session_id=session_id,
-                host=facts.host,
-                pid=facts.pid,
-                start_ns=facts.start_ts or 0,
-                ppid=facts.ppid,
-                args=shorten_tokens(facts.cmdline, variable),
-                time_ns=facts.time_ns,
-            )
-        )
+    batch.processes.extend(_process_fact(session_id, facts, variable))
     return batch
 
 
@@ -145,18 +151,7 @@ def facts_from_outcome(outcome: Outcome, variable: str = "WHOEXEC_IDENTITY") -> 
             started_ns=identity.issued_at * 1_000_000_000,
         )
     )
-    if facts.pid is not None:
-        batch.processes.append(
-            ProcessFact(
-                session_id=identity.session_id,
-                host=facts.host,
-                pid=facts.pid,
-                start_ns=facts.start_ts or 0,
-                ppid=facts.ppid,
-                args=shorten_tokens(facts.cmdline, variable),
-                time_ns=facts.time_ns,
-            )
-        )
+    batch.processes.extend(_process_fact(identity.session_id, facts, variable))
     return batch
 
 
