@@ -25,13 +25,12 @@ def run(*args: str, env: dict[str, str] | None = None):
     return CliRunner().invoke(main, list(args), env=env)
 
 
-@pytest.fixture
-def db(store_url: str) -> str:
-    """A store filled by the real commands: consume --db, then audit ingest."""
+def consume_into(store_url: str, scenario: str) -> None:
+    """`whoexec consume --db` over one Falco fixture."""
     result = run(
         "consume",
         "--input",
-        str(FALCO / "shell_and_grandchild.jsonl"),
+        str(FALCO / f"{scenario}.jsonl"),
         "--identity-pub",
         str(FALCO / "identity.pub"),
         "--db",
@@ -39,6 +38,12 @@ def db(store_url: str) -> str:
         "--no-stdout",
     )
     assert result.exit_code == 0, result.output
+
+
+@pytest.fixture
+def db(store_url: str) -> str:
+    """A store filled by the real commands: consume --db, then audit ingest."""
+    consume_into(store_url, "shell_and_grandchild")
     result = run("audit", "ingest", str(AUDIT_LOG), "--db", store_url)
     assert result.exit_code == 0, result.output
     assert "2 malformed lines skipped" in result.stderr
@@ -262,17 +267,7 @@ def test_json_keeps_the_exact_values_for_machines(hostile_db):
 
 
 def test_a_replayed_session_is_shown_under_nobody_with_the_claim_apart(store_url):
-    result = run(
-        "consume",
-        "--input",
-        str(FALCO / "replay_stale.jsonl"),
-        "--identity-pub",
-        str(FALCO / "identity.pub"),
-        "--db",
-        store_url,
-        "--no-stdout",
-    )
-    assert result.exit_code == 0, result.output
+    consume_into(store_url, "replay_stale")
     listing = run("sessions", "--db", store_url, "--since", EVER, "--format", "json")
     (row,) = json.loads(listing.stdout)
     assert (row["user_name"], row["attribution"]) == (None, "replayed")

@@ -173,8 +173,8 @@ def webhook_configuration(port: int, ca_bundle: str) -> dict[str, Any]:
 def wait_for_webhook(cluster: Cluster, seconds: float = 30) -> None:
     """Until a pod created now gets the static env (the pod CREATE webhook answered)."""
     cluster.kubectl("create", "namespace", "probe", check=False)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+
+    def mutated() -> bool:
         done = cluster.kubectl(
             "run",
             "-n",
@@ -190,10 +190,22 @@ def wait_for_webhook(cluster: Cluster, seconds: float = 30) -> None:
             "--",
             "true",
         )
-        if '"whoexec-env"' in done.stdout.decode():
-            return
-        time.sleep(0.5)
-    raise RuntimeError("the apiserver never called the whoexec webhook")
+        return '"whoexec-env"' in done.stdout.decode()
+
+    try:
+        eventually(mutated, seconds, "the apiserver calling the whoexec webhook")
+    except AssertionError as exc:
+        raise RuntimeError(str(exc)) from None
+
+
+def eventually(check: Any, seconds: float = 30, what: str = "the condition") -> Any:
+    """Poll ``check`` until it returns something true, and return that."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} never happened in {seconds:g}s")
 
 
 def token_from_environ(environ: bytes) -> str:

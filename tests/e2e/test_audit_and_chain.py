@@ -8,6 +8,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from webhook.falco import format_time_ns
 from webhook.procfs import ProcFS
 
 from .conftest import BIN, WHOEXEC, Cluster, Webhook
+from .harness import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -46,22 +48,24 @@ def audit_events(cluster: Cluster, pod: str) -> list[dict]:
     return [e for e in events if e.get("objectRef", {}).get("name") == pod]
 
 
-def wait_for_audit(cluster: Cluster, pod: str, count: int, seconds: float = 30) -> list[dict]:
+def wait_for_audit(cluster: Cluster, pod: str, match: Any = None) -> list[dict]:
     """The apiserver writes the audit log in the background: wait for the events."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = [e for e in audit_events(cluster, pod) if e["stage"] == "ResponseComplete"]
-        if len(found) >= count:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"{count} audit events for {pod} never came: {audit_events(cluster, pod)}")
+
+    def found() -> list[dict]:
+        return [
+            e
+            for e in audit_events(cluster, pod)
+            if e["stage"] == "ResponseComplete" and (match is None or match(e))
+        ]
+
+    return eventually(found, what=f"an audit event for {pod}")
 
 
 def test_each_exec_links_to_its_session_through_the_audit_annotation(
     cluster, webhook, ops, carol, tmp_path
 ):
     cluster.kubectl("exec", "-n", "ops", "tools-0", "--", "true", user=carol)
-    (event,) = wait_for_audit(cluster, "tools-0", 1)
+    (event,) = wait_for_audit(cluster, "tools-0")
     annotations = event["annotations"]
     assert annotations["exec.whoexec.io/outcome"] == "injected"
     session_id = annotations["exec.whoexec.io/session-id"]
@@ -84,16 +88,15 @@ def test_attach_is_recorded_as_not_attributable(cluster, webhook, carol, tmp_pat
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            events = [
+        # the attach lasts until killed, so its event is ResponseStarted
+        events = eventually(
+            lambda: [
                 e
                 for e in audit_events(cluster, "reader")
                 if e.get("objectRef", {}).get("subresource") == "attach"
-            ]
-            if events:
-                break
-            time.sleep(0.2)
+            ],
+            what="the attach's audit event",
+        )
     finally:
         attach.kill()
         attach.wait()
@@ -118,16 +121,7 @@ def test_with_the_webhook_down_exec_still_works_and_becomes_a_finding(
             user=carol,
         )
         assert done.stdout.decode().strip() == "webhook-down-42"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            down = [
-                e
-                for e in audit_events(cluster, "tools-0")
-                if "webhook-down" in e["requestURI"] and e["stage"] == "ResponseComplete"
-            ]
-            if down:
-                break
-            time.sleep(0.2)
+        down = wait_for_audit(cluster, "tools-0", lambda e: "webhook-down" in e["requestURI"])
         assert down and "exec.whoexec.io/outcome" not in down[0].get("annotations", {})
     finally:
         webhook.start()
@@ -144,18 +138,18 @@ def test_with_the_webhook_down_exec_still_works_and_becomes_a_finding(
 
 def host_pid_of(marker: bytes, seconds: float = 30) -> int:
     """The host pid of the process whose argv is exactly ``marker``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+
+    def running() -> int | None:
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
             try:
-                if (entry / "cmdline").read_bytes() == marker:
+                if entry.name.isdigit() and (entry / "cmdline").read_bytes() == marker:
                     return int(entry.name)
             except OSError:
                 continue
-        time.sleep(0.1)
-    raise AssertionError(f"no process runs {marker!r}")
+        return None
+
+    pid: int = eventually(running, seconds, f"a process running {marker!r}")
+    return pid
 
 
 def falco_alert_for(pid: int, pod: dict) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import yaml
 from webhook import podcache
 
 from .conftest import BIN, WHOEXEC, Cluster, Webhook
-from .harness import MANIFESTS
+from .harness import MANIFESTS, eventually
 
 pytestmark = pytest.mark.e2e
 OVERLAYS = ["self-signed", "cert-manager", "fail-closed", "postgres"]
@@ -65,15 +64,6 @@ def test_every_overlay_passes_a_server_side_dry_run(cluster: Cluster, webhook, t
     assert "mutatingwebhookconfiguration.admissionregistration.k8s.io/whoexec" in (
         done.stdout.decode()
     )
-
-
-def eventually(check, seconds: float = 30):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    raise AssertionError("never happened")
 
 
 def test_the_pod_cache_follows_the_real_apiserver_as_the_service_account(

@@ -11,6 +11,7 @@ from webhook.identity import verify_token
 from webhook.keyfiles import load_key_ring
 
 from .conftest import Cluster, Webhook
+from .harness import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -92,13 +93,12 @@ def test_kubectl_debug_carries_the_identity(cluster, webhook, bob):
         'echo "ok [$WHOEXEC_IDENTITY]"; sleep 100000',
         user=bob,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def logged() -> bytes:
         logs = cluster.kubectl("logs", "-n", "dbg", "web-0", "-c", "debugger", check=False)
-        if logs.returncode == 0 and logs.stdout.strip():
-            break
-        time.sleep(0.5)
-    identity = identity_in(logs.stdout, webhook)
+        return logs.stdout if logs.returncode == 0 else b""
+
+    identity = identity_in(eventually(logged, 60, "the debug container's output"), webhook)
     assert identity is not None
     assert (identity.user, identity.container) == ("bob", "debugger")
 
