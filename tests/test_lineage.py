@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -332,3 +333,29 @@ def test_a_tampered_alert_carries_a_marker_before_the_user_in_output():
     assert tampered
     for alert in tampered:
         assert "[WHOEXEC: IDENTITY TAMPERED INSIDE THE SESSION] k8s_user=" in alert["output"]
+
+
+def test_an_alert_from_a_worker_thread_of_the_session_root_keeps_its_identity():
+    # shared/falco-0.44.1 run 2: proc.pid.ts is the clone time of the thread that raised
+    # the event; a worker thread's later value is no pid reuse, and must not make the
+    # consumer forget the root's token (its env was over 4 KiB: no token in proc.env)
+    root_line, *_ = (FALCO / "env_cut_at_4k.jsonl").read_bytes().splitlines()
+    root = parse_alert(root_line)
+    thread = copy.deepcopy(root)
+    fields = thread["output_fields"]
+    fields["thread.tid"] = fields["proc.pid"] + 41
+    fields["proc.pid.ts"] += 500_000_000
+    fields["evt.time"] += 600_000_000
+    fields["proc.name"] = "python3"
+    fields["proc.args"] = "-c import threading"
+    fields["proc.cmdline"] = "python3 -c import threading"
+    fields["proc.env[WHOEXEC_IDENTITY]"] = ""
+    thread["rule"] = "Read sensitive file untrusted"
+    thread["tags"] = ["filesystem"]
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    attributor = Attributor(verifier)
+    attributor.submit(root, now=0)
+    (outcome,) = attributor.submit(thread, now=0)
+    assert outcome.attribution.status == "verified"
+    assert outcome.attribution.identity.user == ALICE
+    assert outcome.attribution.root_pid == fields["proc.pid"]
