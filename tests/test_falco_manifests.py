@@ -23,7 +23,7 @@ def test_values_embed_the_rules_file_verbatim():
 
 
 def test_every_lineage_field_the_consumer_reads_is_appended_to_syscall_alerts():
-    (entry,) = load("values.yaml")["falco"]["append_output"]
+    (entry,) = [e for e in load("values.yaml")["falco"]["append_output"] if "match" in e]
     assert entry["match"] == {"source": "syscall"}
     variable = Settings().identity_variable
     wanted = {field.format(variable=variable) for field in LINEAGE_FIELDS}
@@ -54,7 +54,8 @@ def test_every_shipped_rule_is_tagged_so_the_consumer_does_not_forward_it():
 def test_fixture_alerts_carry_only_fields_falco_would_send():
     import json
 
-    appended = set(load("values.yaml")["falco"]["append_output"][0]["extra_fields"])
+    (entry,) = [e for e in load("values.yaml")["falco"]["append_output"] if "match" in e]
+    appended = set(entry["extra_fields"])
     rule_fields = {
         "fd.name",
         "user.loginuid",
@@ -67,3 +68,26 @@ def test_fixture_alerts_carry_only_fields_falco_would_send():
         for line in path.read_text().splitlines():
             fields = set(json.loads(line)["output_fields"])
             assert fields <= appended | rule_fields, (path.name, fields - appended - rule_fields)
+
+
+def test_the_charts_default_output_tail_is_kept_beside_ours():
+    # Helm replaces lists: without this entry every stock rule loses its
+    # container_id=... k8s_pod_name=... tail, and users' alert text changes
+    assert {"suggested_output": True} in load("values.yaml")["falco"]["append_output"]
+
+
+def test_rules_and_consumer_share_one_runtime_parent_list_falco_can_match():
+    from webhook.falco import RUNTIME_PARENTS
+
+    (listed,) = [
+        i for i in load("whoexec_rules.yaml") if i.get("list") == "whoexec_runtime_parents"
+    ]
+    assert set(listed["items"]) == RUNTIME_PARENTS
+    # proc.pname is the kernel's comm: 15 characters at most
+    assert all(len(name) <= 15 for name in RUNTIME_PARENTS)
+
+
+def test_root_rules_fire_only_on_a_successful_exec():
+    for rule in (i for i in load("whoexec_rules.yaml") if "rule" in i):
+        assert "evt.res = SUCCESS" in rule["condition"], rule["rule"]
+        assert "evt.dir" not in rule["condition"], rule["rule"]

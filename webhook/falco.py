@@ -25,23 +25,23 @@ from webhook.errors import MalformedAlert
 #: the deepest ancestor Falco's ``proc.apid[N]``/``proc.aname[N]`` can name (and that the
 #: shipped ``append_output`` asks for)
 MAX_ANCESTORS = 8
-#: names of the container runtime processes that parent a container's entry processes;
-#: the same list as Falco's ``container_entrypoint`` macro
+#: names of the container runtime processes that parent a container's entry processes,
+#: as Falco's ``proc.pname`` shows them: the kernel's comm, cut to 15 characters (so
+#: containerd-shim-runc-v2 appears as "containerd-shim"). The shipped rules' list
+#: ``whoexec_runtime_parents`` is the same (tests/test_falco_manifests.py checks it).
 RUNTIME_PARENTS = frozenset(
     {
+        "conmon",
+        "containerd-shim",
+        "crio",
+        "crun",
+        "docker-runc",
+        "docker-runc-cur",
+        "exe",
         "runc",
         "runc:[0:PARENT]",
         "runc:[1:CHILD]",
         "runc:[2:INIT]",
-        "docker-runc",
-        "docker-runc-cur",
-        "exe",
-        "containerd-shim",
-        "containerd-shim-runc-v2",
-        "crun",
-        "conmon",
-        "systemd",
-        "crio",
     }
 )
 #: tag of the shipped rules (``manifests/falco/whoexec_rules.yaml``): they teach the
