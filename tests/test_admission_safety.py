@@ -294,3 +294,13 @@ def test_a_debug_container_gets_the_static_env_mount_when_the_pod_has_it(signer,
     assert {"name": "whoexec-env", "mountPath": "/.whoexec", "readOnly": True} in debugger[
         "volumeMounts"
     ]
+
+
+def test_exec_into_a_windows_pod_is_never_rewritten_even_where_vouched_for(signer, trusted):
+    review = load_json("admission/pod_create.json")
+    pod = review["request"]["object"]
+    pod["spec"]["os"] = {"name": "windows"}
+    vouched = AdmissionPolicy(env_trusted_namespaces=("*",))
+    answer, command = exec_into("app", pod_facts(pod), signer, trusted, vouched)
+    assert answer["auditAnnotations"]["outcome"] == "skipped-windows"
+    assert command is None

@@ -168,6 +168,8 @@ class PodFacts:
     #: the containers in which the static env is really mounted, so known to exist
     mounted: frozenset[str] = frozenset()
     default_container: str = ""
+    #: a Windows pod: no env binary of ours exists there, whatever the operator vouches
+    windows: bool = False
 
     @property
     def has_env_volume(self) -> bool:
@@ -214,6 +216,7 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
         images=tuple(images),
         mounted=frozenset(mounted),
         default_container=default,
+        windows=_targets_windows(spec),
     )
 
 
@@ -475,6 +478,8 @@ def _env_path_for(ctx: _Context, container: str) -> str:
     if pod is not None:
         if pod.opted_out:
             return "skipped-pod-opt-out"
+        if pod.windows:
+            return "skipped-windows"
         if pod.container_of(container) in pod.mounted:
             return policy.env_volume_path  # the static env our CREATE mutation added
         image = pod.image_of(container)
@@ -783,6 +788,7 @@ _UNATTRIBUTED = {
     "skipped-pod-opt-out": "the pod opted out (whoexec.io/inject=false)",
     "skipped-no-env": "the image has no env binary",
     "skipped-no-static-env": "no env binary is known to exist in this container",
+    "skipped-windows": "a Windows pod",
 }
 
 
