@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -359,3 +360,30 @@ def test_an_alert_from_a_worker_thread_of_the_session_root_keeps_its_identity():
     assert outcome.attribution.status == "verified"
     assert outcome.attribution.identity.user == ALICE
     assert outcome.attribution.root_pid == fields["proc.pid"]
+
+
+@pytest.mark.parametrize("minutes_into_the_session", [0, 10])
+def test_a_token_inherited_from_an_unseen_root_names_nobody_and_is_no_replay(
+    minutes_into_the_session,
+):
+    # the grandchild alone, as a consumer restarted mid-session without --procfs sees
+    # it: its root (and so the session's start) was never seen. It is no replay (that
+    # would be a false Critical finding against a genuine session), and nobody is named
+    *_, line = (FALCO / "shell_and_grandchild.jsonl").read_bytes().splitlines()
+    grandchild = parse_alert(line)
+    later = minutes_into_the_session * 60 * 10**9
+    grandchild["output_fields"]["evt.time"] += later
+    grandchild["output_fields"]["proc.pid.ts"] += later
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    sink = MemorySink()
+    pipeline = Pipeline(Attributor(verifier), [sink], clock=FakeClock())
+    pipeline.feed([json.dumps(grandchild)], where="restarted consumer")
+    pipeline.close()
+    (alert,) = [a for a in sink.alerts if a["source"] == "syscall"]
+    assert alert["output_fields"]["whoexec.attribution"] == "unverified"
+    assert alert["output_fields"]["whoexec.user.name"] is None
+    assert alert["output_fields"]["whoexec.claimed.user.name"] == ALICE
+    (finding,) = [a for a in sink.alerts if a["source"] == "whoexec"]
+    assert finding["rule"] == "Exec identity not verifiable"
+    assert "session root not seen" in finding["output_fields"]["whoexec.reason"]
+    assert "Exec identity replayed" not in [a["rule"] for a in sink.alerts]

@@ -54,6 +54,11 @@ class ProcessRecord:
     token: str | None = None
     #: the root check's result once made: "" believed, else why it is a replay
     root_check: str | None = None
+    #: the token entered the lineage here: in its own argv (the env execve), as a
+    #: container entry (its parent is the runtime, or it is the container's pid 1), or
+    #: below a parent whose whole environment (/proc) has no token. Only such a process
+    #: can be a session root; a token seen only further down means the root is unseen
+    entry: bool = False
 
 
 ProcessKey = tuple[str, int]  # (hostname, host pid)
@@ -325,6 +330,10 @@ class Attributor:
         if record.token is None and own_token is not None:
             record.token = own_token
             self._roots_learnt += 1
+        if own_token is not None and (
+            facts.token_in_args is not None or facts.is_container_entry or facts.vpid == 1
+        ):
+            record.entry = True
         self.table.put(key, record)
         # the alert's own ancestor chain (proc.apid[N]) links parents to grandparents
         chain = [pid for pid, _ in facts.ancestors]
@@ -403,6 +412,21 @@ class Attributor:
                 "unverified", None, root_pid, via, verdict.error or "", token=root_token
             )
         identity = verdict.identity
+        if not root.entry:
+            # the token was inherited from somewhere above that was never seen (a consumer
+            # restarted mid-session, without --procfs): judging this process as the root
+            # would call a genuine session stale or reused
+            return Attribution(
+                "unverified",
+                None,
+                root_pid,
+                via,
+                f"session root not seen: pid {root_pid} inherited its token from an "
+                "ancestor this consumer never saw",
+                token=root_token,
+                claimed=identity,
+                incomplete=True,
+            )
         if root.start_ts is None:
             return Attribution(
                 "unverified",
@@ -583,6 +607,7 @@ def enrich(outcome: Outcome) -> FalcoAlert:
 FINDING_TAMPERED = "Exec identity tampered"
 FINDING_INVALID = "Exec identity token invalid"
 FINDING_REPLAYED = "Exec identity replayed"
+FINDING_UNVERIFIABLE = "Exec identity not verifiable"
 FINDING_NO_IDENTITY = "Exec session without identity"
 
 
@@ -643,6 +668,29 @@ def findings(outcome: Outcome) -> list[tuple[tuple[object, ...], FalcoAlert]]:
                     f"Exec identity replayed: {attribution.reason}. The token claims user "
                     f"{claimed.user} (session {claimed.session_id}); nobody is attributed "
                     f"({where})",
+                    {
+                        **base,
+                        "whoexec.reason": attribution.reason,
+                        "whoexec.claimed.session.id": claimed.session_id,
+                        "whoexec.claimed.user.name": claimed.user,
+                    },
+                ),
+            )
+        )
+    elif attribution.status == "unverified" and attribution.claimed is not None:
+        # a genuine token whose root was never seen (or whose start is unknown): it cannot
+        # be told from a replay, so nobody is attributed
+        claimed = attribution.claimed
+        found.append(
+            (
+                (FINDING_UNVERIFIABLE, attribution.token),
+                _finding(
+                    outcome,
+                    FINDING_UNVERIFIABLE,
+                    "Warning",
+                    f"Exec identity not verifiable: {attribution.reason}. The token claims "
+                    f"user {claimed.user} (session {claimed.session_id}); nobody is "
+                    f"attributed ({where})",
                     {
                         **base,
                         "whoexec.reason": attribution.reason,

@@ -74,6 +74,7 @@ class ProcFS:
             return 0  # a different process holds this pid now
         learnt = 0
         seen: set[int] = set()
+        below: ProcessRecord | None = None
         while info is not None and info.pid > 1 and info.pid not in seen and learnt < MAX_DEPTH:
             seen.add(info.pid)
             key = (facts.host, info.pid)
@@ -85,7 +86,11 @@ class ProcFS:
                 record.token = record.token or info.token
                 # a root's freshness is judged on its start time (lineage.freshness_problem)
                 record.start_ts = record.start_ts or info.start_ns
+            if below is not None and below.token is not None and info.token is None:
+                # /proc shows the whole environment: the token entered the lineage below
+                below.entry = True
             table.put(key, record)
             learnt += 1
+            below = record
             info = self.read(info.ppid) if info.ppid > 1 else None
         return learnt
