@@ -657,47 +657,19 @@ def findings(outcome: Outcome) -> list[tuple[tuple[object, ...], FalcoAlert]]:
             )
         )
     elif attribution.status == "replayed" and attribution.claimed is not None:
-        claimed = attribution.claimed
         found.append(
             (
                 (facts.host, attribution.root_pid, attribution.root_start_ns, FINDING_REPLAYED),
-                _finding(
-                    outcome,
-                    FINDING_REPLAYED,
-                    "Critical",
-                    f"Exec identity replayed: {attribution.reason}. The token claims user "
-                    f"{claimed.user} (session {claimed.session_id}); nobody is attributed "
-                    f"({where})",
-                    {
-                        **base,
-                        "whoexec.reason": attribution.reason,
-                        "whoexec.claimed.session.id": claimed.session_id,
-                        "whoexec.claimed.user.name": claimed.user,
-                    },
-                ),
+                _claim_finding(outcome, FINDING_REPLAYED, "Critical", base, where),
             )
         )
     elif attribution.status == "unverified" and attribution.claimed is not None:
         # a genuine token whose root was never seen (or whose start is unknown): it cannot
         # be told from a replay, so nobody is attributed
-        claimed = attribution.claimed
         found.append(
             (
                 (FINDING_UNVERIFIABLE, attribution.token),
-                _finding(
-                    outcome,
-                    FINDING_UNVERIFIABLE,
-                    "Warning",
-                    f"Exec identity not verifiable: {attribution.reason}. The token claims "
-                    f"user {claimed.user} (session {claimed.session_id}); nobody is "
-                    f"attributed ({where})",
-                    {
-                        **base,
-                        "whoexec.reason": attribution.reason,
-                        "whoexec.claimed.session.id": claimed.session_id,
-                        "whoexec.claimed.user.name": claimed.user,
-                    },
-                ),
+                _claim_finding(outcome, FINDING_UNVERIFIABLE, "Warning", base, where),
             )
         )
     elif attribution.status == "unverified":
@@ -729,6 +701,28 @@ def findings(outcome: Outcome) -> list[tuple[tuple[object, ...], FalcoAlert]]:
             )
         )
     return found
+
+
+def _claim_finding(
+    outcome: Outcome, rule: str, priority: str, base: dict[str, Any], where: str
+) -> FalcoAlert:
+    """A finding about a token that names nobody: what it claims is kept apart."""
+    attribution = outcome.attribution
+    claimed = attribution.claimed
+    assert claimed is not None
+    return _finding(
+        outcome,
+        rule,
+        priority,
+        f"{rule}: {attribution.reason}. The token claims user {claimed.user} (session "
+        f"{claimed.session_id}); nobody is attributed ({where})",
+        {
+            **base,
+            "whoexec.reason": attribution.reason,
+            "whoexec.claimed.session.id": claimed.session_id,
+            "whoexec.claimed.user.name": claimed.user,
+        },
+    )
 
 
 def _finding(
