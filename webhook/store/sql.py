@@ -89,7 +89,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             # primary key, not a read-then-write, decides which root came first
             """CREATE TABLE session_roots (
                 session_id TEXT NOT NULL, container TEXT NOT NULL, host TEXT NOT NULL,
-                pid BIGINT NOT NULL, start_ns BIGINT NOT NULL, claimed_ns BIGINT NOT NULL,
+                pid BIGINT NOT NULL, start_ns BIGINT NOT NULL,
                 PRIMARY KEY (session_id, container))""",
             "CREATE INDEX sessions_attribution ON sessions (attribution_rank, started_ns)",
         ],
@@ -130,8 +130,8 @@ ON CONFLICT (session_id) DO UPDATE SET
     reason = COALESCE(sessions.reason, excluded.reason)
 """
 _ROOT_CLAIM = """
-INSERT INTO session_roots (session_id, container, host, pid, start_ns, claimed_ns)
-VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO session_roots (session_id, container, host, pid, start_ns)
+VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (session_id, container) DO NOTHING
 """
 _PROCESS_UPSERT = """
@@ -367,9 +367,7 @@ class SqlStore:
         """Make (host, pid, start) the one root of the session, unless one already is;
         returns the root that holds it. Atomic across consumers (the primary key)."""
         with self._transaction() as cursor:
-            cursor.execute(
-                self._sql(_ROOT_CLAIM), (session_id, container, host, pid, start_ns, start_ns)
-            )
+            cursor.execute(self._sql(_ROOT_CLAIM), (session_id, container, host, pid, start_ns))
             cursor.execute(
                 self._sql(
                     "SELECT host, pid, start_ns FROM session_roots "
