@@ -109,57 +109,20 @@ def main() -> None:
         ("started 5 s before iat (clock skew)", NOW, (NOW - 5) * s, "fresh"),
         ("started 6 s before iat", NOW, (NOW - 6) * s, "stale"),
     ]
+    # (sid, container, host, pid, first?): a root is (host, pid, start); same start for all
+    claims = [
+        ("s1", "app", "node-a", 100, True),
+        ("s1", "app", "node-a", 100, True),  # the same root again: still the first
+        ("s1", "app", "node-b", 100, False),
+        ("s1", "app", "node-a", 101, False),
+        ("s1", "debugger", "node-a", 102, True),  # kubectl debug: one root per container
+        ("s2", "app", "node-a", 101, True),
+    ]
     single_use = {
         "name": "one session id roots one process per container",
         "claims": [
-            {
-                "sid": "s1",
-                "container": "app",
-                "host": "node-a",
-                "pid": 100,
-                "start_ns": NOW * s,
-                "first": True,
-            },
-            {
-                "sid": "s1",
-                "container": "app",
-                "host": "node-a",
-                "pid": 100,
-                "start_ns": NOW * s,
-                "first": True,
-            },
-            {
-                "sid": "s1",
-                "container": "app",
-                "host": "node-b",
-                "pid": 100,
-                "start_ns": NOW * s,
-                "first": False,
-            },
-            {
-                "sid": "s1",
-                "container": "app",
-                "host": "node-a",
-                "pid": 101,
-                "start_ns": NOW * s,
-                "first": False,
-            },
-            {
-                "sid": "s1",
-                "container": "debugger",
-                "host": "node-a",
-                "pid": 102,
-                "start_ns": NOW * s,
-                "first": True,
-            },
-            {
-                "sid": "s2",
-                "container": "app",
-                "host": "node-a",
-                "pid": 101,
-                "start_ns": NOW * s,
-                "first": True,
-            },
+            {"sid": sid, "container": c, "host": h, "pid": pid, "start_ns": NOW * s, "first": f}
+            for sid, c, h, pid, f in claims
         ],
     }
     vectors = {
