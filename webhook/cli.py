@@ -16,6 +16,15 @@ from typing import Any, TypeVar
 import click
 
 from webhook.errors import WhoexecError
+from webhook.report import (
+    FINDING_COLUMNS,
+    SESSION_COLUMNS,
+    USER_COLUMNS,
+    Columns,
+    cells,
+    csv_text,
+    with_utc,
+)
 from webhook.text import visible
 from webhook.times import format_utc, parse_duration_ns, parse_time_ns
 
@@ -428,76 +437,21 @@ def _format_option(func: F) -> F:
     )(func)
 
 
-_utc = format_utc
-
-
-def _priorities(counts: dict[str, int]) -> str:
-    order = [
-        "Emergency",
-        "Alert",
-        "Critical",
-        "Error",
-        "Warning",
-        "Notice",
-        "Informational",
-        "Debug",
-    ]
-    ranked = sorted(counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
-    return " ".join(f"{name}:{n}" for name, n in ranked) or "-"
-
-
-def _emit(rows: list[dict[str, Any]], fmt: str, columns: list[tuple[str, str]]) -> None:
+def _emit(rows: list[dict[str, Any]], fmt: str, columns: Columns) -> None:
     """Tables for people, JSON and CSV for machines. Times are UTC with an explicit Z."""
-    import csv
-    import io
-
     import orjson
     from tabulate import tabulate
 
     if fmt == "json":
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
-    table = [[render(row) for render in _renderers(columns)] for row in rows]
-    headers = [title for title, _ in columns]
     if fmt == "csv":
-        # the csv module quotes commas, quotes and newlines; control characters were
-        # already escaped by the renderers, so no cell can forge a row or reach a terminal
-        out = io.StringIO()
-        writer = csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-        writer.writerow(headers)
-        writer.writerows(table)
-        click.echo(out.getvalue(), nl=False)
+        click.echo(csv_text(rows, columns), nl=False)
         return
     if not rows:
         click.echo("(none)")
         return
-    click.echo(tabulate(table, headers=headers, tablefmt="simple"))
-
-
-def _renderers(columns: list[tuple[str, str]]) -> list[Callable[[dict[str, Any]], str]]:
-    def render(key: str) -> Callable[[dict[str, Any]], str]:
-        def value(row: dict[str, Any]) -> str:
-            item = row.get(key)
-            if key.endswith("_ns"):
-                return _utc(item)
-            if key == "alerts":
-                return _priorities(item or {})
-            if isinstance(item, list):
-                return visible(" ".join(map(str, item)))
-            return "" if item is None else visible(str(item))
-
-        return value
-
-    return [render(key) for _, key in columns]
-
-
-def _with_utc(rows: list[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
-    """JSON output carries ISO times beside the raw nanoseconds."""
-    for row in rows:
-        for key in keys:
-            if key in row:
-                row[key.removesuffix("_ns") + "_utc"] = _utc(row[key])
-    return rows
+    click.echo(tabulate(cells(rows, columns), headers=[t for t, _ in columns], tablefmt="simple"))
 
 
 @main.command()
@@ -544,23 +498,7 @@ def sessions(
     )
     with _reader(db) as store:
         rows = store.sessions(query)
-    _emit(
-        _with_utc(rows, "started_ns", "last_seen_ns"),
-        fmt,
-        [
-            ("started (UTC)", "started_ns"),
-            ("user", "user_name"),
-            ("namespace", "namespace"),
-            ("pod", "pod"),
-            ("container", "container"),
-            ("command", "command"),
-            ("commands run", "commands"),
-            ("alerts", "alerts"),
-            ("attribution", "attribution"),
-            ("claimed by a replayed token", "claimed_user"),
-            ("session", "session_id"),
-        ],
-    )
+    _emit(with_utc(rows, "started_ns", "last_seen_ns"), fmt, SESSION_COLUMNS)
 
 
 @main.command()
@@ -637,7 +575,7 @@ def session(session_id: str, db: str, fmt: str) -> None:
         )
     click.echo("")
     for stamp, text in sorted(events, key=lambda e: e[0]):
-        click.echo(f"{_utc(stamp)}  {text}")
+        click.echo(f"{format_utc(stamp)}  {text}")
 
 
 @main.command()
@@ -650,17 +588,7 @@ def users(db: str, since: int, until: int | None, fmt: str) -> None:
     """Per user: exec sessions, pods touched, alerts by priority."""
     with _reader(db) as store:
         rows = store.users(since, until)
-    _emit(
-        _with_utc(rows, "last_ns"),
-        fmt,
-        [
-            ("user", "user_name"),
-            ("sessions", "sessions"),
-            ("pods", "pods"),
-            ("alerts", "alerts"),
-            ("last session (UTC)", "last_ns"),
-        ],
-    )
+    _emit(with_utc(rows, "last_ns"), fmt, USER_COLUMNS)
 
 
 @main.command()
@@ -673,20 +601,7 @@ def findings(db: str, since: int, until: int | None, fmt: str) -> None:
     """Unattributed execs, tampered identities and invalid tokens."""
     with _reader(db) as store:
         rows = store.findings(since, until)
-    _emit(
-        _with_utc(rows, "time_ns"),
-        fmt,
-        [
-            ("time (UTC)", "time_ns"),
-            ("finding", "kind"),
-            ("priority", "priority"),
-            ("user", "user_name"),
-            ("namespace", "namespace"),
-            ("pod", "pod"),
-            ("session", "session_id"),
-            ("detail", "detail"),
-        ],
-    )
+    _emit(with_utc(rows, "time_ns"), fmt, FINDING_COLUMNS)
 
 
 @main.command()
@@ -704,6 +619,57 @@ def prune(db: str, older_than: int) -> None:
     with _reader(db) as store:
         deleted = store.prune(time.time_ns() - older_than)
     click.echo(", ".join(f"{table}: {n} deleted" for table, n in deleted.items()))
+
+
+@main.command()
+@_db_option
+@click.option(
+    "--bind", default=None, help="Address to listen on [WHOEXEC_UI_BIND; 127.0.0.1:8080]."
+)
+@click.option(
+    "--auth-token",
+    default=None,
+    help="Ask every visitor for this token [WHOEXEC_UI_TOKEN]; required off loopback. "
+    "Prefer the variable: a flag shows in the process list.",
+)
+@click.option("--tls-cert", type=click.Path(path_type=Path), default=None)
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None)
+@click.option("--workers", type=click.IntRange(1, 32), default=2, show_default=True)
+@click.option("--log-level", default=None, help="[WHOEXEC_LOG_LEVEL; info]")
+@_friendly
+def ui(
+    db: str,
+    bind: str | None,
+    auth_token: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    workers: int,
+    log_level: str | None,
+) -> None:
+    """The session explorer: users, sessions, one session as a timeline, findings.
+
+    Read-only, over the same store as the CLI. It listens on loopback unless told
+    otherwise; anywhere else it asks for a token (WHOEXEC_UI_TOKEN).
+    """
+    from webhook.settings import Settings, ui_exposure_problem
+
+    settings = Settings.from_env(
+        os.environ,
+        db=db,
+        ui_bind=bind,
+        ui_token=auth_token,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        log_level=log_level,
+    )
+    problem = ui_exposure_problem(settings.ui_bind, settings.ui_token)
+    if problem:
+        raise click.UsageError(problem)
+    with _reader(settings.db):
+        pass  # the same clear error as the other readers when there is no store
+    from webhook.ui.serve import serve_ui
+
+    serve_ui(settings, workers=workers)
 
 
 def _grace_option(func: F) -> F:

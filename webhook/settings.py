@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,10 @@ class Settings:
     tls_key: Path | None = None
     client_ca: Path | None = None
     db: str = ""
+    # the session explorer (whoexec ui)
+    ui_bind: str = "127.0.0.1:8080"
+    #: when set, every page asks for it; never shown in a repr or a log
+    ui_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -116,6 +120,8 @@ class Settings:
             raise ConfigError("hold_seconds must be >= 0 and max_processes >= 1")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together")
+        if self.ui_token and len(self.ui_token) < 16:
+            raise ConfigError("ui_token must be at least 16 characters (try: openssl rand -hex 24)")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes {self.max_body_bytes} is below 1024")
 
@@ -169,3 +175,18 @@ def _convert(name: str, raw: str, default: Any) -> Any:
         paths = name.endswith(("_KEYS", "_PUB"))
         return tuple(Path(i) for i in items) if paths else tuple(items)
     return raw
+
+
+def ui_exposure_problem(bind: str, token: str) -> str | None:
+    """Why ``whoexec ui`` may not listen on ``bind``, or None.
+
+    Outside loopback the UI must ask for a token: the session store names every user and
+    holds what they typed. Inside a pod, ``kubectl port-forward`` reaches loopback.
+    """
+    host = bind.rsplit(":", 1)[0].strip("[]") if ":" in bind else bind
+    if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.") or token:
+        return None
+    return (
+        f"ui_bind {bind!r} is reachable from other machines: set WHOEXEC_UI_TOKEN (or "
+        "--auth-token), or bind 127.0.0.1 and use kubectl port-forward"
+    )

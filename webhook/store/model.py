@@ -121,6 +121,11 @@ class Batch:
         self.findings += other.findings
 
 
+#: a filter that is not a status of its own: every session no token vouches for yet
+#: (``pending``: seen only by admission or the audit log; ``unverified``)
+UNATTRIBUTED = ("pending", "unverified")
+
+
 @dataclass(frozen=True, slots=True)
 class SessionQuery:
     user: str | None = None
@@ -128,7 +133,12 @@ class SessionQuery:
     pod: str | None = None
     since_ns: int | None = None
     until_ns: int | None = None
+    #: a status of ATTRIBUTION_RANK, or ``unattributed`` (UNATTRIBUTED)
     attribution: str | None = None
+    has_alerts: bool | None = None
+    #: keyset pagination: only sessions that sort after this (started_ns, session_id),
+    #: newest first; a page never shifts when new sessions arrive
+    after: tuple[int, str] | None = None
     limit: int = 1000
 
 
@@ -142,6 +152,8 @@ class Store(Protocol):
     def sessions(self, query: SessionQuery) -> list[dict[str, Any]]: ...
 
     def session(self, session_id: str) -> dict[str, Any] | None: ...
+
+    def audit_event(self, audit_id: str) -> dict[str, Any] | None: ...
 
     def users(self, since_ns: int | None, until_ns: int | None = None) -> list[dict[str, Any]]: ...
 

@@ -21,6 +21,7 @@ from webhook.spool import connect_wal
 from webhook.store.model import (
     ATTRIBUTION_RANK,
     RANK_ATTRIBUTION,
+    UNATTRIBUTED,
     Batch,
     SessionQuery,
 )
@@ -198,12 +199,12 @@ class SqlStore:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:  # pragma: no cover - per dialect
+    def _transaction(self, write: bool = True) -> Iterator[Any]:  # pragma: no cover
         raise NotImplementedError
         yield
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self._transaction() as cursor:
+        with self._transaction(write=False) as cursor:
             cursor.execute(self._sql(sql), tuple(params))
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -480,13 +481,20 @@ class SqlStore:
             where.append("started_ns < ?")
             params.append(query.until_ns)
         if query.attribution is not None:
-            where.append("attribution_rank = ?")
-            params.append(ATTRIBUTION_RANK.get(query.attribution, -1))
+            names = UNATTRIBUTED if query.attribution == "unattributed" else (query.attribution,)
+            where.append(f"attribution_rank IN ({', '.join('?' for _ in names)})")
+            params.extend(ATTRIBUTION_RANK.get(name, -1) for name in names)
+        if query.has_alerts is not None:
+            exists = "EXISTS (SELECT 1 FROM alerts a WHERE a.session_id = s.session_id)"
+            where.append(exists if query.has_alerts else f"NOT {exists}")
+        if query.after is not None:
+            where.append("(started_ns < ? OR (started_ns = ? AND s.session_id < ?))")
+            params.extend([query.after[0], query.after[0], query.after[1]])
         # only fixed column names are joined in; every value is a bound parameter
         rows = self._query(
             "SELECT s.*, (SELECT count(*) FROM processes p WHERE p.session_id = s.session_id) "  # noqa: S608
             f"AS commands FROM sessions s WHERE {' AND '.join(where)} "
-            "ORDER BY started_ns DESC LIMIT ?",
+            "ORDER BY started_ns DESC, s.session_id DESC LIMIT ?",
             [*params, query.limit],
         )
         priorities = self._priorities([row["session_id"] for row in rows])
@@ -503,10 +511,10 @@ class SqlStore:
             return None
         session = self._session_row(rows[0])
         session["audit_events"] = [
-            {**row, "command": json.loads(row["command"]) if row["command"] else []}
+            self._audit_row(row)
             for row in self._query(
                 "SELECT audit_id, stage, time_ns, verb, subresource, user_name, "
-                "impersonated_user, command, request_uri, response_code, outcome "
+                "impersonated_user, command, request_uri, response_code, outcome, event "
                 "FROM audit_events WHERE session_id = ? ORDER BY time_ns",
                 [session_id],
             )
@@ -516,17 +524,60 @@ class SqlStore:
             "WHERE session_id = ? ORDER BY start_ns, pid",
             [session_id],
         )
-        session["alerts"] = self._query(
-            "SELECT time_ns, rule, priority, source, attribution, output FROM alerts "
-            "WHERE session_id = ? ORDER BY time_ns",
-            [session_id],
-        )
+        session["alerts"] = [
+            self._alert_row(row)
+            for row in self._query(
+                "SELECT time_ns, rule, priority, source, attribution, output, output_fields "
+                "FROM alerts WHERE session_id = ? ORDER BY time_ns",
+                [session_id],
+            )
+        ]
         session["findings"] = self._query(
             "SELECT time_ns, kind, priority, detail FROM findings WHERE session_id = ? "
             "ORDER BY time_ns",
             [session_id],
         )
         return session
+
+    @staticmethod
+    def _audit_row(row: dict[str, Any]) -> dict[str, Any]:
+        """Where the exec came from, from the event as kube-apiserver wrote it."""
+        row["command"] = json.loads(row["command"]) if row["command"] else []
+        try:
+            event = json.loads(row.pop("event") or "{}")
+        except ValueError:
+            event = {}
+        ips = event.get("sourceIPs") if isinstance(event, dict) else None
+        agent = event.get("userAgent") if isinstance(event, dict) else None
+        row["source_ips"] = [str(ip) for ip in ips] if isinstance(ips, list) else []
+        row["user_agent"] = str(agent) if agent is not None else None
+        return row
+
+    @staticmethod
+    def _alert_row(row: dict[str, Any]) -> dict[str, Any]:
+        """The process an alert is on (``pid``), from its fields; the fields stay out."""
+        try:
+            fields = json.loads(row.pop("output_fields") or "{}")
+        except ValueError:
+            fields = {}
+        pid = fields.get("proc.pid") if isinstance(fields, dict) else None
+        row["pid"] = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+        return row
+
+    def audit_event(self, audit_id: str) -> dict[str, Any] | None:
+        """One audit event, as kube-apiserver wrote it (``event``) and as read."""
+        rows = self._query(
+            "SELECT audit_id, stage, time_ns, verb, subresource, namespace, pod, container, "
+            "command, user_name, impersonated_user, request_uri, response_code, session_id, "
+            "outcome, event FROM audit_events WHERE audit_id = ?",
+            [audit_id],
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        row["command"] = json.loads(row["command"]) if row["command"] else []
+        row["event"] = json.loads(row["event"])
+        return row
 
     def users(self, since_ns: int | None, until_ns: int | None = None) -> list[dict[str, Any]]:
         low = since_ns if since_ns is not None else -(2**62)
@@ -554,11 +605,17 @@ class SqlStore:
     def findings(self, since_ns: int | None, until_ns: int | None = None) -> list[dict[str, Any]]:
         low = since_ns if since_ns is not None else -(2**62)
         high = until_ns if until_ns is not None else 2**62
-        return self._query(
-            "SELECT time_ns, kind, priority, user_name, namespace, pod, session_id, detail "
-            "FROM findings WHERE time_ns >= ? AND time_ns < ? ORDER BY time_ns DESC",
+        rows = self._query(
+            "SELECT time_ns, kind, priority, user_name, namespace, pod, session_id, detail, "
+            "finding_key FROM findings WHERE time_ns >= ? AND time_ns < ? "
+            "ORDER BY time_ns DESC",
             [low, high],
         )
+        for row in rows:
+            # an exec the webhook did not attribute is keyed by its audit event
+            key = str(row.pop("finding_key"))
+            row["audit_id"] = key.removeprefix("audit:") if key.startswith("audit:") else None
+        return rows
 
     def close(self) -> None:  # pragma: no cover - per dialect
         raise NotImplementedError
@@ -576,11 +633,12 @@ class SQLiteStore(SqlStore):
         super().__init__()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transaction(self, write: bool = True) -> Iterator[Any]:
         with self._lock:
             cursor = self._db.cursor()
             try:
-                cursor.execute("BEGIN IMMEDIATE")
+                # a reader (the UI, the CLI) must not take the write lock from the consumer
+                cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield cursor
                 cursor.execute("COMMIT")
             except sqlite3.OperationalError as exc:
@@ -638,7 +696,7 @@ class PostgresStore(SqlStore):
             ) from None
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transaction(self, write: bool = True) -> Iterator[Any]:
         psycopg = self._psycopg
         with self._lock:
             if self._db is None or self._db.closed:

@@ -1,0 +1,268 @@
+"""``whoexec ui``: the session explorer's Flask app (adapter over the read side of the store).
+
+Every page is rendered on the server (Jinja, autoescaped) and works without script: the
+people being audited choose their command lines, pod names and even user names, so the
+pages send a Content-Security-Policy that allows no script at all, and no inline style.
+Each list page is also JSON and CSV (``?format=json``/``csv``), the same rows as the CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from flask import Flask, Response, abort, redirect, render_template, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from webhook.errors import StoreError, StoreUnavailable
+from webhook.report import (
+    FINDING_COLUMNS,
+    PRIORITIES,
+    SESSION_COLUMNS,
+    USER_COLUMNS,
+    Columns,
+    cell,
+    csv_text,
+    priority_rank,
+    with_utc,
+)
+from webhook.store.model import ATTRIBUTION_RANK, SessionQuery, Store
+from webhook.times import format_utc, parse_time_ns
+from webhook.ui.timeline import build_timeline, priority_class
+
+#: no script, no inline style, nothing from elsewhere, never framed
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+COOKIE = "whoexec_ui"
+PAGE_SIZE = 50
+ATTRIBUTION_FILTERS = (*ATTRIBUTION_RANK, "unattributed")
+
+
+def cookie_value(token: str) -> str:
+    """What the browser keeps after a login: derived from the token, never the token."""
+    return hmac.new(token.encode(), b"whoexec-ui-session", hashlib.sha256).hexdigest()
+
+
+def create_ui_app(store: Store, auth_token: str = "") -> Flask:
+    app = Flask("whoexec-ui", root_path=__file__.rsplit("/", 1)[0])
+    app.jinja_env.globals.update(
+        utc=format_utc,
+        priority_class=priority_class,
+        priority_rank=priority_rank,
+        cell=cell,
+        PRIORITIES=PRIORITIES,
+    )
+    expected_cookie = cookie_value(auth_token) if auth_token else ""
+
+    def _signed_in() -> bool:
+        if not auth_token:
+            return True
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer ") and hmac.compare_digest(
+            header.removeprefix("Bearer ").encode(), auth_token.encode()
+        ):
+            return True
+        return hmac.compare_digest(
+            request.cookies.get(COOKIE, "").encode(), expected_cookie.encode()
+        )
+
+    @app.before_request
+    def require_token() -> BaseResponse | None:
+        if request.endpoint in ("login", "healthz", "static") or _signed_in():
+            return None
+        if request.args.get("format") in ("json", "csv"):
+            return _json({"error": "sign in: Authorization: Bearer <WHOEXEC_UI_TOKEN>"}, 401)
+        return redirect("/login?" + urlencode({"next": request.full_path.rstrip("?")}), 303)
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _json(payload: object, status: int = 200) -> Response:
+        return Response(orjson.dumps(payload), status=status, mimetype="application/json")
+
+    def _fail(status: int, message: str) -> None:
+        if request.args.get("format") in ("json", "csv"):
+            abort(_json({"error": message}, status))
+        abort(Response(render_template("error.html", status=status, message=message), status))
+
+    def _time(name: str, default: str | None) -> int | None:
+        text = request.args.get(name) or default
+        if text is None:
+            return None
+        try:
+            return parse_time_ns(text, time.time_ns())
+        except ValueError as exc:
+            _fail(400, f"{name}: {exc}")
+        raise AssertionError  # unreachable: _fail raised
+
+    def _export(rows: list[dict[str, Any]], columns: Columns, name: str) -> Response | None:
+        fmt = request.args.get("format", "html")
+        if fmt == "json":
+            return _json(rows)
+        if fmt == "csv":
+            return Response(
+                csv_text(rows, columns),
+                mimetype="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="whoexec-{name}.csv"'},
+            )
+        if fmt != "html":
+            _fail(400, f"format: {fmt!r} is not html, json or csv")
+        return None
+
+    def _link(**changes: str | None) -> str:
+        """This page's URL with some arguments changed (None removes one)."""
+        args = {k: v for k, v in request.args.items() if v}
+        for key, value in changes.items():
+            if value is None:
+                args.pop(key, None)
+            else:
+                args[key] = value
+        return request.path + ("?" + urlencode(args) if args else "")
+
+    app.jinja_env.globals["link"] = _link
+
+    @app.errorhandler(StoreUnavailable)
+    def store_down(exc: StoreUnavailable) -> Response:
+        return Response(render_template("error.html", status=503, message=str(exc)), 503)
+
+    @app.errorhandler(StoreError)
+    def store_error(exc: StoreError) -> Response:
+        return Response(render_template("error.html", status=500, message=str(exc)), 500)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        if isinstance(exc.response, Response):
+            return exc.response
+        message = exc.description or exc.name
+        return Response(
+            render_template("error.html", status=exc.code, message=message), exc.code or 500
+        )
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.route("/login", methods=["GET", "POST"])
+    def login() -> BaseResponse | str:
+        target = request.values.get("next", "/")
+        # only a path of this app: never an open redirect to another site
+        if not target.startswith("/") or target.startswith(("//", "/\\")):
+            target = "/"
+        if request.method == "GET":
+            return render_template("login.html", next=target, wrong=False)
+        given = request.form.get("token", "")
+        if not auth_token or not hmac.compare_digest(given.encode(), auth_token.encode()):
+            return Response(render_template("login.html", next=target, wrong=True), 401)
+        response = redirect(target, 303)
+        response.set_cookie(
+            COOKIE, expected_cookie, httponly=True, samesite="Strict", secure=request.is_secure
+        )
+        return response
+
+    @app.post("/logout")
+    def logout() -> BaseResponse:
+        response = redirect("/login", 303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    @app.get("/")
+    def index() -> BaseResponse:
+        return redirect("/sessions", 302)
+
+    @app.get("/users")
+    def users() -> Response | str:
+        since = request.args.get("since") or "7d"
+        rows = store.users(_time("since", "7d"), _time("until", None))
+        exported = _export(with_utc(rows, "last_ns"), USER_COLUMNS, "users")
+        return exported or render_template("users.html", rows=rows, since=since)
+
+    @app.get("/sessions")
+    def sessions() -> Response | str:
+        attribution = request.args.get("attribution") or None
+        if attribution is not None and attribution not in ATTRIBUTION_FILTERS:
+            _fail(
+                400, f"attribution: {attribution!r} is not one of {', '.join(ATTRIBUTION_FILTERS)}"
+            )
+        has_alerts = {"yes": True, "no": False, "": None}.get(request.args.get("has_alerts", ""))
+        if has_alerts is None and request.args.get("has_alerts"):
+            _fail(400, "has_alerts: must be yes or no")
+        try:
+            limit = min(max(int(request.args.get("limit") or PAGE_SIZE), 1), 1000)
+        except ValueError:
+            _fail(400, f"limit: {request.args.get('limit')!r} is not a number")
+        after = None
+        if request.args.get("after"):
+            stamp, _, sid = request.args["after"].partition(":")
+            if not stamp.lstrip("-").isdigit() or not sid:
+                _fail(400, "after: expected <started_ns>:<session id> from the Older link")
+            after = (int(stamp), sid)
+        query = SessionQuery(
+            user=request.args.get("user") or None,
+            namespace=request.args.get("namespace") or None,
+            pod=request.args.get("pod") or None,
+            since_ns=_time("since", "24h"),
+            until_ns=_time("until", None),
+            attribution=attribution,
+            has_alerts=has_alerts,
+            after=after,
+            limit=limit + 1,  # one more tells whether there is an older page
+        )
+        rows = store.sessions(query)
+        older = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            older = f"{rows[-1]['started_ns']}:{rows[-1]['session_id']}"
+        exported = _export(
+            with_utc(rows, "started_ns", "last_seen_ns"), SESSION_COLUMNS, "sessions"
+        )
+        return exported or render_template(
+            "sessions.html",
+            rows=rows,
+            older=older,
+            args=request.args,
+            attributions=ATTRIBUTION_FILTERS,
+        )
+
+    @app.get("/sessions/<session_id>")
+    def session(session_id: str) -> Response | str:
+        found = store.session(session_id)
+        if found is None:
+            _fail(404, f"no session {session_id!r}")
+            raise AssertionError
+        if request.args.get("format") == "json":
+            return _json(found)
+        return render_template("session.html", s=found, timeline=build_timeline(found))
+
+    @app.get("/findings")
+    def findings() -> Response | str:
+        rows = store.findings(_time("since", "7d"), _time("until", None))
+        exported = _export(with_utc(rows, "time_ns"), FINDING_COLUMNS, "findings")
+        return exported or render_template(
+            "findings.html", rows=rows, since=request.args.get("since") or "7d"
+        )
+
+    @app.get("/audit/<audit_id>")
+    def audit_event(audit_id: str) -> Response | str:
+        found = store.audit_event(audit_id)
+        if found is None:
+            _fail(404, f"no audit event {audit_id!r}")
+            raise AssertionError
+        if request.args.get("format") == "json":
+            return _json(found)
+        pretty = orjson.dumps(found["event"], option=orjson.OPT_INDENT_2).decode()
+        return render_template("audit.html", a=found, pretty=pretty)
+
+    return app

@@ -1,0 +1,49 @@
+"""``whoexec ui`` under gunicorn (adapter): read-only workers over the session store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from webhook.settings import Settings
+from webhook.tls import ReloadingContext
+from webhook.wsgi import configure
+
+
+def serve_ui(settings: Settings, workers: int = 2, threads: int = 4) -> None:
+    from webhook.store import open_store
+
+    open_store(settings.db).close()  # unreachable or unusable: a clear error, now
+
+    class UiApplication(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            config: dict[str, Any] = {
+                "bind": [settings.ui_bind],
+                "workers": workers,
+                "worker_class": "gthread",
+                "threads": threads,
+                "accesslog": None,
+                "errorlog": "-",
+                "loglevel": settings.log_level,
+                "timeout": 30,
+                "graceful_timeout": 10,
+                "proc_name": "whoexec-ui",
+            }
+            if settings.tls_cert is not None:
+                assert settings.tls_key is not None
+                config["certfile"] = str(settings.tls_cert)
+                config["keyfile"] = str(settings.tls_key)
+                tls = ReloadingContext(settings.tls_cert, settings.tls_key, None)
+                config["ssl_context"] = lambda _conf, _default: tls.current()
+            configure(self.cfg, config)
+
+        def load(self) -> Flask:
+            from webhook.store import open_store
+            from webhook.ui.app import create_ui_app
+
+            # in each worker, after fork: its own connection to the store
+            return create_ui_app(open_store(settings.db), settings.ui_token)
+
+    UiApplication().run()

@@ -1,0 +1,269 @@
+"""One exec session as a picture: rows on a horizontal time axis (pure: no IO, no clock).
+
+Top: the audit event(s), who asked for the exec. Then the process tree under the
+session root, one row per process, indented by depth, each alert a mark on its
+process's row at its time. Then the findings. The template draws it as SVG, so the
+picture needs no script and no CDN.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from webhook.report import PRIORITIES
+from webhook.text import capped, visible
+from webhook.times import format_utc
+
+WIDTH = 1100
+LABEL_WIDTH = 380
+ROW_HEIGHT = 26
+TOP = 34  # room for the axis labels
+INDENT = 14
+LABEL_CHARS = 48
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    x: float
+    time_utc: str
+    title: str
+    #: a CSS class: ``p-warning``, ``p-critical``... or ``audit``/``root``
+    css: str
+    #: the id of the table row this mark stands for
+    anchor: str
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    y: float
+    label_x: float
+    label: str
+    #: the whole text, for the tooltip
+    title: str
+    kind: str  # "audit", "root", "process", "unseen", "findings"
+    x_start: float
+    x_end: float
+    marks: tuple[Mark, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    x: float
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    width: int
+    height: int
+    plot_left: int
+    plot_right: int
+    start_utc: str
+    ticks: tuple[Tick, ...]
+    rows: tuple[Row, ...]
+
+
+def priority_class(priority: str) -> str:
+    return f"p-{priority.lower()}" if priority in PRIORITIES else "p-other"
+
+
+def _short(text: str, limit: int = LABEL_CHARS) -> str:
+    text = visible(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _offset(ns: int) -> str:
+    """``+250ms``, ``+12s``, ``+3m05s``, ``+2h10m``: a tick's distance from the start."""
+    if ns < 1_000_000_000:
+        return f"+{ns // 1_000_000}ms"
+    seconds = ns // 1_000_000_000
+    if seconds < 60:
+        return f"+{seconds}s"
+    if seconds < 3600:
+        return f"+{seconds // 60}m{seconds % 60:02d}s"
+    return f"+{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _tree(
+    processes: list[dict[str, Any]], root_pid: int | None
+) -> list[tuple[int, dict[str, Any]]]:
+    """(depth, process) in tree order: the root first, children by start time.
+
+    A process's parent is the newest process with its ``ppid`` that had started by then
+    (pids are reused). A process whose parent was never seen in this session hangs under
+    the root at depth 1: Falco only reports processes that raised an alert.
+    """
+    ordered = sorted(
+        range(len(processes)), key=lambda i: (processes[i]["start_ns"], processes[i]["pid"])
+    )
+    by_pid: dict[int, list[int]] = defaultdict(list)
+    for i in ordered:
+        by_pid[processes[i]["pid"]].append(i)
+    children: dict[int, list[int]] = defaultdict(list)
+    tops: list[int] = []
+    for i in ordered:
+        proc = processes[i]
+        parents = [
+            j
+            for j in by_pid.get(proc.get("ppid") or -1, [])
+            if j != i and processes[j]["start_ns"] <= proc["start_ns"]
+        ]
+        if proc["pid"] == root_pid or not parents:
+            tops.append(i)
+        else:
+            children[parents[-1]].append(i)
+    tops.sort(key=lambda i: processes[i]["pid"] != root_pid)  # the root first
+    order: list[tuple[int, dict[str, Any]]] = []
+    seen: set[int] = set()
+
+    def walk(i: int, depth: int) -> None:
+        if i in seen:
+            return
+        seen.add(i)
+        order.append((depth, processes[i]))
+        for child in children[i]:
+            walk(child, depth + 1)
+
+    for i in tops:
+        walk(i, 0 if processes[i]["pid"] == root_pid else 1)
+    for i in ordered:  # a parent loop (only possible with bad data) keeps nothing out
+        walk(i, 1)
+    return order
+
+
+def build_timeline(session: dict[str, Any]) -> Timeline:
+    """The layout of one session from ``store.session()``'s dict."""
+    audits = session.get("audit_events") or []
+    processes = session.get("processes") or []
+    alerts = session.get("alerts") or []
+    findings = session.get("findings") or []
+    stamps: list[int] = [
+        *(a["time_ns"] for a in audits),
+        *(p["start_ns"] for p in processes),
+        *(a["time_ns"] for a in alerts),
+        *(f["time_ns"] for f in findings),
+    ] or [session.get("started_ns") or 0]
+    t0, t1 = int(min(stamps)), int(max(stamps))
+    span = max(t1 - t0, 1_000_000_000)
+    left, right = LABEL_WIDTH, WIDTH - 20
+
+    def x(ns: int) -> float:
+        return round(left + (int(ns) - t0) / span * (right - left), 1)
+
+    rows: list[Row] = []
+
+    def add(
+        label: str, title: str, kind: str, depth: int, start: float, end: float, marks: list[Mark]
+    ) -> None:
+        rows.append(
+            Row(
+                y=TOP + len(rows) * ROW_HEIGHT + ROW_HEIGHT / 2,
+                label_x=8 + depth * INDENT,
+                label=_short(label, LABEL_CHARS - depth * 2),
+                title=capped(visible(title), 2000),
+                kind=kind,
+                x_start=start,
+                x_end=end,
+                marks=tuple(marks),
+            )
+        )
+
+    for n, audit in enumerate(audits):
+        who = audit.get("user_name") or "?"
+        if audit.get("impersonated_user"):
+            who += f" as {audit['impersonated_user']}"
+        command = " ".join(map(str, audit.get("command") or []))
+        text = f"{audit.get('verb', '')} {audit.get('subresource', '')} by {who}: {command}"
+        at = x(audit["time_ns"])
+        mark = Mark(at, format_utc(audit["time_ns"]), text, "audit", f"audit-{n}")
+        add(text, text, "audit", 0, at, at, [mark])
+
+    # each alert on the newest process with its pid that had started by then
+    by_pid: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for proc in processes:
+        by_pid[proc["pid"]].append(proc)
+    seen_pids = set(by_pid)
+    on_process: dict[int, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    unseen: list[tuple[int, dict[str, Any]]] = []
+    for n, alert in enumerate(alerts):
+        candidates = [
+            p for p in by_pid.get(alert.get("pid") or -1, []) if p["start_ns"] <= alert["time_ns"]
+        ]
+        if candidates:
+            owner = max(candidates, key=lambda p: p["start_ns"])
+            on_process[id(owner)].append((n, alert))
+        else:
+            unseen.append((n, alert))
+
+    def alert_marks(items: list[tuple[int, dict[str, Any]]]) -> list[Mark]:
+        return [
+            Mark(
+                x(alert["time_ns"]),
+                format_utc(alert["time_ns"]),
+                f"{alert['priority']}: {alert['rule']}",
+                priority_class(alert["priority"]),
+                f"alert-{n}",
+            )
+            for n, alert in items
+        ]
+
+    root_pid = session.get("root_pid")
+    for depth, proc in _tree(processes, root_pid):
+        marks = alert_marks(on_process.get(id(proc), []))
+        start = x(proc["start_ns"])
+        end = max([start, *(m.x for m in marks)])
+        args = proc.get("args") or ""
+        is_root = proc["pid"] == root_pid
+        orphan = not is_root and depth == 1 and proc.get("ppid") not in seen_pids
+        title = f"pid {proc['pid']} (parent {proc.get('ppid')}"
+        title += ", not seen" if orphan else ""
+        title += f"), started {format_utc(proc['start_ns'])}: {args}"
+        label = f"{proc['pid']}  {args}" if args else str(proc["pid"])
+        add(label, title, "root" if is_root else "process", depth, start, end, marks)
+    if unseen:
+        marks = alert_marks(unseen)
+        add(
+            "alerts on processes not recorded",
+            "alerts whose process is not in the session's tree",
+            "unseen",
+            0,
+            min(m.x for m in marks),
+            max(m.x for m in marks),
+            marks,
+        )
+    if findings:
+        marks = [
+            Mark(
+                x(f["time_ns"]),
+                format_utc(f["time_ns"]),
+                f"{f['priority']}: {f['kind']}",
+                priority_class(f["priority"]),
+                f"finding-{n}",
+            )
+            for n, f in enumerate(findings)
+        ]
+        add(
+            "findings",
+            "findings of this session",
+            "findings",
+            0,
+            min(m.x for m in marks),
+            max(m.x for m in marks),
+            marks,
+        )
+
+    ticks = tuple(
+        Tick(round(left + i / 4 * (right - left), 1), _offset(round(i / 4 * span)) if i else "0")
+        for i in range(5)
+    )
+    return Timeline(
+        width=WIDTH,
+        height=TOP + len(rows) * ROW_HEIGHT + 10,
+        plot_left=left,
+        plot_right=right,
+        start_utc=format_utc(t0),
+        ticks=ticks,
+        rows=tuple(rows),
+    )
