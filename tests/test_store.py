@@ -246,6 +246,66 @@ def test_session_queries_filter_and_sort_newest_first(store_url):
     store.close()
 
 
+def test_session_pages_by_keyset_cover_every_session_once_in_order(store_url):
+    consume_into(store_url, "shell_and_grandchild", "token_for_another_pod")
+    ingest_audit(store_url)
+    store = open_store(store_url)
+    everything = [row["session_id"] for row in store.sessions(SessionQuery(since_ns=EVER))]
+    assert len(everything) >= 3
+    paged: list[str] = []
+    after = None
+    while True:
+        page = store.sessions(SessionQuery(since_ns=EVER, after=after, limit=1))
+        if not page:
+            break
+        paged += [row["session_id"] for row in page]
+        after = (page[-1]["started_ns"], page[-1]["session_id"])
+    assert paged == everything
+    store.close()
+
+
+def test_sessions_filter_by_alerts_and_by_having_no_verified_identity(store_url):
+    consume_into(store_url, "shell_and_grandchild", "token_for_another_pod")
+    ingest_audit(store_url)
+    store = open_store(store_url)
+
+    def attributions(**query) -> list[str]:
+        rows = store.sessions(SessionQuery(since_ns=EVER, **query))
+        return sorted(row["attribution"] for row in rows)
+
+    everything = attributions()
+    assert attributions(has_alerts=True) + attributions(has_alerts=False) != []
+    assert sorted(attributions(has_alerts=True) + attributions(has_alerts=False)) == everything
+    assert set(attributions(has_alerts=True)) == {"verified"}
+    # "unattributed" is every status no token vouches for: pending and unverified
+    unattributed = attributions(attribution="unattributed")
+    assert unattributed and set(unattributed) <= {"pending", "unverified"}
+    assert len(unattributed) == sum(a in ("pending", "unverified") for a in everything)
+    store.close()
+
+
+def test_session_alerts_name_their_process_and_audit_events_where_they_came_from(store_url):
+    consume_into(store_url, "shell_and_grandchild")
+    ingest_audit(store_url)
+    store = open_store(store_url)
+    found = store.session(ALICE_SID)
+    assert found is not None
+    assert [(a["rule"], a["pid"]) for a in found["alerts"]] == [
+        ("Terminal shell in container", 4242),
+        ("Read sensitive file untrusted", 4300),
+    ]
+    (audit,) = found["audit_events"]
+    assert audit["source_ips"] == ["10.0.8.14"]
+    assert audit["user_agent"].startswith("kubectl/v1.34.1")
+    event = store.audit_event(audit["audit_id"])
+    assert event is not None and event["event"]["auditID"] == audit["audit_id"]
+    assert store.audit_event("no-such-event") is None
+    # the exec the webhook did not see is a finding that names its audit event
+    (unattributed,) = [f for f in store.findings(EVER) if f["kind"] == FINDING_UNATTRIBUTED]
+    assert unattributed["audit_id"] and store.audit_event(unattributed["audit_id"]) is not None
+    store.close()
+
+
 def test_users_summarise_sessions_pods_and_alerts(store_url):
     consume_into(store_url, "shell_and_grandchild")
     ingest_audit(store_url)
