@@ -235,3 +235,34 @@ def test_overlays_change_what_they_say(tree):
     (env,) = shared["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env["name"] == "WHOEXEC_DB"
     assert env["valueFrom"]["secretKeyRef"] == {"name": "whoexec-db", "key": "url"}
+
+
+def test_the_ui_runs_unprivileged_on_loopback_over_the_shared_store(tree):
+    from webhook.settings import ui_exposure_problem
+
+    objects = render(tree, "postgres")
+    deployment = one(objects, "Deployment", "whoexec-ui")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    args = container["args"]
+    assert args[0] == "ui"
+    bind = args[args.index("--bind") + 1]
+    env = {e["name"]: e for e in container["env"]}
+    assert "WHOEXEC_UI_TOKEN" not in env
+    assert ui_exposure_problem(bind, "") is None, "port-forward only, or a token"
+    assert env["WHOEXEC_DB"]["valueFrom"]["secretKeyRef"] == {"name": "whoexec-db", "key": "url"}
+    # nothing routes to it, and no policy admits anything
+    ui_labels = deployment["spec"]["selector"]["matchLabels"]
+    assert not [
+        s for s in objects if s["kind"] == "Service" and s["spec"].get("selector") == ui_labels
+    ]
+    policy = one(objects, "NetworkPolicy", "whoexec-ui")["spec"]
+    assert policy["podSelector"]["matchLabels"] == ui_labels
+    assert policy["policyTypes"] == ["Ingress"] and "ingress" not in policy
+    bindings = [o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    assert all(s["name"] != spec["serviceAccountName"] for b in bindings for s in b["subjects"])

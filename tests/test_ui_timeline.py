@@ -173,3 +173,20 @@ def test_ticks_read_as_offsets_from_the_start(span_ns, last_tick):
 )
 def test_priorities_map_to_a_fixed_set_of_classes(priority, css):
     assert priority_class(priority) == css
+
+
+def test_a_process_line_reaches_the_last_event_of_what_it_started():
+    layout = build_timeline(
+        session(
+            processes=[
+                proc(10, 1, T0, "sh"),
+                proc(20, 10, T0 + S, "sh"),
+                proc(30, 20, T0 + 2 * S, "cat"),
+                proc(40, 10, T0 + 3 * S, "ls"),
+            ],
+            alerts=[alert(T0 + 9 * S, 30), alert(T0 + 4 * S, 40)],
+        )
+    )
+    ends = {r.label.split()[0]: r.x_end for r in layout.rows}
+    assert ends["10"] == ends["20"] == ends["30"] == layout.plot_right
+    assert ends["40"] < layout.plot_right

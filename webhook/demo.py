@@ -368,9 +368,18 @@ class Demo:
                 raise DemoError("the session's alerts were not attributed to alice")
             if self.keep:
                 self.say(f"\nkept {tmp} (logs, certificates, whoexec.db)")
-        self.say(
-            "\ndone: processes stopped, temporary files removed" if not self.keep else "\ndone"
-        )
+                self.say(
+                    "explore the session in a browser, then open http://127.0.0.1:8080:\n"
+                    f"    whoexec ui --db {db}"
+                )
+        if not self.keep:
+            self.say(
+                "\ndone: processes stopped, temporary files removed\n"
+                "to explore the session in a browser: whoexec demo --keep, then the "
+                "`whoexec ui` command it prints"
+            )
+        else:
+            self.say("\ndone")
         return 0
 
     # -- helpers -------------------------------------------------------------------------

@@ -210,10 +210,22 @@ def build_timeline(session: dict[str, Any]) -> Timeline:
         ]
 
     root_pid = session.get("root_pid")
-    for depth, proc in _tree(processes, root_pid):
+    tree = _tree(processes, root_pid)
+    # a process lives at least as long as what it started: its line reaches the last
+    # event of its subtree (one pass from the end, the rows being in tree order)
+    ends: list[float] = [0.0] * len(tree)
+    pending: list[tuple[int, float]] = []
+    for n in range(len(tree) - 1, -1, -1):
+        depth, proc = tree[n]
+        own = [x(proc["start_ns"]), *(x(a["time_ns"]) for _, a in on_process.get(id(proc), []))]
+        end = max(own)
+        while pending and pending[-1][0] > depth:
+            end = max(end, pending.pop()[1])
+        ends[n] = end
+        pending.append((depth, end))
+    for (depth, proc), end in zip(tree, ends, strict=True):
         marks = alert_marks(on_process.get(id(proc), []))
         start = x(proc["start_ns"])
-        end = max([start, *(m.x for m in marks)])
         args = proc.get("args") or ""
         is_root = proc["pid"] == root_pid
         orphan = not is_root and depth == 1 and proc.get("ppid") not in seen_pids
