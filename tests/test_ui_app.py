@@ -297,3 +297,75 @@ def test_the_command_says_when_there_is_no_store(tmp_path):
     assert result.exit_code == 1
     assert "no session store at" in result.output
     assert not (tmp_path / "none.db").exists()
+
+
+class OneSessionStore:
+    """A store that holds one session, as ``SqlStore.session()`` returns it."""
+
+    def __init__(self, session: dict) -> None:
+        self.one = session
+
+    def session(self, session_id: str) -> dict | None:
+        return self.one if session_id == self.one["session_id"] else None
+
+
+def test_the_audit_event_says_who_impersonated_whom_and_from_where():
+    session = {
+        "session_id": "s-1",
+        "user_name": "bob@corp.example",
+        "user_uid": None,
+        "user_groups": [],
+        "namespace": "shop",
+        "pod": "web-0",
+        "pod_uid": None,
+        "container": "app",
+        "command": ["sh"],
+        "started_ns": 10**18,
+        "root_pid": None,
+        "attribution": "pending",
+        "learnt_from": ["audit"],
+        "processes": [],
+        "alerts": [],
+        "findings": [],
+        "audit_events": [
+            {
+                "audit_id": "a-1",
+                "stage": "ResponseStarted",
+                "time_ns": 10**18,
+                "verb": "create",
+                "subresource": "exec",
+                "user_name": "alice@corp.example",
+                "impersonated_user": "bob@corp.example",
+                "command": ["sh"],
+                "request_uri": "/x",
+                "response_code": 101,
+                "outcome": None,
+                "source_ips": ["192.0.2.7", "10.0.0.1"],
+                "user_agent": "kubectl/v1.37.2",
+            },
+        ],
+    }
+    client = create_ui_app(OneSessionStore(session)).test_client()  # type: ignore[arg-type]
+    html = page_text(client.get("/sessions/s-1"))
+    assert 'by <span class="user">alice@corp.example</span>' in html
+    assert "impersonating bob@corp.example" in html
+    assert "from 192.0.2.7, 10.0.0.1" in html
+    assert "create exec by alice@corp.example as bob@corp.example: sh" in html  # the picture
+
+
+def test_the_pages_read_postgresql_as_they_read_sqlite(tmp_path, postgres_url):
+    filled = fill_store(tmp_path, postgres_url)
+    store = open_store(postgres_url)
+    try:
+        client = create_ui_app(store).test_client()
+        sessions = client.get("/sessions", query_string={"format": "json"}).get_json()
+        assert {row["session_id"] for row in sessions} == {filled.alice, filled.hostile}
+        html = page_text(client.get(f"/sessions/{filled.alice}"))
+        assert html.count('class="mark p-') == 3 and "create exec by" in html
+        older = client.get("/sessions", query_string={"limit": "1"})
+        assert 'id="older"' in page_text(older)
+        assert client.get("/users").status_code == 200
+        assert f"/audit/{filled.bob_audit_id}" in page_text(client.get("/findings"))
+        assert "bob@corp.example" in page_text(client.get(f"/audit/{filled.bob_audit_id}"))
+    finally:
+        store.close()
