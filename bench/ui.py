@@ -51,7 +51,10 @@ def reference_app(store: Any) -> Flask:
 
     @app.get("/users")
     def users() -> Response:
-        return Response(orjson.dumps(store.users(now - 30 * DAY)), mimetype="application/json")
+        from flask import request
+
+        since = now - int(request.args.get("days", "7")) * DAY
+        return Response(orjson.dumps(store.users(since)), mimetype="application/json")
 
     @app.get("/session/<sid>")
     def session(sid: str) -> Response:
@@ -105,7 +108,8 @@ def run(url: str, alerts: int, sessions: int, repeats: int) -> dict[str, Any]:
         ),
         "sessions with alerts (30d)": ("/sessions?since=30d&has_alerts=yes", None),
         "unattributed sessions (30d)": ("/sessions?since=30d&attribution=unattributed", None),
-        "users (30d)": ("/users?since=30d", "/users"),
+        "users (7d, the default)": ("/users", "/users?days=7"),
+        "users (30d)": ("/users?since=30d", "/users?days=30"),
         "one session (50 alerts)": (f"/sessions/{sid}", f"/session/{sid}"),
         "findings (7d)": ("/findings", None),
         "sessions CSV (30d)": ("/sessions?since=30d&format=csv", None),

@@ -488,7 +488,8 @@ class SqlStore:
             exists = "EXISTS (SELECT 1 FROM alerts a WHERE a.session_id = s.session_id)"
             where.append(exists if query.has_alerts else f"NOT {exists}")
         if query.after is not None:
-            where.append("(started_ns < ? OR (started_ns = ? AND s.session_id < ?))")
+            # the first term alone is an index range, so a deep page costs a shallow one
+            where.append("started_ns <= ? AND (started_ns < ? OR s.session_id < ?)")
             params.extend([query.after[0], query.after[0], query.after[1]])
         # only fixed column names are joined in; every value is a bound parameter
         rows = self._query(
