@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,30 @@ def wait_until_ready(
             text = output.decode(errors="replace") if isinstance(output, bytes) else output
             pytest.fail(f"{what} did not become ready:\n{text}")
         time.sleep(0.1)
+
+
+#: every process the tests start inherits this, even one that detaches from its parent
+RUN_MARKER = f"TEST_RUN_OF_WHOEXEC={uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_tests() -> Iterator[None]:
+    """Fails the run if anything a test started is still running at the end: a server,
+    a forked pipeline, a cluster component. Set up first, so it is checked last."""
+    from .servers import descendants_and_marked, kill_all
+
+    name, value = RUN_MARKER.split("=")
+    os.environ[name] = value
+    yield
+    deadline = time.monotonic() + 10  # what was just told to stop may still be exiting
+    while (left := descendants_and_marked(RUN_MARKER, os.getpid())) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    kill_all(left)
+    assert not left, "processes the tests started are still running:\n" + "\n".join(
+        f"  {pid} {cmd}" for pid, cmd in left
+    )
 
 
 @pytest.fixture(scope="session")

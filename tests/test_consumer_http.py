@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import ssl
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from webhook.certs import issue_serving_certificate
 from webhook.cli import main
 
-from .conftest import DATA, free_port, http_ok, wait_until_ready
+from .conftest import DATA, http_ok
+from .servers import ServerProcess
 
 pytestmark = pytest.mark.slow
 FALCO = DATA / "falco"
@@ -31,8 +31,9 @@ FALCO_HEADERS = {"Content-Type": "application/json", "User-Agent": "falcosecurit
 
 
 class Intake:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, output: Path, ctx) -> None:
-        self.proc, self.port, self.output, self.ctx = proc, port, output, ctx
+    def __init__(self, server: ServerProcess, output: Path, ctx) -> None:
+        self.server, self.output, self.ctx = server, output, ctx
+        self.proc, self.port = server.proc, server.port
 
     def connection(self) -> http.client.HTTPConnection:
         if self.ctx is None:
@@ -61,20 +62,20 @@ class Intake:
 
 @pytest.fixture
 def start_intake(tmp_path) -> Iterator[Callable[..., Intake]]:
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[ServerProcess] = []
 
     def start(*extra: str, ctx: ssl.SSLContext | None = None) -> Intake:
-        port = free_port()
-        output = tmp_path / f"enriched-{port}.jsonl"
+        n = len(started)
+        output = tmp_path / f"enriched-{n}.jsonl"
         env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
-        proc = subprocess.Popen(
+        server = ServerProcess(
             [
                 sys.executable,
                 "-m",
                 "webhook.cli",
                 "consume",
                 "--listen",
-                f"127.0.0.1:{port}",
+                "127.0.0.1:0",
                 "--identity-pub",
                 str(FALCO / "identity.pub"),
                 "--output",
@@ -83,27 +84,20 @@ def start_intake(tmp_path) -> Iterator[Callable[..., Intake]]:
                 "--hold",
                 "0",
                 "--state-dir",
-                str(tmp_path / f"state-{port}"),
+                str(tmp_path / f"state-{n}"),
                 *extra,
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
+            tmp_path / f"consumer-{n}.log",
+            env,
         )
-        started.append(proc)
-        intake = Intake(proc, port, output, ctx)
-        wait_until_ready(proc, lambda: http_ok(intake.connection, "/healthz"), "the consumer")
+        started.append(server)
+        intake = Intake(server, output, ctx)
+        server.wait_until(lambda: http_ok(intake.connection, "/healthz"), "the consumer")
         return intake
 
     yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=30)
+    for server in started:
+        server.stop()
 
 
 def test_one_post_per_alert_like_falco_http_output(start_intake):
@@ -142,11 +136,11 @@ def test_pipeline_process_stops_when_the_master_is_killed(start_intake):
     intake = start_intake()
     intake.post(b"\n".join(LINES))
     assert len(intake.enriched(2)) == 2
-    intake.proc.kill()  # SIGKILL: no on_exit hook runs
+    intake.proc.kill()  # SIGKILL of the master alone: no on_exit hook runs
     intake.proc.wait(timeout=10)
-    # the forked pipeline process notices, drains and exits, closing our stdout pipe
-    output, _ = intake.proc.communicate(timeout=15)
-    assert b"master process is gone" in output
+    # the forked pipeline process notices, drains and exits; so do the workers
+    intake.server.wait_group_gone()
+    assert "master process is gone" in intake.server.output()
 
 
 def test_sigterm_drains_what_was_accepted(start_intake):
