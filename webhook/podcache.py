@@ -78,6 +78,7 @@ class PodCache:
         self.clock = clock
         self.synced = threading.Event()
         self.relists = 0
+        self.watches = 0  # watch requests made: a resumed watch counts, a relist does not
         self._pods: dict[PodKey, PodFacts] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -186,8 +187,11 @@ class PodCache:
             _request_timeout=(5, self.watch_timeout + 30),
         )
         self._response = reply
+        self.watches += 1
         buffer = b""
         try:
+            if self._stop.is_set():  # stop() ran while the request was on its way
+                return resource_version
             for chunk in reply.stream(65536):
                 if self._stop.is_set():
                     break
@@ -246,8 +250,12 @@ class PodCache:
         self._stop.set()
         response = self._response
         if response is not None:
+            # a watch waiting for its next event is blocked in recv(), which close() from
+            # another thread does not wake on Linux; urllib3's shutdown() (>= 2.3) does
             with contextlib.suppress(Exception):
-                response.close()  # ends a watch that is waiting for its next event
+                response.shutdown()
+            with contextlib.suppress(Exception):
+                response.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
