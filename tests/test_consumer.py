@@ -20,7 +20,8 @@ from webhook.keyfiles import load_key_ring
 from webhook.lineage import Attributor, TokenVerifier
 from webhook.spool import Spool
 
-from .conftest import DATA, free_port
+from .conftest import DATA
+from .servers import closed_port
 
 FALCO = DATA / "falco"
 PUB = str(FALCO / "identity.pub")
@@ -135,10 +136,12 @@ class Follow:
         self.thread.start()
 
     def wait_for(self, count: int) -> list:
-        deadline = time.monotonic() + 10
-        while len(self.sink.alerts) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: len(self.sink.alerts) >= count)
         return self.sink.alerts
+
+    def wait_seen(self, what: str, at_least: int = 1) -> None:
+        """Wait until the follower has noticed something: caught_up, truncations..."""
+        wait_until(lambda: getattr(self.follower, what) >= at_least)
 
     def stop(self) -> None:
         self.follower.stop()
@@ -171,11 +174,12 @@ def test_follow_survives_rotation_and_truncation(tmp_path):
         append(log, rule_lines("second", 2))
         assert len(follow.wait_for(6)) == 6
         log.write_bytes(b"")  # copytruncate
-        time.sleep(0.1)
+        follow.wait_seen("truncations")  # seen as a truncation, before anything is appended
         append(log, rule_lines("after-truncate", 1))
         alerts = follow.wait_for(7)
     finally:
         follow.stop()
+    assert (follow.follower.rotations, follow.follower.truncations) == (1, 1)
     rules = [a["rule"] for a in alerts]
     assert rules == [
         "first 0",
@@ -200,7 +204,9 @@ def test_follow_resumes_at_the_saved_offset_after_a_restart(tmp_path):
         out.write(b'{"partial": ')  # a line the writer has not finished yet
     second = Follow(log, state)
     try:
-        time.sleep(0.2)
+        second.wait_for(2)
+        second.wait_seen("caught_up")  # it read up to the partial line and holds it
+        assert second.pipeline.stats.get("skipped_not_an_alert", 0) == 0
         with log.open("ab") as out:
             out.write(b'"no"}\n')  # the writer finishes the line: not an alert, skipped
         append(log, rule_lines("after", 1))
@@ -215,7 +221,7 @@ def test_follow_waits_for_a_file_that_does_not_exist_yet(tmp_path):
     log = tmp_path / "later.json"
     follow = Follow(log, tmp_path / "later.offset")
     try:
-        time.sleep(0.1)
+        follow.wait_seen("absent_polls", 2)  # it looked, and looked again
         append(log, rule_lines("x", 1))
         assert len(follow.wait_for(1)) == 1
     finally:
@@ -226,15 +232,14 @@ def test_follow_waits_for_a_file_that_does_not_exist_yet(tmp_path):
 
 
 class Downstream:
-    """A real HTTP server on 127.0.0.1 standing in for falcosidekick."""
+    """A real HTTP server on 127.0.0.1 standing in for falcosidekick.
 
-    def __init__(self, port: int, fail_first: int = 0) -> None:
-        self.port = port
+    Its port is bound from the start and listened on only by ``start()``: until then a
+    connection is refused, and no other process can take the port."""
+
+    def __init__(self, fail_first: int = 0) -> None:
         self.bodies: list[dict] = []
         self.fail_first = fail_first
-        self.server: ThreadingHTTPServer | None = None
-
-    def start(self) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -252,18 +257,25 @@ class Downstream:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        self.server.server_bind()
+        self.port = self.server.server_address[1]
+        self.started = False
+
+    def start(self) -> None:
+        self.server.server_activate()
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.started = True
 
     def stop(self) -> None:
-        if self.server:
+        if self.started:
             self.server.shutdown()
-            self.server.server_close()
+        self.server.server_close()
 
 
 @pytest.fixture
 def downstream() -> Iterator[Downstream]:
-    server = Downstream(free_port(), fail_first=2)
+    server = Downstream(fail_first=2)
     yield server
     server.stop()
 
@@ -282,8 +294,8 @@ def test_forward_sink_loses_nothing_while_the_downstream_is_down(tmp_path, downs
     try:
         alerts = [parse_alert(line) for line in rule_lines("fwd", 20)]
         sink.write(alerts[:10])  # nobody listens yet: connection refused, retried
-        time.sleep(0.3)
-        assert len(sink.spool) == 10
+        wait_until(lambda: sink.retries >= 2)
+        assert len(sink.spool) == 10 and sink.delivered == 0
         downstream.start()  # then two 503s, then 200s
         sink.write(alerts[10:])
         wait_until(lambda: len(downstream.bodies) == 20)
@@ -310,16 +322,17 @@ def test_forward_spool_survives_a_restart(tmp_path, downstream):
 
 
 def test_forward_spool_is_bounded_and_counts_what_it_drops(tmp_path):
-    sink = ForwardSink(
-        "http://127.0.0.1:9/", tmp_path / "spool.db", max_items=3, backoff=(5.0, 5.0)
-    )
-    try:
-        sink.write([parse_alert(line) for line in rule_lines("b", 5)])
-        assert (len(sink.spool), sink.spool.dropped) == (3, 2)
-    finally:
-        sink._stop.set()
-        sink._thread.join()
-        sink.spool.close()
+    with closed_port() as port:
+        sink = ForwardSink(
+            f"http://127.0.0.1:{port}/", tmp_path / "spool.db", max_items=3, backoff=(5.0, 5.0)
+        )
+        try:
+            sink.write([parse_alert(line) for line in rule_lines("b", 5)])
+            assert (len(sink.spool), sink.spool.dropped) == (3, 2)
+        finally:
+            sink._stop.set()
+            sink._thread.join()
+            sink.spool.close()
 
 
 # --- the HTTP intake ----------------------------------------------------------------------

@@ -157,6 +157,7 @@ class ForwardSink:
         self._thread = threading.Thread(target=self._run, name="whoexec-forward", daemon=True)
         self.delivered = 0
         self.rejected = 0
+        self.retries = 0  # failed attempts, each followed by a backoff
         self._thread.start()
 
     def write(self, alerts: list[FalcoAlert]) -> None:
@@ -193,6 +194,7 @@ class ForwardSink:
                     delay = self.backoff[0]
                     continue
                 FORWARDED.labels("retry").inc()
+                self.retries += 1
                 log.warning(
                     "downstream %s unavailable (%s); retrying in %.1fs", self.url, problem, delay
                 )
@@ -382,6 +384,11 @@ class FileFollower:
         self.state_path = state_path
         self.poll = poll
         self._stop = threading.Event()
+        # what the follower has seen, for its operator's log and for tests to wait on
+        self.absent_polls = 0  # polls while the file did not exist
+        self.caught_up = 0  # polls with nothing new to read
+        self.rotations = 0
+        self.truncations = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -421,6 +428,7 @@ class FileFollower:
                 opened = self._open(saved)
                 partial, rotated = b"", False
                 if opened is None:
+                    self.absent_polls += 1
                     pipeline.tick()
                     self._stop.wait(self.poll)
                     continue
@@ -448,12 +456,15 @@ class FileFollower:
                 st = None
             if st is not None and (st.st_dev, st.st_ino) != (state.device, state.inode):
                 rotated = True  # read what was appended to the old file meanwhile, then switch
+                self.rotations += 1
                 continue
             if st is not None and st.st_size < state.offset:
                 handle.seek(0)
                 state.offset, partial = 0, b""
+                self.truncations += 1
                 log.info("%s was truncated; reading it from the start", self.path)
                 continue
+            self.caught_up += 1
             self._stop.wait(self.poll)
         if opened is not None:
             opened[0].close()
