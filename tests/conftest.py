@@ -3,8 +3,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
-import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,12 +24,6 @@ def load_json(relative: str) -> Any:
     return json.loads((DATA / relative).read_text())
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def http_ok(connect: Callable[[], http.client.HTTPConnection], path: str) -> bool:
     """GET ``path`` answers 200 (False while the server is not up yet)."""
     conn = connect()
@@ -41,20 +34,6 @@ def http_ok(connect: Callable[[], http.client.HTTPConnection], path: str) -> boo
         return False
     finally:
         conn.close()
-
-
-def wait_until_ready(
-    proc: subprocess.Popen[Any], probe: Callable[[], bool], what: str, seconds: float = 20
-) -> None:
-    """Poll ``probe``; if the server exits or time runs out, fail with its output."""
-    deadline = time.monotonic() + seconds
-    while not probe():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            output = proc.communicate()[0]
-            text = output.decode(errors="replace") if isinstance(output, bytes) else output
-            pytest.fail(f"{what} did not become ready:\n{text}")
-        time.sleep(0.1)
 
 
 #: every process the tests start inherits this, even one that detaches from its parent
@@ -70,6 +49,8 @@ def no_process_outlives_the_tests() -> Iterator[None]:
     name, value = RUN_MARKER.split("=")
     os.environ[name] = value
     yield
+    if "mutmut" in sys.modules:  # its forked workers are this process's children
+        return
     deadline = time.monotonic() + 10  # what was just told to stop may still be exiting
     while (left := descendants_and_marked(RUN_MARKER, os.getpid())) and (
         time.monotonic() < deadline

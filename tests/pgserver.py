@@ -5,10 +5,10 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,16 +19,13 @@ def postgres_bin() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def throwaway_postgres() -> Iterator[str]:
-    """Start a server on 127.0.0.1 (as the `postgres` user when we are root, since
-    PostgreSQL refuses to run as root); yield a superuser URL; stop and delete it."""
+    """Start a server (as the `postgres` user when we are root, since PostgreSQL refuses
+    to run as root); yield a superuser URL; stop and delete it.
+
+    It listens on a unix socket in its own directory only: no TCP port, so no two test
+    runs (or a test and anything else on the machine) can race for one."""
     import psycopg
 
     bindir = postgres_bin()
@@ -42,7 +39,6 @@ def throwaway_postgres() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
     data = base / "data"
 
     def run(*argv: str) -> None:
@@ -59,12 +55,12 @@ def throwaway_postgres() -> Iterator[str]:
         "-t",
         "60",
         "-o",
-        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
+        f"-k {base} -c listen_addresses='' -c fsync=off "
         "-c full_page_writes=off -c synchronous_commit=off",
         "start",
     )
     try:
-        url = f"postgresql://whoexec@127.0.0.1:{port}/postgres"
+        url = f"postgresql://whoexec@/postgres?host={base}"
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -90,4 +86,5 @@ def create_database(server_url: str, name: str) -> str:
 
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return server_url.rsplit("/", 1)[0] + f"/{name}"
+    parts = urllib.parse.urlsplit(server_url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))

@@ -24,7 +24,8 @@ from webhook.certs import issue_serving_certificate, service_dns_names
 from webhook.identity import verify_token
 from webhook.keyfiles import load_key_ring
 
-from .conftest import free_port, http_ok, load_json, wait_until_ready
+from .conftest import http_ok, load_json
+from .servers import ServerProcess
 
 pytestmark = pytest.mark.slow
 SERVER_NAME = "whoexec.whoexec.svc"
@@ -69,10 +70,9 @@ def certs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(certs: Path) -> Iterator[int]:
-    port = free_port()
+def server(certs: Path, tmp_path_factory) -> Iterator[int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
-    proc = subprocess.Popen(
+    served = ServerProcess(
         [
             sys.executable,
             "-m",
@@ -81,7 +81,7 @@ def server(certs: Path) -> Iterator[int]:
             "--certs",
             str(certs),
             "--bind",
-            f"127.0.0.1:{port}",
+            "127.0.0.1:0",
             "--workers",
             "2",
             "--threads",
@@ -89,20 +89,17 @@ def server(certs: Path) -> Iterator[int]:
             "--env-trusted-namespace",
             "*",
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
+        tmp_path_factory.mktemp("serve") / "serve.log",
+        env,
     )
-    wait_until_ready(
-        proc,
-        lambda: http_ok(lambda: PinnedHTTPSConnection(port, client_context(certs)), "/readyz"),
+    served.wait_until(
+        lambda: http_ok(
+            lambda: PinnedHTTPSConnection(served.port, client_context(certs)), "/readyz"
+        ),
         "whoexec serve",
     )
-    yield port
-    proc.terminate()
-    output = proc.communicate(timeout=30)[0]
-    assert proc.returncode == 0, output
+    yield served.port
+    assert served.stop() == 0, served.output()
 
 
 Connect = Callable[..., PinnedHTTPSConnection]

@@ -20,7 +20,8 @@ from webhook.store.claims import StoreRootClaims
 from webhook.store.sql import FINDING_AUDIT_USER_MISMATCH, FINDING_NOT_IN_AUDIT_LOG
 from webhook.store.writer import FINDING_UNATTRIBUTED, StoreWriter
 
-from .conftest import DATA, free_port
+from .conftest import DATA
+from .servers import closed_port
 
 FALCO = DATA / "falco"
 AUDIT_LOG = DATA / "audit" / "kube-apiserver-audit.log"
@@ -365,10 +366,17 @@ def test_concurrent_writers_are_safe(store_url):
     assert count(store_url, "alerts") == 4
 
 
+def test_an_empty_batch_opens_no_transaction(store_url):
+    # the writer flushes on every tick, mostly with nothing: that must cost nothing
+    store = open_store(store_url)
+    store.close()
+    store._transaction = None  # any transaction now raises TypeError  # type: ignore[assignment]
+    store.ingest(Batch())
+
+
 def test_unreachable_postgres_is_a_clear_error_without_the_password():
-    url = f"postgresql://whoexec:s3cretpw@127.0.0.1:{free_port()}/whoexec"
-    with pytest.raises(StoreUnavailable) as caught:
-        open_store(url)
+    with closed_port() as port, pytest.raises(StoreUnavailable) as caught:
+        open_store(f"postgresql://whoexec:s3cretpw@127.0.0.1:{port}/whoexec")
     assert "cannot reach PostgreSQL store postgresql://127.0.0.1:" in str(caught.value)
     assert "s3cretpw" not in str(caught.value)
 
@@ -384,8 +392,6 @@ def test_postgres_connection_lost_mid_stream_is_retried_without_loss(postgres_ur
 
     store = open_store(postgres_url)
     writer = StoreWriter(store, backoff=(0.01, 0.05))
-    consume = Batch()
-    writer.add(consume)
     # the server drops our connection (a failover, a restart)
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         admin.execute(

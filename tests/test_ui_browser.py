@@ -7,19 +7,18 @@ The timeline's screenshot is written to ``test-output/ui-session-timeline.png`` 
 
 from __future__ import annotations
 
+import http.client
 import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from .conftest import http_ok
+from .servers import ServerProcess
 from .uistore import ALICE, XSS_COMMAND, XSS_POD, XSS_USER, FilledStore, fill_store
 
 pytestmark = pytest.mark.slow
@@ -28,50 +27,32 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "browser-test-token-0123456789abcdef"
 
 
-class UiServer:
-    """``whoexec ui --bind 127.0.0.1:0``: the port is the one gunicorn reports it bound."""
-
-    def __init__(self, db: str, log: Path, token: str = "") -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
-        if token:
-            env["WHOEXEC_UI_TOKEN"] = token
-        self.log = log
-        with log.open("wb") as stderr:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "webhook.cli",
-                    "ui",
-                    "--db",
-                    db,
-                    "--bind",
-                    "127.0.0.1:0",
-                    "--workers",
-                    "1",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=env,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            found = re.search(r"Booting worker with pid", log.read_text())
-            port = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log.read_text())
-            if found and port:
-                self.url = f"http://127.0.0.1:{port.group(1)}"
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)  # polling the log for a condition, not waiting for time
-        self.stop()
-        raise AssertionError(f"whoexec ui did not start:\n{log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
+def ui_server(db: str, log: Path, token: str = "") -> ServerProcess:
+    """``whoexec ui --bind 127.0.0.1:0``, answering once its worker has booted."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
+    if token:
+        env["WHOEXEC_UI_TOKEN"] = token
+    server = ServerProcess(
+        [
+            sys.executable,
+            "-m",
+            "webhook.cli",
+            "ui",
+            "--db",
+            db,
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ],
+        log,
+        env,
+    )
+    server.wait_until(
+        lambda: http_ok(lambda: http.client.HTTPConnection("127.0.0.1", server.port), "/healthz"),
+        "whoexec ui",
+    )
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +62,8 @@ def filled(tmp_path_factory) -> FilledStore:
 
 
 @pytest.fixture(scope="module")
-def ui(filled, tmp_path_factory) -> Iterator[UiServer]:
-    server = UiServer(filled.url, tmp_path_factory.mktemp("ui-log") / "ui.log")
+def ui(filled, tmp_path_factory) -> Iterator[ServerProcess]:
+    server = ui_server(filled.url, tmp_path_factory.mktemp("ui-log") / "ui.log")
     yield server
     server.stop()
 
@@ -236,7 +217,7 @@ def test_with_a_token_the_browser_must_sign_in(browser, filled, tmp_path):
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    guarded = UiServer(filled.url, tmp_path / "ui.log", token=TOKEN)
+    guarded = ui_server(filled.url, tmp_path / "ui.log", token=TOKEN)
     try:
         browser.get(guarded.url + "/sessions?user=" + ALICE)
         assert "/login" in browser.current_url

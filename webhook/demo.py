@@ -22,6 +22,7 @@ import datetime
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -60,10 +61,21 @@ class DemoError(WhoexecError):
     """A step of the demo failed."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+_LISTENING = re.compile(rb"Listening at: https?://127\.0\.0\.1:(\d+)")
+
+
+def _bound_port(what: str, proc: Any, log: Path, seconds: float = 30) -> int:
+    """The port gunicorn bound for ``--bind 127.0.0.1:0``, read from its log: asking the
+    kernel for a free port first and binding it later races every other program."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = _LISTENING.search(log.read_bytes())
+        if found:
+            return int(found.group(1))
+        if proc.poll() is not None:
+            raise DemoError(f"{what} exited: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    raise DemoError(f"{what} did not start listening: {log.read_text()[-2000:]}")
 
 
 class Demo:
@@ -129,7 +141,6 @@ class Demo:
                 "2/6 starting the webhook (whoexec serve: gunicorn, TLS) and the consumer "
                 "(whoexec consume --listen, SQLite store)"
             )
-            webhook_port, consumer_port = _free_port(), _free_port()
             db = f"sqlite:///{tmp}/whoexec.db"
             serve = stack.enter_context(
                 self._process(
@@ -139,7 +150,7 @@ class Demo:
                         "--certs",
                         str(certs),
                         "--bind",
-                        f"127.0.0.1:{webhook_port}",
+                        "127.0.0.1:0",
                         "--workers",
                         "1",
                         "--threads",
@@ -159,7 +170,7 @@ class Demo:
                         *self.whoexec,
                         "consume",
                         "--listen",
-                        f"127.0.0.1:{consumer_port}",
+                        "127.0.0.1:0",
                         "--workers",
                         "1",
                         "--identity-pub",
@@ -178,6 +189,8 @@ class Demo:
                     env,
                 )
             )
+            webhook_port = _bound_port("whoexec serve", serve, tmp / "webhook.log")
+            consumer_port = _bound_port("whoexec consume", consume, tmp / "consumer.log")
             ca = ssl.create_default_context(cafile=str(certs / "ca.crt"))
 
             def webhook() -> http.client.HTTPSConnection:

@@ -44,4 +44,4 @@ def webhook(cluster: Cluster) -> Iterator[Webhook]:
     try:
         yield hook
     finally:
-        hook.stop()
+        hook.close()

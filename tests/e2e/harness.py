@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import free_port, http_ok, wait_until_ready
+from tests.conftest import http_ok
+from tests.servers import ServerProcess
 
 ROOT = Path(__file__).parent.parent.parent
 CLUSTER = ROOT / "e2e" / "cluster"
@@ -121,22 +123,66 @@ class Cluster:
         return self.get("-n", namespace, "pod", name)
 
 
+def reserved_socket(port: int = 0, *, listening: bool) -> socket.socket:
+    """A socket on 127.0.0.1:port with SO_REUSEPORT, so that a listening one and a merely
+    bound one can hand the port over to each other without ever letting it go."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    if listening:
+        sock.listen(128)
+        sock.set_inheritable(True)
+    return sock
+
+
 @dataclass
 class Webhook:
-    proc: subprocess.Popen[bytes]
-    port: int
+    """``whoexec serve`` on a listening socket that this process holds for the whole run:
+    gunicorn takes it as ``--bind fd://N``, so a restart serves the same port (the one
+    the MutatingWebhookConfiguration names). While stopped, the port is held by a socket
+    that is bound and not listening: the apiserver's call is refused, as with a webhook
+    that is down, and no other program can take the port meanwhile."""
+
+    listener: socket.socket
     certs: Path
     identity_pub: Path
     env: dict[str, str]
     args: list[str]
+    log_dir: Path
+    server: ServerProcess | None = None
+    placeholder: socket.socket | None = None
+
+    @property
+    def port(self) -> int:
+        sock = self.placeholder or self.listener
+        return int(sock.getsockname()[1])
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.communicate(timeout=30)  # reaps it and closes its output pipe
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.placeholder is None:
+            self.placeholder = reserved_socket(self.port, listening=False)
+            self.listener.close()
+
+    def close(self) -> None:
+        """The end of the run: stop the server and let the port go."""
+        self.stop()
+        for sock in (self.listener, self.placeholder):
+            if sock is not None:
+                sock.close()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        if self.placeholder is not None:
+            self.listener = reserved_socket(self.port, listening=True)
+            self.placeholder.close()
+            self.placeholder = None
+        fd = self.listener.fileno()
+        self.server = ServerProcess(
+            [*self.args, "--bind", f"fd://{fd}"],
+            self.log_dir / f"serve-{time.monotonic_ns()}.log",
+            self.env,
+            pass_fds=(fd,),
         )
         context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
 
@@ -148,7 +194,7 @@ class Webhook:
                 "/readyz",
             )
 
-        wait_until_ready(self.proc, probe, "whoexec serve", seconds=60)
+        self.server.wait_until(probe, "whoexec serve", seconds=60)
 
 
 def service_account_kubeconfig(cluster: Cluster, token: str) -> Path:
@@ -245,7 +291,7 @@ def install_webhook(cluster: Cluster) -> Webhook:
     kubeconfig = service_account_kubeconfig(cluster, token)
     certs = cluster.dir / "whoexec-certs"
     subprocess.run([str(WHOEXEC), "certs", "--out", str(certs)], check=True, capture_output=True)
-    port = free_port()
+    listener = reserved_socket(listening=True)
     env = {
         **os.environ,
         "WHOEXEC_STATIC_ENV_IMAGE": cluster.images["whoexec"],
@@ -256,8 +302,6 @@ def install_webhook(cluster: Cluster) -> Webhook:
         "serve",
         "--certs",
         str(certs),
-        "--bind",
-        f"127.0.0.1:{port}",
         "--workers",
         "2",
         "--kube",
@@ -267,10 +311,10 @@ def install_webhook(cluster: Cluster) -> Webhook:
     cluster.kubectl("create", "namespace", "legacy", check=False)
     cluster.pod("legacy", "old-debian", cluster.images["with-env"])
     cluster.pod("legacy", "old-distroless", cluster.images["without-env"])
-    hook = Webhook(None, port, certs, certs / "identity.pub", env, args)  # type: ignore[arg-type]
+    hook = Webhook(listener, certs, certs / "identity.pub", env, args, cluster.dir)
     hook.start()
     ca_bundle = base64.b64encode((certs / "ca.crt").read_bytes()).decode()
-    cluster.apply(webhook_configuration(port, ca_bundle))
+    cluster.apply(webhook_configuration(hook.port, ca_bundle))
     # RBAC for the people of the tests: exec, attach, debug in any namespace
     cluster.apply(
         [
