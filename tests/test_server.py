@@ -25,7 +25,7 @@ def client(signer, trusted) -> FlaskClient:
     return create_app(state).test_client()
 
 
-def test_exec_review_is_answered_with_a_patch(client):
+def test_exec_review_is_answered_with_a_patch(client, trusted):
     review = load_json("admission/exec_interactive_shell.json")
     reply = client.post("/mutate", json=review)
     assert reply.status_code == 200
@@ -33,6 +33,21 @@ def test_exec_review_is_answered_with_a_patch(client):
     response = reply.get_json()["response"]
     assert response["uid"] == review["request"]["uid"]
     assert response["patchType"] == "JSONPatch"
+    # the patch, applied as kube-apiserver applies it: env, the signed identity, the command
+    import jsonpatch
+
+    from webhook.identity import verify_token
+
+    ops = json.loads(base64.b64decode(response["patch"]))
+    patched = jsonpatch.apply_patch(review["request"]["object"], ops)
+    env, assignment, *command = patched["command"]
+    assert env == "/usr/bin/env"
+    assert command == review["request"]["object"]["command"]
+    name, token = assignment.split("=", 1)
+    assert name == "WHOEXEC_IDENTITY"
+    identity = verify_token(token, trusted, now=NOW)
+    assert identity.user == review["request"]["userInfo"]["username"]
+    assert identity.session_id == review["request"]["uid"]
 
 
 def test_policy_denial_is_http_200_with_allowed_false(client):
@@ -65,16 +80,32 @@ def test_malformed_input_gets_400_with_a_json_error(client, body, message):
     assert message in reply.get_json()["error"]
 
 
-@pytest.mark.parametrize("field", ["userInfo", "object", "resource", "kind", "operation"])
-def test_every_wrong_type_is_400_never_500(client, field):
+WRONG_TYPES = [
+    (field, bad)
+    for field in ("userInfo", "object", "resource", "kind", "operation")
+    for bad in (None, 1, "x", [], True)
+    if (field, bad) != ("operation", "x")
+]
+
+
+@pytest.mark.parametrize(("field", "bad"), WRONG_TYPES)
+def test_every_wrong_type_is_400_naming_the_field_and_value(client, field, bad):
     review = load_json("admission/exec_interactive_shell.json")
-    for bad in (None, 1, "x", [], True):
-        review["request"][field] = bad
-        reply = client.post("/mutate", json=review)
-        if field == "object" and bad is None:
-            assert reply.status_code == 400  # exec needs its PodExecOptions
-        assert reply.status_code in (200, 400), (field, bad, reply.status_code)
-        assert reply.status_code == 400 or reply.get_json()["response"]["allowed"] is True
+    review["request"][field] = bad
+    reply = client.post("/mutate", json=review)
+    assert reply.status_code == 400
+    error = reply.get_json()["error"]
+    assert f"request.{field} must be" in error
+    assert f"got {json.dumps(bad)}" in error
+    assert "response" not in reply.get_json(), "never an answer kube-apiserver could apply"
+
+
+def test_an_operation_that_is_not_connect_is_left_alone(client):
+    review = load_json("admission/exec_interactive_shell.json")
+    review["request"]["operation"] = "x"
+    response = client.post("/mutate", json=review).get_json()["response"]
+    assert response["allowed"] is True and "patch" not in response
+    assert response["auditAnnotations"]["outcome"] == "skipped-not-exec"
 
 
 def test_oversized_body_gets_413(client):
