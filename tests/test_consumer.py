@@ -350,6 +350,30 @@ def test_inbox_keeps_accepted_alerts_across_a_crash(tmp_path):
     assert len(Spool(tmp_path / "inbox.db")) == 0
 
 
+class BrokenSink:
+    """A sink whose disk is full: it refuses every batch."""
+
+    def write(self, alerts) -> None:
+        raise OSError(28, "No space left on device")
+
+    def close(self) -> None:
+        pass
+
+
+def test_inbox_items_leave_only_after_every_sink_took_them(tmp_path):
+    inbox = Spool(tmp_path / "inbox.db")
+    inbox.put_many(GRANDCHILD.read_bytes().splitlines())
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    failing = InboxReader(Pipeline(Attributor(verifier), [MemorySink(), BrokenSink()]), inbox)
+    with pytest.raises(OSError, match="No space left"):
+        failing.process_pending()
+    assert len(inbox) == 3, "nothing is acknowledged that a sink did not take"
+    pipeline, sink = pipeline_with_sink()
+    assert InboxReader(pipeline, inbox).process_pending() == 3
+    assert [u for _, u in users(sink.alerts)] == ["alice@corp.example"] * 2
+    assert len(inbox) == 0
+
+
 @pytest.mark.parametrize(
     ("body", "environ", "status", "accepted"),
     [

@@ -148,12 +148,16 @@ def test_falcosidekick_uuid_is_the_idempotency_key(store_url):
 
     alert = parse_alert((FALCO / "unrelated_container.jsonl").read_bytes().splitlines()[1])
     first = {**alert, "uuid": "5c0b1a9e-0000-4000-8000-000000000001"}
-    retried = {**first, "output": first["output"] + " (retried)"}
+    # a retry carries the same uuid, even where what it carries differs
+    retried = {**first, "output": first["output"] + " (retried)", "time": "2026-11-22T10:00:09Z"}
+    # two events that look alike are still two events when falcosidekick says so
+    twin = {**alert, "uuid": "5c0b1a9e-0000-4000-8000-000000000002"}
     store = open_store(store_url)
     store.ingest(facts_from_alerts([first]))
     store.ingest(facts_from_alerts([retried]))
+    store.ingest(facts_from_alerts([twin]))
     store.close()
-    assert count(store_url, "alerts") == 1
+    assert count(store_url, "alerts") == 2
 
 
 def test_audit_events_link_to_sessions_by_the_webhook_annotation(store_url):
