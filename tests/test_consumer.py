@@ -14,7 +14,14 @@ import pytest
 from click.testing import CliRunner
 
 from webhook.cli import main
-from webhook.consumer import FileFollower, ForwardSink, InboxReader, MemorySink, Pipeline
+from webhook.consumer import (
+    DeadLetters,
+    FileFollower,
+    ForwardSink,
+    InboxReader,
+    MemorySink,
+    Pipeline,
+)
 from webhook.falco import parse_alert
 from webhook.keyfiles import load_key_ring
 from webhook.lineage import Attributor, TokenVerifier
@@ -372,6 +379,111 @@ def test_inbox_items_leave_only_after_every_sink_took_them(tmp_path):
     assert InboxReader(pipeline, inbox).process_pending() == 3
     assert [u for _, u in users(sink.alerts)] == ["alice@corp.example"] * 2
     assert len(inbox) == 0
+
+
+def test_an_alert_held_for_its_late_root_stays_in_the_inbox_across_a_crash(tmp_path):
+    child, root = (FALCO / "out_of_order.jsonl").read_bytes().splitlines()
+    inbox = Spool(tmp_path / "inbox.db")
+    inbox.put_many([child])
+    pipeline, sink = pipeline_with_sink(hold=60.0)
+    first = InboxReader(pipeline, inbox)
+    assert first.process_pending() == 1
+    assert (sink.alerts, pipeline.attributor.held) == ([], 1)
+    assert len(inbox) == 1, "held back, so not acknowledged"
+    # kill -9 of the pipeline process: the held alert was only in its memory
+    inbox.put_many([root])
+    pipeline, sink = pipeline_with_sink(hold=60.0)
+    second = InboxReader(pipeline, inbox)
+    assert second.process_pending() == 2  # the held one again, then its root
+    assert users(sink.alerts) == [("Read sensitive file untrusted", "alice@corp.example")]
+    assert len(inbox) == 0
+
+
+def dead_letters(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("time_field", "why"),
+    [("2026-13-01T00:00:00Z", "is not a valid date"), ("bogus", "is not RFC 3339")],
+)
+def test_an_alert_that_cannot_be_read_is_dead_lettered_and_the_rest_goes_on(
+    tmp_path, time_field, why
+):
+    good = rule_lines("good", 2)
+    bad = json.dumps({**json.loads(good[0]), "rule": "bad", "time": time_field}).encode()
+    inbox = Spool(tmp_path / "inbox.db")
+    inbox.put_many([good[0], bad, good[1]])
+    pipeline, sink = pipeline_with_sink()
+    pipeline.dead_letters = DeadLetters(tmp_path / "dead-letters.jsonl")
+    assert InboxReader(pipeline, inbox).process_pending() == 3
+    assert [a["rule"] for a in sink.alerts] == ["good 0", "good 1"]
+    assert len(inbox) == 0, "the bad one is accounted for too: in the dead letters"
+    (letter,) = dead_letters(tmp_path / "dead-letters.jsonl")
+    assert letter["reason"] == "not_an_alert" and why in letter["detail"]
+    assert json.loads(letter["line"])["rule"] == "bad", "kept as it came"
+    assert pipeline.stats["skipped_not_an_alert"] == 1
+
+
+class Fussy:
+    """A sink that cannot take one alert (its data, not its disk), and takes the rest."""
+
+    def __init__(self) -> None:
+        self.alerts: list[dict] = []
+
+    def write(self, alerts) -> None:
+        if any(a["rule"] == "poison 1" for a in alerts):
+            raise ValueError("cannot store this one")
+        self.alerts.extend(alerts)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sink_failing_on_one_alert_costs_that_alert_alone(tmp_path):
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    fussy, other = Fussy(), MemorySink()
+    pipeline = Pipeline(
+        Attributor(verifier),
+        [fussy, other],
+        dead_letters=DeadLetters(tmp_path / "dead-letters.jsonl"),
+    )
+    pipeline.feed(rule_lines("poison", 3))
+    assert [a["rule"] for a in fussy.alerts] == ["poison 0", "poison 2"]
+    assert [a["rule"] for a in other.alerts] == ["poison 0", "poison 1", "poison 2"]
+    (letter,) = dead_letters(tmp_path / "dead-letters.jsonl")
+    assert (letter["reason"], letter["where"]) == ("sink_error", "Fussy")
+    assert "ValueError: cannot store this one" in letter["detail"]
+
+
+class BuggyAttributor(Attributor):
+    """A defect in the core, on one alert."""
+
+    def submit(self, alert, now):
+        if alert["rule"] == "trigger 1":
+            raise KeyError("proc.pid")
+        return super().submit(alert, now)
+
+
+def test_a_defect_on_one_alert_never_stops_the_stream(tmp_path):
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    sink = MemorySink()
+    pipeline = Pipeline(
+        BuggyAttributor(verifier), [sink], dead_letters=DeadLetters(tmp_path / "dead.jsonl")
+    )
+    assert pipeline.feed(rule_lines("trigger", 3)) == 3
+    assert [a["rule"] for a in sink.alerts] == ["trigger 0", "trigger 2"]
+    (letter,) = dead_letters(tmp_path / "dead.jsonl")
+    assert letter["reason"] == "error" and "KeyError" in letter["detail"]
+
+
+def test_the_dead_letter_file_is_bounded(tmp_path):
+    letters = DeadLetters(tmp_path / "dead.jsonl", max_bytes=1000)
+    for n in range(20):
+        letters.add("not_json", "http line 1", b"x" * 200, f"broken {n}")
+    assert (tmp_path / "dead.jsonl").stat().st_size <= 1000
+    assert (tmp_path / "dead.jsonl.1").stat().st_size <= 1000
+    assert letters.written == 20
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,11 @@ SPOOL_DROPPED = Counter(
     "whoexec_consumer_spool_dropped", "Items dropped because a spool was full.", ["spool"]
 )
 FORWARDED = Counter("whoexec_consumer_forwarded", "Alerts forwarded, by result.", ["result"])
+DEAD_LETTERS = Counter(
+    "whoexec_consumer_dead_letters",
+    "Input that could not be processed, kept in the dead-letter file, by reason.",
+    ["reason"],
+)
 
 
 class LineConsumer(Protocol):
@@ -238,6 +243,42 @@ class RateLimitedLog:
             self._suppressed[reason] += 1
 
 
+class DeadLetters:
+    """Input that could not be processed, kept with the reason: one JSON line each.
+
+    Nothing read is lost without a trace: a line that is not JSON, an item that is not a
+    Falco alert, or an alert that made the pipeline fail is written here (``line`` as
+    received), and the pipeline goes on. Bounded: past ``max_bytes`` the file is rotated
+    once to ``<name>.1``.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.written = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def add(self, reason: str, where: str, line: bytes | str, detail: str) -> None:
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        record = {
+            "time": time.time(),
+            "reason": reason,
+            "where": where,
+            "detail": detail[:2000],
+            "line": text,
+        }
+        data = orjson.dumps(record) + b"\n"
+        try:
+            if self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            with self.path.open("ab") as out:
+                out.write(data)
+        except OSError as exc:  # the count and the log line still record it
+            log.error("cannot write the dead-letter file %s: %s", self.path, exc.strerror)
+        self.written += 1
+        DEAD_LETTERS.labels(reason).inc()
+
+
 class Pipeline:
     """Lines in, attributed alerts and findings out to every sink. Not thread-safe."""
 
@@ -250,9 +291,18 @@ class Pipeline:
         input_name: str = "file",
         clock: Callable[[], float] = time.monotonic,
         max_reported: int = 100_000,
+        dead_letters: DeadLetters | None = None,
+        on_done: Callable[[list[object]], None] | None = None,
     ) -> None:
         self.attributor = attributor
         self.sinks = sinks
+        self.dead_letters = dead_letters
+        #: called with the tags of input lines once everything they carried reached every
+        #: sink (or the dead letters): what the durable inbox may forget
+        self.on_done = on_done
+        # alerts on their way (held back, or in the batch being emitted): id -> its tag
+        self._tags: dict[int, tuple[FalcoAlert, object]] = {}
+        self._open: Tally[object] = Tally()
         self.forward_roots = forward_roots
         self.input_name = input_name
         self.clock = clock
@@ -266,60 +316,99 @@ class Pipeline:
         """Also hand every outcome (roots included) to ``callback`` (the session store)."""
         self._observers.append(callback)
 
-    def _skip(self, reason: str, detail: str) -> None:
+    def _skip(self, reason: str, where: str, detail: str, line: bytes | str | None = None) -> None:
+        """Count, log (rate-limited) and, when it carried data, dead-letter an input."""
         self.stats[f"skipped_{reason}"] += 1
         SKIPPED.labels(reason).inc()
-        self.warnings.warn(reason, detail)
+        self.warnings.warn(reason, f"{where}: {detail}")
+        if line is not None and self.dead_letters is not None:
+            self.dead_letters.add(reason, where, line, detail)
 
     def parse(self, line: bytes | str, where: str) -> Iterator[FalcoAlert]:
-        """Alerts in one input line; broken lines are counted and logged, never raised."""
+        """Alerts in one input line; broken lines are counted, logged and dead-lettered,
+        never raised."""
         text = line.strip()
         if not text:
             return
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            self._skip("not_json", f"{where}: {exc}")
+            self._skip("not_json", where, str(exc), line)
             return
         for item in data if isinstance(data, list) else [data]:
             try:
                 alert = check_alert(item)
             except MalformedAlert as exc:
-                self._skip("not_an_alert", f"{where}: {exc}")
+                self._skip("not_an_alert", where, str(exc), orjson.dumps(item))
                 continue
             if is_internal(alert):
-                self._skip("internal", f"{where}: Falco internal message {alert['rule']!r}")
+                self._skip("internal", where, f"Falco internal message {alert['rule']!r}")
                 continue
             yield alert
 
-    def feed(self, lines: Iterable[bytes | str], where: str = "") -> int:
-        """Process lines; returns how many alerts were read. Sinks have them on return."""
+    def feed(
+        self,
+        lines: Iterable[bytes | str],
+        where: str = "",
+        tags: Iterable[object] | None = None,
+    ) -> int:
+        """Process lines; returns how many alerts were read. Sinks have them on return,
+        except those held back for a late root. With ``tags`` (one per line), ``on_done``
+        learns which lines are done with."""
         outcomes: list[Outcome] = []
+        done: list[object] = []
         count = 0
+        tagged = iter(tags) if tags is not None else None
         for number, line in enumerate(lines, 1):
-            for alert in self.parse(line, f"{where or self.input_name} line {number}"):
+            tag = next(tagged) if tagged is not None else None
+            place = f"{where or self.input_name} line {number}"
+            alerts = list(self.parse(line, place))
+            if tag is not None:
+                if not alerts:
+                    done.append(tag)  # nothing in it to wait for
+                for alert in alerts:
+                    self._tags[id(alert)] = (alert, tag)
+                    self._open[tag] += 1
+            for alert in alerts:
                 count += 1
                 try:
                     outcomes.extend(self.attributor.submit(alert, self.clock()))
                 except MalformedAlert as exc:
-                    self._skip("not_an_alert", f"{where} line {number}: {exc}")
+                    self._skip("not_an_alert", place, str(exc), orjson.dumps(alert))
+                    self._finished(alert, done)
+                except Exception as exc:  # a bug must cost one alert, never the stream
+                    detail = f"{type(exc).__name__}: {exc}"
+                    self._skip("error", place, detail, orjson.dumps(alert))
+                    self._finished(alert, done)
         ALERTS_IN.labels(self.input_name).inc(count)
         self.stats["alerts_in"] += count
         outcomes.extend(self.attributor.release(self.clock()))
-        self._emit(outcomes)
+        self._emit(outcomes, done)
         return count
+
+    def _finished(self, alert: FalcoAlert, done: list[object]) -> None:
+        entry = self._tags.pop(id(alert), None)
+        if entry is None:
+            return
+        tag = entry[1]
+        self._open[tag] -= 1
+        if self._open[tag] <= 0:
+            del self._open[tag]
+            done.append(tag)
 
     def tick(self) -> None:
         """Release held alerts whose wait is over (call this when input is idle)."""
-        self._emit(self.attributor.release(self.clock()))
+        self._emit(self.attributor.release(self.clock()), [])
 
-    def _emit(self, outcomes: list[Outcome]) -> None:
+    def _emit(self, outcomes: list[Outcome], done: list[object]) -> None:
         out: list[FalcoAlert] = []
+        sources: list[FalcoAlert] = []  # the input alert each item of ``out`` came from
         for outcome in outcomes:
             for observer in self._observers:
                 observer(outcome)
             if not outcome.is_root_event or self.forward_roots:
                 out.append(enrich(outcome))
+                sources.append(outcome.alert)
                 self.stats[f"attribution_{outcome.attribution.status}"] += 1
                 ALERTS_OUT.labels(outcome.attribution.status).inc()
             for key, finding in findings(outcome):
@@ -329,6 +418,7 @@ class Pipeline:
                 if len(self._reported) > self._max_reported:
                     del self._reported[next(iter(self._reported))]
                 out.append(finding)
+                sources.append(outcome.alert)
                 self.stats["findings"] += 1
                 FINDINGS.labels(finding["rule"]).inc()
         table = self.attributor.table
@@ -337,10 +427,31 @@ class Pipeline:
         HELD.set(self.attributor.held)
         if out:
             for sink in self.sinks:
-                sink.write(out)
+                self._write(sink, out, sources)
+        for outcome in outcomes:
+            self._finished(outcome.alert, done)
+        if done and self.on_done is not None:
+            self.on_done(done)
+
+    def _write(self, sink: Sink, out: list[FalcoAlert], sources: list[FalcoAlert]) -> None:
+        """A sink takes the batch; if it fails on the data (not on its disk or network:
+        an OSError propagates, and the inbox keeps the batch), each alert is tried alone
+        and the one it cannot take goes to the dead letters."""
+        try:
+            sink.write(out)
+            return
+        except OSError:
+            raise
+        except Exception as exc:
+            if len(out) == 1:
+                detail = f"{type(exc).__name__}: {exc}"
+                self._skip("sink_error", type(sink).__name__, detail, render_json(out[0]))
+                return
+        for alert, source in zip(out, sources, strict=True):
+            self._write(sink, [alert], [source])
 
     def close(self) -> None:
-        self._emit(self.attributor.drain())
+        self._emit(self.attributor.drain(), [])
         for sink in self.sinks:
             sink.close()
 
@@ -483,6 +594,13 @@ class InboxReader:
         self.heartbeat = heartbeat
         self._beat = 0.0
         self._stop = threading.Event()
+        #: the highest inbox id read: items past it are new; items before it that are still
+        #: in the inbox are held back in the pipeline (for a late root), not yet delivered
+        self._cursor = 0
+        pipeline.on_done = self._done
+
+    def _done(self, tags: list[object]) -> None:
+        self.spool.ack([int(tag) for tag in tags])  # type: ignore[call-overload]
 
     def stop(self) -> None:
         self._stop.set()
@@ -495,7 +613,7 @@ class InboxReader:
             self._touch_heartbeat()
         while self.process_pending():
             pass
-        self.pipeline.close()
+        self.pipeline.close()  # releases what is held: acknowledged through on_done
         self.spool.close()
 
     def _touch_heartbeat(self) -> None:
@@ -507,10 +625,14 @@ class InboxReader:
             self._beat = now
 
     def process_pending(self, wait: float = 0.0) -> int:
-        batch = self.spool.peek(512, wait=wait)
+        """Feed the next items; each leaves the inbox once every sink has what it carried
+        (a held alert only when it is released). A crash before that hands it out again."""
+        batch = self.spool.peek(512, wait=wait, after=self._cursor)
         if batch:
-            self.pipeline.feed([body for _, body in batch], where="http")
-            self.spool.ack([item_id for item_id, _ in batch])
+            self._cursor = batch[-1][0]
+            self.pipeline.feed(
+                [body for _, body in batch], where="http", tags=[item for item, _ in batch]
+            )
         else:
             self.pipeline.tick()
         return len(batch)

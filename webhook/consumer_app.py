@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 
 from webhook.consumer import (
     SKIPPED,
+    DeadLetters,
     FileFollower,
     FileSink,
     ForwardSink,
@@ -119,7 +120,11 @@ def build_consumer(
         claims=claims,
     )
     pipeline = Pipeline(
-        attributor, sinks, forward_roots=settings.forward_roots, input_name=input_name
+        attributor,
+        sinks,
+        forward_roots=settings.forward_roots,
+        input_name=input_name,
+        dead_letters=DeadLetters(settings.state_dir / "dead-letters.jsonl"),
     )
     if writer is not None:
         pipeline.observe(writer.record)

@@ -152,6 +152,7 @@ def check_alert(data: object) -> FalcoAlert:
             raise MalformedAlert(f"field {key!r} must be str")
     if "tags" in data and not isinstance(data["tags"], list):
         raise MalformedAlert("field 'tags' must be a list")
+    parse_time_ns(data["time"])  # every reader of an alert relies on it
     return data  # type: ignore[return-value]
 
 
@@ -161,7 +162,10 @@ def parse_time_ns(text: str) -> int:
     if not match:
         raise MalformedAlert(f"time {text[:40]!r} is not RFC 3339")
     base, fraction, zone = match.groups()
-    stamp = datetime.datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
+    try:
+        stamp = datetime.datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
+    except ValueError:  # the right shape, an impossible date: month 13, February 30th
+        raise MalformedAlert(f"time {text[:40]!r} is not a valid date") from None
     return int(stamp.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
 
 

@@ -96,15 +96,20 @@ class Spool:
             if span >= self.wake_at:
                 self._ready.notify_all()
 
-    def peek(self, limit: int, wait: float = 0.0) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` oldest items, waiting up to ``wait`` seconds for the first."""
+    def peek(self, limit: int, wait: float = 0.0, after: int = 0) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` oldest items with an id above ``after``, waiting up to ``wait``
+        seconds for the first."""
         with self._lock:
-            if wait > 0 and self._span() == 0:
+            if wait > 0 and self._last_id() <= after:
                 self._ready.wait(wait)
             rows = self._db.execute(
-                "SELECT id, body FROM spool ORDER BY id LIMIT ?", (limit,)
+                "SELECT id, body FROM spool WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
             ).fetchall()
         return [(int(row[0]), bytes(row[1])) for row in rows]
+
+    def _last_id(self) -> int:
+        row = self._db.execute("SELECT max(id) FROM spool").fetchone()
+        return int(row[0]) if row[0] is not None else 0
 
     def ack(self, ids: list[int]) -> None:
         """Remove handled items."""
