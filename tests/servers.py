@@ -2,8 +2,8 @@
 
 Each binds port 0 and reads back the port it got from its own log (gunicorn logs
 ``Listening at: http://127.0.0.1:PORT``), so no test races another for a free port. Each
-runs in a process group of its own, and ``stop`` ends the whole group: gunicorn's
-workers and the consumer's pipeline process too.
+runs in a process group of its own: ``stop`` signals the main process, and then checks
+that nothing of the group (gunicorn's workers, the consumer's pipeline) is left.
 """
 
 from __future__ import annotations
@@ -72,10 +72,11 @@ class ServerProcess:
             time.sleep(0.02)
 
     def stop(self, timeout: float = 30) -> int | None:
-        """SIGTERM to the group; the exit status. A server that does not stop in time is
-        killed, and one that leaves a process of its group running fails the test."""
+        """SIGTERM to the server's main process, as Kubernetes and systemd stop it; the
+        exit status. A server that does not stop in time is killed, and one that leaves
+        a process of its group running (a worker, the pipeline) fails the test."""
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.kill(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

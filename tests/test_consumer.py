@@ -506,6 +506,106 @@ def test_intake_fast_path_answers_every_body(tmp_path, body, environ, status, ac
     assert len(inbox) == accepted
 
 
+class Body:
+    """A request body as gunicorn hands it over: read() in pieces, counting what was read."""
+
+    def __init__(self, data: bytes | None = None, endless: bool = False) -> None:
+        self.data, self.endless, self.read_bytes = data or b"", endless, 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self.endless:
+            chunk = b"x" * (size if size > 0 else 65536)
+        else:
+            chunk, self.data = self.data[:size], self.data[size:]
+        self.read_bytes += len(chunk)
+        return chunk
+
+
+def intake(tmp_path, **options):
+    from webhook.consumer_app import FalcoIntake
+
+    inbox = options.pop("inbox") if "inbox" in options else Spool(tmp_path / "inbox.db")
+    return FalcoIntake(inbox, None, options.pop("max_body_bytes", 1 << 20), **options), inbox
+
+
+def call(app, body: Body, length: int | None) -> tuple[int, dict, dict]:
+    environ = {"PATH_INFO": "/falco", "REQUEST_METHOD": "POST", "wsgi.input": body}
+    if length is not None:
+        environ["CONTENT_LENGTH"] = str(length)
+    answer: list = []
+    reply = app(environ, lambda status, headers: answer.extend([status, dict(headers)]))
+    return int(answer[0].split()[0]), answer[1], json.loads(b"".join(reply))
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(tmp_path):
+    app, _ = intake(tmp_path, max_body_bytes=1024)
+    body = Body(endless=True)
+    status, _, reply = call(app, body, 1 << 30)  # 1 GiB declared
+    assert (status, body.read_bytes) == (413, 0)
+    assert "over 1024 bytes" in reply["error"]
+
+
+def test_a_chunked_body_is_read_only_until_it_passes_the_limit(tmp_path):
+    app, inbox = intake(tmp_path, max_body_bytes=100_000)
+    body = Body(endless=True)
+    status, _, _ = call(app, body, None)
+    assert status == 413
+    assert body.read_bytes <= 100_000 + 65536, "never the whole body in memory"
+    assert len(inbox) == 0
+
+
+def test_a_full_inbox_refuses_new_bodies_and_keeps_what_it_acknowledged(tmp_path):
+    inbox = Spool(tmp_path / "inbox.db", max_items=3, refuse_when_full=True)
+    app, _ = intake(tmp_path, inbox=inbox)
+    lines = rule_lines("kept", 3)
+    assert call(app, Body(b"\n".join(lines)), None)[0] == 200
+    status, headers, reply = call(app, Body(rule_lines("late", 1)[0]), None)
+    assert (status, headers["Retry-After"]) == (503, "5")
+    assert "holds 3 of 3 items" in reply["error"] and reply["accepted"] == 0
+    assert [body for _, body in inbox.peek(10)] == lines, "nothing acknowledged was dropped"
+
+
+def test_a_body_of_too_many_lines_is_refused_whole(tmp_path):
+    from webhook.consumer_app import accept_lines
+
+    inbox = Spool(tmp_path / "inbox.db")
+    status, reply = accept_lines(inbox, b"\n".join(rule_lines("many", 11)), max_lines=10)
+    assert status == 413 and json.loads(reply)["error"] == "11 lines in one body, over 10"
+    assert len(inbox) == 0, "all or nothing"
+
+
+def test_a_locked_inbox_is_retried_then_503_never_500(tmp_path):
+    import sqlite3
+
+    from webhook.consumer_app import accept_lines
+
+    inbox = Spool(tmp_path / "inbox.db", busy_timeout=0.05)
+    holder = sqlite3.connect(tmp_path / "inbox.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another writer holds the lock
+    status, reply = accept_lines(inbox, rule_lines("x", 1)[0], locked_for=0.3)
+    assert status == 503 and "stayed locked" in json.loads(reply)["error"]
+    holder.execute("COMMIT")  # the other writer is done: the same body is now accepted
+    assert accept_lines(inbox, rule_lines("x", 1)[0], locked_for=5)[0] == 200
+    holder.close()
+    assert len(inbox) == 1
+
+
+def test_intake_refuses_while_the_pipeline_has_not_run_for_a_while(tmp_path):
+    now = [1000.0]
+    heartbeat = tmp_path / "pipeline.alive"
+    app, inbox = intake(tmp_path, heartbeat=heartbeat, stale_after=30, clock=lambda: now[0])
+    assert call(app, Body(rule_lines("early", 1)[0]), None)[0] == 200  # starting: grace
+    heartbeat.touch()
+    os.utime(heartbeat, (now[0] - 31, now[0] - 31))
+    now[0] += 2  # past the once-a-second cache
+    status, _, reply = call(app, Body(rule_lines("late", 1)[0]), None)
+    assert status == 503 and "has not run for" in reply["error"]
+    os.utime(heartbeat, (now[0], now[0]))
+    now[0] += 2
+    assert call(app, Body(rule_lines("again", 1)[0]), None)[0] == 200
+    assert len(inbox) == 2
+
+
 def test_intake_serves_health_and_metrics_through_flask(tmp_path):
     from webhook.consumer_app import create_consumer_app
 

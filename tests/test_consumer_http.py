@@ -143,6 +143,39 @@ def test_pipeline_process_stops_when_the_master_is_killed(start_intake):
     assert "master process is gone" in intake.server.output()
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def pipeline_pid(master: int) -> int:
+    """The master's children are its workers and the supervisor; the pipeline is the
+    supervisor's one child."""
+    (pid,) = [grandchild for child in children(master) for grandchild in children(child)]
+    return pid
+
+
+def test_a_pipeline_process_that_dies_is_restarted_and_nothing_is_lost(start_intake):
+    intake = start_intake()
+    assert intake.post(LINES[0])[0] == 200
+    first = pipeline_pid(intake.proc.pid)
+    os.kill(first, signal.SIGKILL)  # the OOM killer, a defect
+    for line in LINES[1:]:  # accepted meanwhile: durable in the inbox
+        assert intake.post(line)[0] == 200
+    alerts = intake.enriched(2)  # processed by the restarted pipeline
+    assert [a["output_fields"]["whoexec.user.name"] for a in alerts] == ["alice@corp.example"] * 2
+    assert pipeline_pid(intake.proc.pid) != first
+    assert "restarting it in 1s" in intake.server.output()
+
+
 def test_sigterm_drains_what_was_accepted(start_intake):
     intake = start_intake()
     intake.post(b"\n".join(LINES))

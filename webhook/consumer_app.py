@@ -8,9 +8,11 @@ process table is state, so the HTTP server runs one gunicorn worker (with thread
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import ssl
 import sys
 import threading
@@ -22,7 +24,7 @@ from typing import IO, Any
 
 import orjson
 from flask import Flask, Response, abort, request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from webhook.consumer import (
@@ -33,11 +35,12 @@ from webhook.consumer import (
     ForwardSink,
     InboxReader,
     Pipeline,
+    RateLimitedLog,
     Sink,
     StreamSink,
     read_batch,
 )
-from webhook.errors import ConfigError, MalformedAuditEvent, StoreUnavailable
+from webhook.errors import ConfigError, MalformedAuditEvent, SpoolFull, StoreUnavailable
 from webhook.keyfiles import load_key_ring
 from webhook.lineage import Attributor, ProcessTable, ReplayPolicy, RootClaims, TokenVerifier
 from webhook.settings import Settings
@@ -270,29 +273,83 @@ def create_consumer_app(
         data = generate_latest(registry()) if registry else generate_latest()
         return Response(data, mimetype=CONTENT_TYPE_LATEST)
 
-    app.wsgi_app = FalcoIntake(inbox, app.wsgi_app, max_body_bytes)  # type: ignore[method-assign]
+    app.wsgi_app = FalcoIntake(  # type: ignore[method-assign]
+        inbox, app.wsgi_app, max_body_bytes, heartbeat=heartbeat
+    )
     return app
 
 
-def accept_lines(inbox: Spool, body: bytes) -> tuple[int, bytes]:
-    """Append every JSON line of a body to the inbox; the HTTP status and a JSON reply."""
+INTAKE_REFUSED = Counter(
+    "whoexec_consumer_intake_refused",
+    "POST /falco bodies refused, by reason: nothing of them was accepted.",
+    ["reason"],
+)
+#: rejected bodies are logged at most once per reason per 10 s, with the count skipped
+_intake_log = RateLimitedLog()
+
+
+class Refused(Exception):
+    """A body the intake does not accept: its status, reason and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+def accept_lines(
+    inbox: Spool, body: bytes, max_lines: int = 10_000, locked_for: float = 10.0
+) -> tuple[int, bytes]:
+    """Append every JSON line of a body to the inbox; the HTTP status and a JSON reply.
+
+    All or nothing: a body is durable in the inbox before the 200, or refused whole with
+    503 (inbox full; the database stayed locked ``locked_for`` seconds) or 413 (more
+    than ``max_lines`` lines), so a sender that retries never loses a line.
+    """
     lines = [line for line in body.splitlines() if line.strip()]
-    accepted: list[bytes] = []
-    errors: list[str] = []
-    for number, line in enumerate(lines, 1):
-        try:
-            orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            errors.append(f"line {number}: not JSON: {exc}")
-            continue
-        accepted.append(line)
-    inbox.put_many(accepted)  # durable before we answer
+    try:
+        if len(lines) > max_lines:
+            raise Refused(
+                413, "too_many_lines", f"{len(lines)} lines in one body, over {max_lines}"
+            )
+        accepted: list[bytes] = []
+        errors: list[str] = []
+        for number, line in enumerate(lines, 1):
+            try:
+                orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                errors.append(f"line {number}: not JSON: {exc}")
+                continue
+            accepted.append(line)
+        _put_durably(inbox, accepted, locked_for)
+    except Refused as refused:
+        INTAKE_REFUSED.labels(refused.reason).inc()
+        _intake_log.warn(refused.reason, f"POST /falco refused ({refused.status}): {refused}")
+        return refused.status, orjson.dumps({"error": str(refused), "accepted": 0})
     if errors:
         SKIPPED.labels("not_json").inc(len(errors))
-        log.warning("POST /falco: %d of %d lines were not JSON", len(errors), len(lines))
+        _intake_log.warn("not_json", f"POST /falco: {len(errors)} of {len(lines)} lines not JSON")
     status = 400 if errors and not accepted else 200
     reply = {"accepted": len(accepted), "rejected": len(errors), "errors": errors[:5]}
     return status, orjson.dumps(reply)
+
+
+def _put_durably(inbox: Spool, lines: list[bytes], locked_for: float) -> None:
+    """Retry a locked inbox (other intake workers writing big bodies) instead of a 500."""
+    deadline = time.monotonic() + locked_for
+    delay = 0.01
+    while True:
+        try:
+            inbox.put_many(lines)
+            return
+        except SpoolFull as exc:
+            raise Refused(503, "inbox_full", f"{exc}; retry later") from None
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise Refused(503, "inbox_locked", "the inbox stayed locked; retry") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 class FalcoIntake:
@@ -301,45 +358,114 @@ class FalcoIntake:
     Falco posts every alert separately and waits for the answer; the intake is the
     consumer's hot path and Flask's request dispatch was most of its in-app cost
     (``bench/README.md``). Everything else (errors, other routes) stays in Flask.
+
+    The body is read in chunks up to ``max_body_bytes``: a declared length over it is
+    refused before anything is read, a chunked one as soon as it passes it. While the
+    pipeline process has not run for ``stale_after`` seconds (its heartbeat), bodies are
+    refused with 503: a 200 would promise what nothing behind the inbox is doing.
     """
 
-    def __init__(self, inbox: Spool, fallback: Any, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        inbox: Spool,
+        fallback: Any,
+        max_body_bytes: int,
+        *,
+        heartbeat: Path | None = None,
+        stale_after: float = 30.0,
+        max_lines: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.inbox = inbox
         self.fallback = fallback
         self.max_body_bytes = max_body_bytes
+        self.heartbeat = heartbeat
+        self.stale_after = stale_after
+        self.max_lines = max_lines
+        self.clock = clock
+        self._started = clock()
+        self._checked = (-1e18, "")
+
+    def pipeline_problem(self) -> str:
+        """Why nothing processes the inbox now, or "" (the heartbeat, looked at once a second)."""
+        if self.heartbeat is None:
+            return ""
+        now = self.clock()
+        if now - self._checked[0] < 1.0:
+            return self._checked[1]
+        try:
+            age = now - self.heartbeat.stat().st_mtime
+        except FileNotFoundError:
+            age = now - self._started  # not started yet: give it the same grace
+        problem = ""
+        if age > self.stale_after:
+            problem = f"the pipeline process has not run for {age:.0f}s"
+        self._checked = (now, problem)
+        return problem
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if environ.get("PATH_INFO") != "/falco" or environ.get("REQUEST_METHOD") != "POST":
             return self.fallback(environ, start_response)
         declared = environ.get("CONTENT_LENGTH")
         if declared and not declared.isdigit():
-            return self._answer(start_response, 400, {"error": "bad Content-Length"})
-        # without a Content-Length (chunked), read one byte past the limit to detect it
-        body = environ["wsgi.input"].read(int(declared) if declared else self.max_body_bytes + 1)
-        if len(body) > self.max_body_bytes:
-            return self._answer(
-                start_response, 413, {"error": f"body over {self.max_body_bytes} bytes"}
-            )
-        status, reply = accept_lines(self.inbox, body)
+            return self._refuse(start_response, Refused(400, "bad_length", "bad Content-Length"))
+        if declared and int(declared) > self.max_body_bytes:
+            return self._too_large(start_response)
+        if problem := self.pipeline_problem():
+            return self._refuse(start_response, Refused(503, "pipeline_down", problem))
+        body = self._read(environ["wsgi.input"], int(declared) if declared else None)
+        if body is None:
+            return self._too_large(start_response)
+        status, reply = accept_lines(self.inbox, body, self.max_lines)
         return self._send(start_response, status, reply)
 
-    @staticmethod
-    def _answer(start_response: Any, status: int, payload: dict[str, Any]) -> list[bytes]:
-        return FalcoIntake._send(start_response, status, orjson.dumps(payload))
+    def _read(self, stream: Any, declared: int | None) -> bytes | None:
+        """The body, read 64 KiB at a time; None once it passes the limit."""
+        chunks: list[bytes] = []
+        size = 0
+        left = declared if declared is not None else self.max_body_bytes + 1
+        while left > 0:
+            chunk = stream.read(min(65536, left))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            left -= len(chunk)
+            if size > self.max_body_bytes:
+                return None
+        return b"".join(chunks)
+
+    def _too_large(self, start_response: Any) -> list[bytes]:
+        limit = self.max_body_bytes
+        return self._refuse(start_response, Refused(413, "too_large", f"body over {limit} bytes"))
+
+    def _refuse(self, start_response: Any, refused: Refused) -> list[bytes]:
+        INTAKE_REFUSED.labels(refused.reason).inc()
+        _intake_log.warn(refused.reason, f"POST /falco refused ({refused.status}): {refused}")
+        return self._send(start_response, refused.status, orjson.dumps({"error": str(refused)}))
 
     @staticmethod
     def _send(start_response: Any, status: int, reply: bytes) -> list[bytes]:
-        reason = {200: "OK", 400: "BAD REQUEST", 413: "REQUEST ENTITY TOO LARGE"}[status]
-        start_response(
-            f"{status} {reason}",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(reply)))],
-        )
+        reason = {
+            200: "OK",
+            400: "BAD REQUEST",
+            413: "REQUEST ENTITY TOO LARGE",
+            503: "SERVICE UNAVAILABLE",
+        }[status]
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(reply)))]
+        if status == 503:
+            headers.append(("Retry-After", "5"))
+        start_response(f"{status} {reason}", headers)
         return [reply]
 
 
-def _run_pipeline_process(settings: Settings, use_stdout: bool, heartbeat: Path) -> None:
-    """The one process that owns the process table: inbox -> pipeline -> sinks."""
-    stop = threading.Event()
+def _run_pipeline_process(
+    settings: Settings, use_stdout: bool, heartbeat: Path, stop: threading.Event
+) -> None:
+    """The one process that owns the process table: inbox -> pipeline -> sinks.
+
+    ``stop`` is the supervisor's, inherited through fork with its SIGTERM handler: a
+    SIGTERM that arrives before this process installs its own is not lost."""
     reader: list[InboxReader] = []
 
     def on_term(_signum: int, _frame: object) -> None:
@@ -360,11 +486,11 @@ def _run_pipeline_process(settings: Settings, use_stdout: bool, heartbeat: Path)
     parent = os.getppid()
 
     def watch_parent() -> None:
-        # if the gunicorn master dies without its on_exit hook (SIGKILL, OOM), stop too:
+        # if the supervisor dies without passing SIGTERM on (SIGKILL, OOM), stop too:
         # drain what was accepted and exit instead of lingering as an orphan
         while not stop.wait(1.0):
             if os.getppid() != parent:
-                log.error("the consumer's master process is gone; stopping the pipeline")
+                log.error("the pipeline's supervisor is gone; stopping the pipeline")
                 stop.set()
                 reader[0].stop()
 
@@ -438,7 +564,13 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
 
         def load(self) -> Flask:
             # in each worker, after fork: its own connections to the inbox and the store
-            inbox = Spool(settings.state_dir / "inbox.db", wake_at=256)
+            inbox = Spool(
+                settings.state_dir / "inbox.db",
+                max_items=settings.inbox_items,
+                wake_at=256,
+                refuse_when_full=True,
+                busy_timeout=5.0,  # then accept_lines retries, and answers 503, never 500
+            )
             store = None
             if settings.db:
                 from webhook.store import open_store
@@ -457,16 +589,73 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
     # SystemExit in this same frame, so cleanup is in the master's on_exit hook.
     pipeline_pid = os.fork()
     if pipeline_pid == 0:
-        code = 0
-        try:
-            _run_pipeline_process(settings, stdout is not None, heartbeat)
-        except BaseException:
-            log.exception("the pipeline process failed")
-            code = 1
-        finally:
-            sys.stdout.flush()
-            os._exit(code)
+        os._exit(_supervise_pipeline(settings, stdout is not None, heartbeat, metrics_dir))
     ConsumerApplication().run()
+
+
+PIPELINE_RESTARTS = Counter(
+    "whoexec_consumer_pipeline_restarts", "Times the pipeline process died and was restarted."
+)
+
+
+def _supervise_pipeline(
+    settings: Settings, use_stdout: bool, heartbeat: Path, metrics_dir: str | None
+) -> int:
+    """Keep one pipeline process running; its exit status once told to stop.
+
+    A pipeline process that dies (a defect, the OOM killer) is restarted, after 1 s, then
+    2, 4... up to 30 s while it keeps dying; what it had not finished is still in the
+    inbox. SIGTERM (from the gunicorn master's on_exit) is passed on, and the drained
+    pipeline's status returned. If the master itself is gone, the pipeline is stopped too.
+    """
+    master = os.getppid()
+    stop = threading.Event()
+    child = 0
+
+    def on_term(_signum: int, _frame: object) -> None:
+        stop.set()
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    delay = 1.0
+    while True:
+        child = os.fork()
+        if child == 0:
+            code = 0
+            try:
+                _run_pipeline_process(settings, use_stdout, heartbeat, stop)
+            except BaseException:
+                log.exception("the pipeline process failed")
+                code = 1
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        started = time.monotonic()
+        while True:
+            done, status = os.waitpid(child, os.WNOHANG)
+            if done == child:
+                break
+            if not stop.is_set() and os.getppid() != master:
+                log.error("the consumer's master process is gone; stopping the pipeline")
+                on_term(signal.SIGTERM, None)
+            stop.wait(0.2)
+        code = os.waitstatus_to_exitcode(status)
+        if metrics_dir:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(child)  # type: ignore[no-untyped-call]
+        if stop.is_set():
+            return code if code >= 0 else 1
+        PIPELINE_RESTARTS.inc()
+        if time.monotonic() - started > 60:
+            delay = 1.0  # it ran a while: this is a new failure, not the same loop
+        log.error("the pipeline process exited (status %d); restarting it in %.0fs", code, delay)
+        if stop.wait(delay):
+            return code if code >= 0 else 1
+        delay = min(delay * 2, 30.0)
 
 
 def _stop_pipeline_process(pid: int, timeout: float = 60.0) -> None:

@@ -13,6 +13,7 @@ The hierarchy::
     ├── MalformedAlert              a line is not a Falco alert
     ├── MalformedAuditEvent         a line is not a Kubernetes audit event
     ├── ConfigError                 a setting, flag or key file is unusable
+    ├── SpoolFull                   a durable queue that refuses rather than drops is full
     └── StoreError                  the session store failed
         └── StoreUnavailable        the database cannot be reached
 
@@ -65,6 +66,10 @@ class MalformedAuditEvent(WhoexecError):
 
 class ConfigError(WhoexecError):
     """A setting, a flag or a key file cannot be used."""
+
+
+class SpoolFull(WhoexecError):
+    """A durable queue that must not drop what it holds (the inbox) is full."""
 
 
 class StoreError(WhoexecError):
