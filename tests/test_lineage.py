@@ -387,3 +387,26 @@ def test_a_token_inherited_from_an_unseen_root_names_nobody_and_is_no_replay(
     assert finding["rule"] == "Exec identity not verifiable"
     assert "session root not seen" in finding["output_fields"]["whoexec.reason"]
     assert "Exec identity replayed" not in [a["rule"] for a in sink.alerts]
+
+
+def test_attribution_never_needs_whoexecs_own_rules_to_have_fired():
+    # Falco's default rule_matching is "first", and the stock rules load before ours: a
+    # stock rule ("Terminal shell in container") can win the very event our root rule
+    # matches. The lineage and the token in the process's own fields decide, not the rule.
+    lines = [
+        line
+        for line in (FALCO / "shell_and_grandchild.jsonl").read_bytes().splitlines()
+        if "whoexec" not in json.loads(line)["tags"]
+    ]
+    assert len(lines) == 2, "only the stock rules' alerts are left"
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    sink = MemorySink()
+    pipeline = Pipeline(Attributor(verifier), [sink], clock=FakeClock())
+    pipeline.feed(lines)
+    pipeline.close()
+    passed, found = summary(sink.alerts)
+    assert passed == [
+        ("Terminal shell in container", "verified", ALICE),
+        ("Read sensitive file untrusted", "verified", ALICE),
+    ]
+    assert found == []
