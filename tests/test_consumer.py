@@ -247,17 +247,32 @@ class Downstream:
     def __init__(self, fail_first: int = 0) -> None:
         self.bodies: list[dict] = []
         self.fail_first = fail_first
+        self.unavailable_for: set[str] = set()  # rules answered 503, every time
+        self.gate: threading.Event | None = None  # when set up, requests wait for it
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                if outer.fail_first > 0:
-                    outer.fail_first -= 1
-                    self.send_response(503)
-                else:
-                    outer.bodies.append(json.loads(body))
-                    self.send_response(200)
+                with outer.lock:
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                if outer.gate is not None:
+                    outer.gate.wait(30)
+                with outer.lock:
+                    outer.in_flight -= 1
+                    alert = json.loads(body)
+                    if outer.fail_first > 0:
+                        outer.fail_first -= 1
+                        status = 503
+                    elif alert["rule"] in outer.unavailable_for:
+                        status = 503
+                    else:
+                        outer.bodies.append(alert)
+                        status = 200
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -308,7 +323,7 @@ def test_forward_sink_loses_nothing_while_the_downstream_is_down(tmp_path, downs
         wait_until(lambda: len(downstream.bodies) == 20)
     finally:
         sink.close()
-    assert [b["rule"] for b in downstream.bodies] == [f"fwd {i}" for i in range(20)]
+    assert sorted(b["rule"] for b in downstream.bodies) == sorted(f"fwd {i}" for i in range(20))
     assert sink.delivered == 20
 
 
@@ -316,8 +331,9 @@ def test_forward_spool_survives_a_restart(tmp_path, downstream):
     url = f"http://127.0.0.1:{downstream.port}/"
     first = ForwardSink(url, tmp_path / "spool.db", backoff=(0.02, 0.05))
     first.write([parse_alert(line) for line in rule_lines("kept", 5)])
-    first._stop.set()  # a crash: the thread stops, nothing was delivered
-    first._thread.join()
+    first._stop.set()  # a crash: the threads stop, nothing was delivered
+    for worker in first._workers:
+        worker.join()
     downstream.fail_first = 0
     downstream.start()
     second = ForwardSink(url, tmp_path / "spool.db", backoff=(0.02, 0.05))
@@ -325,7 +341,42 @@ def test_forward_spool_survives_a_restart(tmp_path, downstream):
         wait_until(lambda: len(downstream.bodies) == 5)
     finally:
         second.close()
-    assert [b["rule"] for b in downstream.bodies] == [f"kept {i}" for i in range(5)]
+    assert sorted(b["rule"] for b in downstream.bodies) == [f"kept {i}" for i in range(5)]
+
+
+def test_one_failing_alert_is_retried_apart_and_never_holds_back_the_rest(tmp_path, downstream):
+    downstream.fail_first = 0
+    downstream.unavailable_for = {"fwd 0"}  # this one answers 503, the others 200
+    downstream.start()
+    sink = ForwardSink(
+        f"http://127.0.0.1:{downstream.port}/", tmp_path / "spool.db", backoff=(0.02, 0.05)
+    )
+    try:
+        sink.write([parse_alert(line) for line in rule_lines("fwd", 30)])
+        wait_until(lambda: sink.delivered == 29)
+        wait_until(lambda: sink.retries >= 3)  # "fwd 0" keeps being retried meanwhile
+        assert len(sink.spool) == 1
+        downstream.unavailable_for = set()
+        wait_until(lambda: sink.delivered == 30)
+    finally:
+        sink.close()
+    assert sorted(b["rule"] for b in downstream.bodies) == sorted(f"fwd {i}" for i in range(30))
+
+
+def test_forwarding_runs_concurrently_within_its_bound(tmp_path, downstream):
+    downstream.fail_first = 0
+    downstream.gate = threading.Event()  # a slow downstream: every answer waits
+    downstream.start()
+    sink = ForwardSink(f"http://127.0.0.1:{downstream.port}/", tmp_path / "spool.db", concurrency=4)
+    try:
+        sink.write([parse_alert(line) for line in rule_lines("slow", 20)])
+        wait_until(lambda: downstream.in_flight == 4)
+        assert sink.max_in_flight_seen == 4, "as many as allowed, and no more"
+        downstream.gate.set()
+        wait_until(lambda: sink.delivered == 20)
+    finally:
+        sink.close()
+    assert downstream.max_in_flight == 4
 
 
 def test_forward_spool_is_bounded_and_counts_what_it_drops(tmp_path):
@@ -338,7 +389,8 @@ def test_forward_spool_is_bounded_and_counts_what_it_drops(tmp_path):
             assert (len(sink.spool), sink.spool.dropped) == (3, 2)
         finally:
             sink._stop.set()
-            sink._thread.join()
+            for worker in sink._workers:
+                worker.join()
             sink.spool.close()
 
 
@@ -681,3 +733,24 @@ def test_api_without_a_store_says_so(tmp_path):
     reply = client.get("/api/sessions")
     assert reply.status_code == 404
     assert "--db" in reply.get_json()["error"]
+
+
+def test_refused_bodies_are_logged_once_per_reason_in_an_interval(tmp_path, caplog, monkeypatch):
+    from webhook import consumer_app
+    from webhook.consumer import RateLimitedLog
+
+    now = [0.0]
+    monkeypatch.setattr(
+        consumer_app, "_intake_log", RateLimitedLog(clock=lambda: now[0], topic="intake")
+    )
+    app, inbox = intake(tmp_path, max_body_bytes=1024)
+    caplog.set_level("WARNING", logger="whoexec.consumer")
+    for _ in range(200):
+        assert call(app, Body(b"x" * 10), 5000)[0] == 413
+        assert call(app, Body(b"not json"), None)[0] == 400
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines  # one per reason, not 400
+    now[0] += 11
+    assert call(app, Body(b"not json"), None)[0] == 400
+    assert "(199 more since the last report)" in caplog.records[-1].getMessage()
+    assert len(inbox) == 0

@@ -7,6 +7,7 @@ output). Sinks: stdout, a file, an HTTP forward with an on-disk spool, the sessi
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -130,13 +131,19 @@ class MemorySink:
 class ForwardSink:
     """POST each alert to a downstream (falcosidekick, any webhook) from an on-disk spool.
 
-    ``write`` only appends to the spool; a thread delivers in order, retrying with
-    exponential backoff while the downstream is down or answers 5xx/429. Nothing is lost
-    while it is down (up to the spool's bound; beyond it the oldest are dropped and
-    counted). Delivery is at-least-once: an alert whose POST succeeded right before a
-    crash, but was not yet removed from the spool, is sent again after the restart. A
-    4xx other than 429 means the downstream will never take that alert: it is logged,
-    counted as rejected, and skipped.
+    ``write`` only appends to the spool. Up to ``concurrency`` requests are in flight at
+    once (a thread each), so one slow or failing answer does not hold back the rest:
+    an alert answered 5xx/429 or not answered is retried on its own schedule, 0.2 s then
+    doubling up to 30 s, while the others go on; only when every request in flight fails
+    (the downstream is down) does the whole sink back off. Alerts are not kept in order:
+    each carries its own ``time``, attribution was done before they were queued, and
+    falcosidekick and SIEMs handle each alert on its own.
+
+    Nothing is lost while the downstream is down (up to the spool's bound; beyond it the
+    oldest are dropped and counted). Delivery is at-least-once: an alert whose POST
+    succeeded right before a crash, but was not yet removed from the spool, is sent again
+    after the restart. A 4xx other than 429 means the downstream will never take that
+    alert: it is logged, counted as rejected, and skipped.
     """
 
     def __init__(
@@ -149,21 +156,40 @@ class ForwardSink:
         backoff: tuple[float, float] = (0.2, 30.0),
         headers: dict[str, str] | None = None,
         ca_file: Path | None = None,
+        concurrency: int = 8,
     ) -> None:
         self.url = url
         self.spool = Spool(spool_path, max_items=max_items)
         self.timeout = timeout
         self.backoff = backoff
+        self.concurrency = concurrency
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         self._http = urllib3.PoolManager(
-            retries=False, timeout=urllib3.Timeout(total=timeout), ca_certs=ca_file
+            retries=False,
+            timeout=urllib3.Timeout(total=timeout),
+            ca_certs=ca_file,
+            maxsize=concurrency,
         )
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="whoexec-forward", daemon=True)
+        self._lock = threading.Condition()
+        self._cursor = 0  # the highest spool id handed out; below it: delivered or in retry
+        self._in_flight = 0
+        self._retry: list[tuple[float, int, bytes, float]] = []  # (due, id, body, delay)
+        self._failing_streak = 0
+        self._paused_until = 0.0
+        self._pause = backoff[0]
         self.delivered = 0
         self.rejected = 0
         self.retries = 0  # failed attempts, each followed by a backoff
-        self._thread.start()
+        self.max_in_flight_seen = 0
+        self._warnings = RateLimitedLog(topic="forward")
+        self._workers = [
+            threading.Thread(target=self._work, name=f"whoexec-forward-{n}", daemon=True)
+            for n in range(concurrency)
+        ]
+        self._thread = self._workers[0]  # the first, for callers that join "the" thread
+        for worker in self._workers:
+            worker.start()
 
     def write(self, alerts: list[FalcoAlert]) -> None:
         before = self.spool.dropped
@@ -176,38 +202,73 @@ class ForwardSink:
         reply = self._http.request("POST", self.url, body=body, headers=self.headers)
         return int(reply.status)
 
-    def _run(self) -> None:
-        delay = self.backoff[0]
+    def _next(self) -> tuple[int, bytes, float] | None:
+        """The next alert to send (a due retry first, then a new one), or None for now."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._paused_until:
+                return None
+            if self._retry and self._retry[0][0] <= now:
+                _, item_id, body, delay = heapq.heappop(self._retry)
+                self._in_flight += 1
+                return item_id, body, delay
+            batch = self.spool.peek(1, after=self._cursor)
+            if not batch:
+                return None
+            item_id, body = batch[0]
+            self._cursor = item_id
+            self._in_flight += 1
+            self.max_in_flight_seen = max(self.max_in_flight_seen, self._in_flight)
+            return item_id, body, self.backoff[0]
+
+    def _work(self) -> None:
         while not self._stop.is_set():
-            batch = self.spool.peek(64, wait=0.2)
-            for item_id, body in batch:
-                try:
-                    status = self._post(body)
-                except urllib3.exceptions.HTTPError as exc:
-                    status, problem = 0, type(exc).__name__
-                else:
-                    problem = f"HTTP {status}"
+            item = self._next()
+            if item is None:
+                self._stop.wait(0.02)
+                continue
+            item_id, body, delay = item
+            try:
+                status = self._post(body)
+            except urllib3.exceptions.HTTPError as exc:
+                status, problem = 0, type(exc).__name__
+            else:
+                problem = f"HTTP {status}"
+            with self._lock:
+                self._in_flight -= 1
                 if 200 <= status < 300 or (400 <= status < 500 and status != 429):
                     if status >= 300:
                         self.rejected += 1
                         FORWARDED.labels("rejected").inc()
-                        log.error("downstream %s rejected an alert with %s", self.url, problem)
+                        self._warnings.warn(
+                            "forward_rejected",
+                            f"downstream {self.url} rejected an alert: {problem}",
+                        )
                     else:
                         self.delivered += 1
                         FORWARDED.labels("delivered").inc()
                     self.spool.ack([item_id])
-                    delay = self.backoff[0]
+                    self._failing_streak = 0
+                    self._pause = self.backoff[0]
                     continue
                 FORWARDED.labels("retry").inc()
                 self.retries += 1
-                log.warning(
-                    "downstream %s unavailable (%s); retrying in %.1fs", self.url, problem, delay
+                self._failing_streak += 1
+                heapq.heappush(
+                    self._retry,
+                    (time.monotonic() + delay, item_id, body, min(delay * 2, self.backoff[1])),
                 )
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.backoff[1])
-                break
-            if not batch:  # idle: a good moment for the (scanning) count
-                SPOOLED.labels("forward").set(len(self.spool))
+                if self._failing_streak >= 2 * self.concurrency:
+                    # two rounds of requests and not one success: the downstream is down,
+                    # not this alert; everything waits
+                    self._paused_until = time.monotonic() + self._pause
+                    self._warnings.warn(
+                        "forward_paused",
+                        f"downstream {self.url} unavailable ({problem}); "
+                        f"pausing {self._pause:.1f}s",
+                    )
+                    self._pause = min(self._pause * 2, self.backoff[1])
+                    self._failing_streak = 0
 
     def drain(self, timeout: float) -> bool:
         """Wait until the spool is empty or ``timeout`` passes; True if it emptied."""
@@ -219,16 +280,24 @@ class ForwardSink:
     def close(self) -> None:
         self.drain(2.0)
         self._stop.set()
-        self._thread.join(timeout=10)
+        for worker in self._workers:
+            worker.join(timeout=10)
+        SPOOLED.labels("forward").set(len(self.spool))
         self.spool.close()
 
 
 class RateLimitedLog:
     """At most one log line per reason per ``interval`` seconds, with the count skipped."""
 
-    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        topic: str = "skipped input",
+    ):
         self.interval = interval
         self.clock = clock
+        self.topic = topic
         self._last: dict[str, float] = {}
         self._suppressed: Tally[str] = Tally()
 
@@ -237,7 +306,7 @@ class RateLimitedLog:
         if now - self._last.get(reason, -1e18) >= self.interval:
             extra = self._suppressed.pop(reason, 0)
             more = f" ({extra} more since the last report)" if extra else ""
-            log.warning("skipped input: %s: %s%s", reason, loggable(detail), more)
+            log.warning("%s: %s: %s%s", self.topic, reason, loggable(detail), more)
             self._last[reason] = now
         else:
             self._suppressed[reason] += 1

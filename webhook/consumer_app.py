@@ -285,7 +285,7 @@ INTAKE_REFUSED = Counter(
     ["reason"],
 )
 #: rejected bodies are logged at most once per reason per 10 s, with the count skipped
-_intake_log = RateLimitedLog()
+_intake_log = RateLimitedLog(topic="intake")
 
 
 class Refused(Exception):
