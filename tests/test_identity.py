@@ -230,3 +230,133 @@ def test_token_verifies_with_raw_cryptography_following_the_spec(signer):
         "iat": NOW,
         "pod_uid": "c0ffee00-1111-4222-8333-444455556666",
     }
+
+
+# --- the edges a mutation run found untested (tools/mutation.py) --------------------------
+
+
+def padded_token(signer: Signer, length: int) -> str:
+    """A validly signed token of exactly ``length`` bytes: ALICE's payload with JSON
+    whitespace added, which changes nothing it says."""
+    compact = json.dumps(ALICE.to_payload(), separators=(",", ":")).encode()
+    for pad in range(2000):
+        token = resign(signer, compact[:-1] + b" " * pad + b"}")
+        if len(token) == length:
+            return token
+    raise AssertionError(f"no padding gives {length} bytes")
+
+
+def test_the_largest_token_that_can_exist_under_the_limit_verifies(signer, trusted):
+    # "v1." + kid (16) + "." + payload + "." + signature (86): 107 bytes + the payload's
+    # base64url, whose length is never 1 mod 4. So 1023 bytes can exist and 1024 cannot;
+    # the limit's ">=" and ">" agree on every token that could be well-formed.
+    fits = padded_token(signer, MAX_TOKEN_BYTES - 1)
+    assert verify_token(fits, trusted, now=NOW).user == ALICE.user
+    with pytest.raises(AssertionError, match="no padding gives 1024 bytes"):
+        padded_token(signer, MAX_TOKEN_BYTES)
+
+
+def test_an_oversize_token_is_refused_naming_its_size_and_the_limit(trusted):
+    with pytest.raises(TokenMalformed, match=r"^token is 2003 bytes, the limit is 1023$"):
+        verify_token("v1." + "a" * 2000, trusted, now=NOW)
+
+
+def test_when_not_one_group_fits_the_token_says_its_groups_were_cut(signer, trusted):
+    groups = ("g" * 120, "h" * 120)
+    for n in range(300, 900):  # a user so long that no group fits beside it
+        if len(sign_identity(replace(ALICE, user="u" * n, groups=()), signer)) > 930:
+            break
+    identity = verify_token(
+        sign_identity(replace(ALICE, user="u" * n, groups=groups), signer), trusted, now=NOW
+    )
+    assert identity.groups == ()
+    assert identity.groups_truncated is True, "an empty list must not read as 'no groups'"
+
+
+@pytest.mark.parametrize(
+    ("token", "kid"),
+    [
+        ("v1.0123456789abcdef.e30.c2ln", "0123456789abcdef"),
+        ("v1.0123456789abcdef.e30", None),  # three parts
+        ("v1.0123456789abcdef.e30.c2ln.x", None),  # five parts
+        ("v2.0123456789abcdef.e30.c2ln", None),  # another version
+        ("v1.0123456789ABCDEF.e30.c2ln", None),  # not lowercase hex
+        ("v1.not-a-kid.e30.c2ln", None),
+        ("", None),
+    ],
+)
+def test_the_key_id_is_read_only_from_a_well_formed_token(token, kid):
+    assert token_key_id(token) == kid
+
+
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (lambda t: t + ".x", r"^token has 5 dot-separated parts, expected 4$"),
+        (lambda t: "v2toolong" + t[2:], r"^token version 'v2toolon' is not 'v1'$"),
+        (lambda t: t.replace("v1.", "v1.Z", 1), r"^token kid 'Z[0-9a-f]{16}' is not 16 lowercase"),
+        (
+            lambda t: ".".join([*t.split(".")[:2], t.split(".")[2] + "=", t.split(".")[3]]),
+            r"^token payload is not unpadded base64url$",
+        ),
+        (lambda t: t + "=", r"^token signature is not unpadded base64url$"),
+        (
+            lambda t: ".".join([*t.split(".")[:3], t.split(".")[3][:-1] + "B"]),
+            r"^token signature (is not canonical base64url|does not verify)",
+        ),
+    ],
+    ids=["parts", "version", "kid", "payload-b64", "signature-b64", "signature-bits"],
+)
+def test_malformed_tokens_name_the_part_and_the_value(signer, trusted, mangle, message):
+    with pytest.raises((TokenMalformed, BadSignature), match=message):
+        verify_token(mangle(sign_identity(ALICE, signer)), trusted, now=NOW)
+
+
+def test_a_bad_signature_names_the_key_it_was_checked_with(signer, trusted):
+    token = sign_identity(ALICE, signer)
+    version, kid, payload, _ = token.split(".")
+    other = b64url_encode(b"\0" * 64)
+    with pytest.raises(BadSignature, match=rf"^token signature does not verify with key '{kid}'$"):
+        verify_token(f"{version}.{kid}.{payload}.{other}", trusted, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("sid", "", r"^token payload field 'sid' must not be empty$"),
+        ("user", "", r"^token payload field 'user' must not be empty$"),
+        ("pod_uid", "", r"^token payload field 'pod_uid' must not be empty$"),
+        ("admin", True, r"^token payload has unknown keys \['admin'\]$"),
+        ("groups", [1], r"^token payload field 'groups' must be a list of strings$"),
+        ("trunc", False, r"^token payload field 'trunc' must be true when present$"),
+    ],
+)
+def test_signed_payload_fields_are_checked_by_name(signer, trusted, field, value, message):
+    payload = {**replace(ALICE, pod_uid="u-1").to_payload(), field: value}
+    with pytest.raises(TokenMalformed, match=message):
+        verify_token(resign(signer, json.dumps(payload).encode()), trusted, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\xff", r"^token payload is not UTF-8 JSON$"),
+        (b"[]", r"^token payload is not a JSON object$"),
+    ],
+)
+def test_payloads_that_are_not_objects_say_so(signer, trusted, payload, message):
+    with pytest.raises(TokenMalformed, match=message):
+        verify_token(resign(signer, payload), trusted, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\xff", b"\xfb\xef", b"\xfb\xef\xbe", bytes(range(256)), b"\x00\x00\x17"],
+    ids=["empty", "one", "two", "three", "all-bytes", "ends-in-X"],
+)
+def test_base64url_round_trips_and_never_strips_data(data):
+    from webhook.identity import b64url_decode
+
+    text = b64url_encode(data)
+    assert "=" not in text
+    assert b64url_decode(text, "payload") == data
