@@ -410,3 +410,68 @@ def test_attribution_never_needs_whoexecs_own_rules_to_have_fired():
         ("Read sensitive file untrusted", "verified", ALICE),
     ]
     assert found == []
+
+
+@pytest.mark.parametrize(
+    ("status", "named"),
+    [
+        ("verified", True),
+        ("tampered", True),
+        ("unverified", False),
+        ("replayed", False),
+        ("none", False),
+    ],
+)
+def test_only_a_verified_or_tampered_attribution_ever_names_a_user(status, named):
+    # the last guard before an alert leaves: even handed an identity, enrichment names a
+    # person only for the statuses that prove one (a replay or a bad token never does)
+    from webhook.identity import Identity
+    from webhook.lineage import Attribution, Outcome, enrich
+
+    alice = Identity("sid-1", ALICE, "uid-1", ("devs",), "shop", "web-0", "app", 1)
+    alert = parse_alert((FALCO / "unrelated_container.jsonl").read_bytes().splitlines()[1])
+    facts = process_facts(alert, "WHOEXEC_IDENTITY", token_pattern("WHOEXEC_IDENTITY"))
+    out = enrich(Outcome(alert, Attribution(status, identity=alice), facts, False))  # type: ignore[arg-type]
+    fields = out["output_fields"]
+    assert (fields["whoexec.user.name"] == ALICE) is named
+    assert (fields["whoexec.session.id"] == "sid-1") is named
+    assert (f"k8s_user={ALICE}" in out["output"]) is named
+    assert ("IDENTITY TAMPERED" in out["output"]) is (status == "tampered")
+    assert out["rule"] == alert["rule"] and out["time"] == alert["time"], "nothing else changes"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({}, ""),
+        (
+            {"namespace": "payments"},
+            "token minted for namespace 'shop' is used in namespace 'payments'",
+        ),
+        ({"pod": "db-0"}, "token minted for pod 'web-0' is used in pod 'db-0'"),
+        (
+            {"container": "sidecar"},
+            "token minted for container 'app' is used in container 'sidecar'",
+        ),
+        ({"pod_uid": "uid-B"}, "token minted for pod uid 'uid-A' is used in pod uid 'uid-B'"),
+        ({"pod_uid": None}, ""),  # k8s metadata still pending: cannot be compared
+        ({"namespace": None, "pod": None}, ""),
+    ],
+    ids=["same", "namespace", "pod", "container", "pod-uid", "uid-pending", "meta-pending"],
+)
+def test_a_token_is_bound_to_its_namespace_pod_uid_and_container(changes, reason):
+    import dataclasses
+
+    from webhook.identity import Identity
+    from webhook.lineage import binding_problem
+
+    minted = Identity("s", ALICE, "u", (), "shop", "web-0", "app", 1, pod_uid="uid-A")
+    alert = parse_alert((FALCO / "unrelated_container.jsonl").read_bytes().splitlines()[1])
+    facts = process_facts(alert, "WHOEXEC_IDENTITY", token_pattern("WHOEXEC_IDENTITY"))
+    seen = dataclasses.replace(
+        facts, namespace="shop", pod="web-0", container_name="app", pod_uid="uid-A"
+    )
+    renamed = {"container": "container_name"}
+    seen = dataclasses.replace(seen, **{renamed.get(k, k): v for k, v in changes.items()})
+    problem = binding_problem(minted, seen)
+    assert problem == (f"bound elsewhere: {reason}" if reason else "")
