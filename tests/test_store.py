@@ -155,9 +155,10 @@ def test_falcosidekick_uuid_is_the_idempotency_key(store_url):
     store = open_store(store_url)
     store.ingest(facts_from_alerts([first]))
     store.ingest(facts_from_alerts([retried]))
+    assert count(store_url, "alerts") == 1, "the retry is the same alert"
     store.ingest(facts_from_alerts([twin]))
     store.close()
-    assert count(store_url, "alerts") == 2
+    assert count(store_url, "alerts") == 2, "the twin is another one"
 
 
 def test_audit_events_link_to_sessions_by_the_webhook_annotation(store_url):
