@@ -187,7 +187,6 @@ class ForwardSink:
             threading.Thread(target=self._work, name=f"whoexec-forward-{n}", daemon=True)
             for n in range(concurrency)
         ]
-        self._thread = self._workers[0]  # the first, for callers that join "the" thread
         for worker in self._workers:
             worker.start()
 
