@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlencode
 
 import orjson
@@ -93,7 +93,7 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
     def _json(payload: object, status: int = 200) -> Response:
         return Response(orjson.dumps(payload), status=status, mimetype="application/json")
 
-    def _fail(status: int, message: str) -> None:
+    def _fail(status: int, message: str) -> NoReturn:
         if request.args.get("format") in ("json", "csv"):
             abort(_json({"error": message}, status))
         abort(Response(render_template("error.html", status=status, message=message), status))
@@ -106,7 +106,6 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
             return parse_time_ns(text, time.time_ns())
         except ValueError as exc:
             _fail(400, f"{name}: {exc}")
-        raise AssertionError  # unreachable: _fail raised
 
     def _export(rows: list[dict[str, Any]], columns: Columns, name: str) -> Response | None:
         fmt = request.args.get("format", "html")
@@ -241,7 +240,6 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
         found = store.session(session_id)
         if found is None:
             _fail(404, f"no session {session_id!r}")
-            raise AssertionError
         if request.args.get("format") == "json":
             return _json(found)
         return render_template("session.html", s=found, timeline=build_timeline(found))
@@ -259,7 +257,6 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
         found = store.audit_event(audit_id)
         if found is None:
             _fail(404, f"no audit event {audit_id!r}")
-            raise AssertionError
         if request.args.get("format") == "json":
             return _json(found)
         pretty = orjson.dumps(found["event"], option=orjson.OPT_INDENT_2).decode()

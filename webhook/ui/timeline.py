@@ -9,6 +9,7 @@ picture needs no script and no CDN.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,17 +198,25 @@ def build_timeline(session: dict[str, Any]) -> Timeline:
         else:
             unseen.append((n, alert))
 
-    def alert_marks(items: list[tuple[int, dict[str, Any]]]) -> list[Mark]:
+    def marks(items: Iterable[tuple[int, dict[str, Any]]], what: str, anchor: str) -> list[Mark]:
+        """Alerts (``rule``) or findings (``kind``) as marks, each linked to its table row."""
         return [
             Mark(
-                x(alert["time_ns"]),
-                format_utc(alert["time_ns"]),
-                f"{alert['priority']}: {alert['rule']}",
-                priority_class(alert["priority"]),
-                f"alert-{n}",
+                x(item["time_ns"]),
+                format_utc(item["time_ns"]),
+                f"{item['priority']}: {item[what]}",
+                priority_class(item["priority"]),
+                f"{anchor}-{n}",
             )
-            for n, alert in items
+            for n, item in items
         ]
+
+    def alert_marks(items: list[tuple[int, dict[str, Any]]]) -> list[Mark]:
+        return marks(items, "rule", "alert")
+
+    def add_band(label: str, title: str, kind: str, band: list[Mark]) -> None:
+        """A row of its own for marks that belong to no process."""
+        add(label, title, kind, 0, min(m.x for m in band), max(m.x for m in band), band)
 
     root_pid = session.get("root_pid")
     tree = _tree(processes, root_pid)
@@ -224,7 +233,7 @@ def build_timeline(session: dict[str, Any]) -> Timeline:
         ends[n] = end
         pending.append((depth, end))
     for (depth, proc), end in zip(tree, ends, strict=True):
-        marks = alert_marks(on_process.get(id(proc), []))
+        on_row = alert_marks(on_process.get(id(proc), []))
         start = x(proc["start_ns"])
         args = proc.get("args") or ""
         is_root = proc["pid"] == root_pid
@@ -233,37 +242,20 @@ def build_timeline(session: dict[str, Any]) -> Timeline:
         title += ", not seen" if orphan else ""
         title += f"), started {format_utc(proc['start_ns'])}: {args}"
         label = f"{proc['pid']}  {args}" if args else str(proc["pid"])
-        add(label, title, "root" if is_root else "process", depth, start, end, marks)
+        add(label, title, "root" if is_root else "process", depth, start, end, on_row)
     if unseen:
-        marks = alert_marks(unseen)
-        add(
+        add_band(
             "alerts on processes not recorded",
             "alerts whose process is not in the session's tree",
             "unseen",
-            0,
-            min(m.x for m in marks),
-            max(m.x for m in marks),
-            marks,
+            alert_marks(unseen),
         )
     if findings:
-        marks = [
-            Mark(
-                x(f["time_ns"]),
-                format_utc(f["time_ns"]),
-                f"{f['priority']}: {f['kind']}",
-                priority_class(f["priority"]),
-                f"finding-{n}",
-            )
-            for n, f in enumerate(findings)
-        ]
-        add(
+        add_band(
             "findings",
             "findings of this session",
             "findings",
-            0,
-            min(m.x for m in marks),
-            max(m.x for m in marks),
-            marks,
+            marks(enumerate(findings), "kind", "finding"),
         )
 
     ticks = tuple(
