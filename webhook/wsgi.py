@@ -9,6 +9,7 @@ about to reuse.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import ssl
@@ -36,6 +37,13 @@ def prepare_metrics_dir(workers: int) -> Path | None:
         return None
     directory = Path(tempfile.mkdtemp(prefix="whoexec-metrics-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    creator = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == creator:  # not in a forked worker that exits first
+            shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(remove)
     return directory
 
 
