@@ -23,9 +23,9 @@ from webhook.consumer import (
     Pipeline,
 )
 from webhook.falco import parse_alert
+from webhook.inbox import InboxLogReader, InboxWriter
 from webhook.keyfiles import load_key_ring
 from webhook.lineage import Attributor, TokenVerifier
-from webhook.spool import Spool
 
 from .conftest import DATA
 from .servers import closed_port
@@ -397,16 +397,31 @@ def test_forward_spool_is_bounded_and_counts_what_it_drops(tmp_path):
 # --- the HTTP intake ----------------------------------------------------------------------
 
 
+def inbox_with(tmp_path: Path, lines: list[bytes]) -> Path:
+    """An inbox as the intake leaves it: these lines accepted, nothing processed yet."""
+    writer = InboxWriter(tmp_path / "inbox")
+    writer.put_many(lines)
+    writer.close()
+    return tmp_path / "inbox"
+
+
+def left_in(inbox: Path) -> list[bytes]:
+    """What a pipeline restarted now would be handed."""
+    reader, found = InboxLogReader(inbox), []
+    while batch := reader.read(100):
+        found.extend(body for _, body in batch)
+    return found
+
+
 def test_inbox_keeps_accepted_alerts_across_a_crash(tmp_path):
-    intake = Spool(tmp_path / "inbox.db")
-    intake.put_many(GRANDCHILD.read_bytes().splitlines())
-    intake.close()  # the pipeline process crashed before it read anything
+    inbox = inbox_with(tmp_path, GRANDCHILD.read_bytes().splitlines())
+    # the pipeline process crashed before it read anything
     pipeline, sink = pipeline_with_sink()
-    reader = InboxReader(pipeline, Spool(tmp_path / "inbox.db"))
+    reader = InboxReader(pipeline, InboxLogReader(inbox))
     reader.stop()
     reader.run()  # after the restart: drains what was accepted
     assert [u for _, u in users(sink.alerts)] == ["alice@corp.example"] * 2
-    assert len(Spool(tmp_path / "inbox.db")) == 0
+    assert left_in(inbox) == []
 
 
 class BrokenSink:
@@ -420,35 +435,37 @@ class BrokenSink:
 
 
 def test_inbox_items_leave_only_after_every_sink_took_them(tmp_path):
-    inbox = Spool(tmp_path / "inbox.db")
-    inbox.put_many(GRANDCHILD.read_bytes().splitlines())
+    lines = GRANDCHILD.read_bytes().splitlines()
+    inbox = inbox_with(tmp_path, lines)
     verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
-    failing = InboxReader(Pipeline(Attributor(verifier), [MemorySink(), BrokenSink()]), inbox)
+    pipeline = Pipeline(Attributor(verifier), [MemorySink(), BrokenSink()])
+    failing = InboxReader(pipeline, InboxLogReader(inbox, save_every=0))
     with pytest.raises(OSError, match="No space left"):
         failing.process_pending()
-    assert len(inbox) == 3, "nothing is acknowledged that a sink did not take"
+    assert left_in(inbox) == lines, "nothing is acknowledged that a sink did not take"
     pipeline, sink = pipeline_with_sink()
-    assert InboxReader(pipeline, inbox).process_pending() == 3
+    reader = InboxReader(pipeline, InboxLogReader(inbox, save_every=0))
+    assert reader.process_pending() == 3
     assert [u for _, u in users(sink.alerts)] == ["alice@corp.example"] * 2
-    assert len(inbox) == 0
+    assert left_in(inbox) == []
 
 
 def test_an_alert_held_for_its_late_root_stays_in_the_inbox_across_a_crash(tmp_path):
     child, root = (FALCO / "out_of_order.jsonl").read_bytes().splitlines()
-    inbox = Spool(tmp_path / "inbox.db")
-    inbox.put_many([child])
+    writer = InboxWriter(tmp_path / "inbox")
+    writer.put_many([child])
     pipeline, sink = pipeline_with_sink(hold=60.0)
-    first = InboxReader(pipeline, inbox)
+    first = InboxReader(pipeline, InboxLogReader(tmp_path / "inbox", save_every=0))
     assert first.process_pending() == 1
     assert (sink.alerts, pipeline.attributor.held) == ([], 1)
-    assert len(inbox) == 1, "held back, so not acknowledged"
+    assert left_in(tmp_path / "inbox") == [child], "held back, so not acknowledged"
     # kill -9 of the pipeline process: the held alert was only in its memory
-    inbox.put_many([root])
+    writer.put_many([root])
     pipeline, sink = pipeline_with_sink(hold=60.0)
-    second = InboxReader(pipeline, inbox)
+    second = InboxReader(pipeline, InboxLogReader(tmp_path / "inbox", save_every=0))
     assert second.process_pending() == 2  # the held one again, then its root
     assert users(sink.alerts) == [("Read sensitive file untrusted", "alice@corp.example")]
-    assert len(inbox) == 0
+    assert left_in(tmp_path / "inbox") == []
 
 
 def dead_letters(path: Path) -> list[dict]:
@@ -464,13 +481,12 @@ def test_an_alert_that_cannot_be_read_is_dead_lettered_and_the_rest_goes_on(
 ):
     good = rule_lines("good", 2)
     bad = json.dumps({**json.loads(good[0]), "rule": "bad", "time": time_field}).encode()
-    inbox = Spool(tmp_path / "inbox.db")
-    inbox.put_many([good[0], bad, good[1]])
+    inbox = inbox_with(tmp_path, [good[0], bad, good[1]])
     pipeline, sink = pipeline_with_sink()
     pipeline.dead_letters = DeadLetters(tmp_path / "dead-letters.jsonl")
-    assert InboxReader(pipeline, inbox).process_pending() == 3
+    assert InboxReader(pipeline, InboxLogReader(inbox, save_every=0)).process_pending() == 3
     assert [a["rule"] for a in sink.alerts] == ["good 0", "good 1"]
-    assert len(inbox) == 0, "the bad one is accounted for too: in the dead letters"
+    assert left_in(inbox) == [], "the bad one is accounted for too: in the dead letters"
     (letter,) = dead_letters(tmp_path / "dead-letters.jsonl")
     assert letter["reason"] == "not_an_alert" and why in letter["detail"]
     assert json.loads(letter["line"])["rule"] == "bad", "kept as it came"
@@ -538,140 +554,19 @@ def test_the_dead_letter_file_is_bounded(tmp_path):
     assert letters.written == 20
 
 
-@pytest.mark.parametrize(
-    ("body", "environ", "status", "accepted"),
-    [
-        (LINES_ := GRANDCHILD.read_bytes(), {}, 200, 3),
-        (b"x" * 2048, {}, 413, 0),
-        (b"nope", {}, 400, 0),
-        (LINES_.splitlines()[0], {"CONTENT_LENGTH": "abc"}, 400, 0),
-    ],
-    ids=["ndjson", "too-large", "not-json", "bad-length"],
-)
-def test_intake_fast_path_answers_every_body(tmp_path, body, environ, status, accepted):
-    from webhook.consumer_app import create_consumer_app
-
-    inbox = Spool(tmp_path / "inbox.db")
-    client = create_consumer_app(inbox, max_body_bytes=1024 if status == 413 else 1 << 20)
-    reply = client.test_client().post("/falco", data=body, environ_overrides=environ)
-    assert reply.status_code == status
-    assert len(inbox) == accepted
-
-
-class Body:
-    """A request body as gunicorn hands it over: read() in pieces, counting what was read."""
-
-    def __init__(self, data: bytes | None = None, endless: bool = False) -> None:
-        self.data, self.endless, self.read_bytes = data or b"", endless, 0
-
-    def read(self, size: int = -1) -> bytes:
-        if self.endless:
-            chunk = b"x" * (size if size > 0 else 65536)
-        else:
-            chunk, self.data = self.data[:size], self.data[size:]
-        self.read_bytes += len(chunk)
-        return chunk
-
-
-def intake(tmp_path, **options):
-    from webhook.consumer_app import FalcoIntake
-
-    inbox = options.pop("inbox") if "inbox" in options else Spool(tmp_path / "inbox.db")
-    return FalcoIntake(inbox, None, options.pop("max_body_bytes", 1 << 20), **options), inbox
-
-
-def call(app, body: Body, length: int | None) -> tuple[int, dict, dict]:
-    environ = {"PATH_INFO": "/falco", "REQUEST_METHOD": "POST", "wsgi.input": body}
-    if length is not None:
-        environ["CONTENT_LENGTH"] = str(length)
-    answer: list = []
-    reply = app(environ, lambda status, headers: answer.extend([status, dict(headers)]))
-    return int(answer[0].split()[0]), answer[1], json.loads(b"".join(reply))
-
-
-def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(tmp_path):
-    app, _ = intake(tmp_path, max_body_bytes=1024)
-    body = Body(endless=True)
-    status, _, reply = call(app, body, 1 << 30)  # 1 GiB declared
-    assert (status, body.read_bytes) == (413, 0)
-    assert "over 1024 bytes" in reply["error"]
-
-
-def test_a_chunked_body_is_read_only_until_it_passes_the_limit(tmp_path):
-    app, inbox = intake(tmp_path, max_body_bytes=100_000)
-    body = Body(endless=True)
-    status, _, _ = call(app, body, None)
-    assert status == 413
-    assert body.read_bytes <= 100_000 + 65536, "never the whole body in memory"
-    assert len(inbox) == 0
-
-
-def test_a_full_inbox_refuses_new_bodies_and_keeps_what_it_acknowledged(tmp_path):
-    inbox = Spool(tmp_path / "inbox.db", max_items=3, refuse_when_full=True)
-    app, _ = intake(tmp_path, inbox=inbox)
-    lines = rule_lines("kept", 3)
-    assert call(app, Body(b"\n".join(lines)), None)[0] == 200
-    status, headers, reply = call(app, Body(rule_lines("late", 1)[0]), None)
-    assert (status, headers["Retry-After"]) == (503, "5")
-    assert "holds 3 of 3 items" in reply["error"] and reply["accepted"] == 0
-    assert [body for _, body in inbox.peek(10)] == lines, "nothing acknowledged was dropped"
-
-
-def test_a_body_of_too_many_lines_is_refused_whole(tmp_path):
-    from webhook.consumer_app import accept_lines
-
-    inbox = Spool(tmp_path / "inbox.db")
-    status, reply = accept_lines(inbox, b"\n".join(rule_lines("many", 11)), max_lines=10)
-    assert status == 413 and json.loads(reply)["error"] == "11 lines in one body, over 10"
-    assert len(inbox) == 0, "all or nothing"
-
-
-def test_a_locked_inbox_is_retried_then_503_never_500(tmp_path):
-    import sqlite3
-
-    from webhook.consumer_app import accept_lines
-
-    inbox = Spool(tmp_path / "inbox.db", busy_timeout=0.05)
-    holder = sqlite3.connect(tmp_path / "inbox.db", isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")  # another writer holds the lock
-    status, reply = accept_lines(inbox, rule_lines("x", 1)[0], locked_for=0.3)
-    assert status == 503 and "stayed locked" in json.loads(reply)["error"]
-    holder.execute("COMMIT")  # the other writer is done: the same body is now accepted
-    assert accept_lines(inbox, rule_lines("x", 1)[0], locked_for=5)[0] == 200
-    holder.close()
-    assert len(inbox) == 1
-
-
-def test_intake_refuses_while_the_pipeline_has_not_run_for_a_while(tmp_path):
-    now = [1000.0]
-    heartbeat = tmp_path / "pipeline.alive"
-    app, inbox = intake(tmp_path, heartbeat=heartbeat, stale_after=30, clock=lambda: now[0])
-    assert call(app, Body(rule_lines("early", 1)[0]), None)[0] == 200  # starting: grace
-    heartbeat.touch()
-    os.utime(heartbeat, (now[0] - 31, now[0] - 31))
-    now[0] += 2  # past the once-a-second cache
-    status, _, reply = call(app, Body(rule_lines("late", 1)[0]), None)
-    assert status == 503 and "has not run for" in reply["error"]
-    os.utime(heartbeat, (now[0], now[0]))
-    now[0] += 2
-    assert call(app, Body(rule_lines("again", 1)[0]), None)[0] == 200
-    assert len(inbox) == 2
-
-
 def test_intake_serves_health_and_metrics_through_flask(tmp_path):
     from webhook.consumer_app import create_consumer_app
 
-    client = create_consumer_app(Spool(tmp_path / "inbox.db")).test_client()
+    client = create_consumer_app().test_client()
     assert client.get("/healthz").status_code == 200
     assert b"whoexec_consumer_alerts_in" in client.get("/metrics").data
-    assert client.get("/falco").status_code == 405
 
 
 def test_readiness_follows_the_pipeline_heartbeat(tmp_path):
     from webhook.consumer_app import create_consumer_app
 
     heartbeat = tmp_path / "pipeline.alive"
-    client = create_consumer_app(Spool(tmp_path / "inbox.db"), heartbeat).test_client()
+    client = create_consumer_app(heartbeat).test_client()
     assert client.get("/readyz").status_code == 503
     heartbeat.touch()
     assert client.get("/readyz").status_code == 200
@@ -688,7 +583,7 @@ def api(tmp_path, store_url):
     from webhook.store import open_store
 
     store = open_store(store_url)
-    app = create_consumer_app(Spool(tmp_path / "inbox.db"), store=store)
+    app = create_consumer_app(store=store)
     yield app.test_client()
     store.close()
 
@@ -729,28 +624,22 @@ def test_api_answers_the_same_queries_as_the_cli(api):
 def test_api_without_a_store_says_so(tmp_path):
     from webhook.consumer_app import create_consumer_app
 
-    client = create_consumer_app(Spool(tmp_path / "inbox.db")).test_client()
+    client = create_consumer_app().test_client()
     reply = client.get("/api/sessions")
     assert reply.status_code == 404
     assert "--db" in reply.get_json()["error"]
 
 
-def test_refused_bodies_are_logged_once_per_reason_in_an_interval(tmp_path, caplog, monkeypatch):
-    from webhook import consumer_app
-    from webhook.consumer import RateLimitedLog
+def test_alerts_left_in_an_older_version_s_sqlite_inbox_are_moved_not_lost(tmp_path):
+    from webhook.consumer_app import move_sqlite_inbox
+    from webhook.spool import Spool
 
-    now = [0.0]
-    monkeypatch.setattr(
-        consumer_app, "_intake_log", RateLimitedLog(clock=lambda: now[0], topic="intake")
-    )
-    app, inbox = intake(tmp_path, max_body_bytes=1024)
-    caplog.set_level("WARNING", logger="whoexec.consumer")
-    for _ in range(200):
-        assert call(app, Body(b"x" * 10), 5000)[0] == 413
-        assert call(app, Body(b"not json"), None)[0] == 400
-    lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2, lines  # one per reason, not 400
-    now[0] += 11
-    assert call(app, Body(b"not json"), None)[0] == 400
-    assert "(199 more since the last report)" in caplog.records[-1].getMessage()
-    assert len(inbox) == 0
+    lines = GRANDCHILD.read_bytes().splitlines()
+    old = Spool(tmp_path / "inbox.db")
+    old.put_many(lines)
+    old.close()
+    writer = InboxWriter(tmp_path / "inbox")
+    assert move_sqlite_inbox(tmp_path / "inbox.db", writer) == 3
+    assert left_in(tmp_path / "inbox") == lines
+    assert not list(tmp_path.glob("inbox.db*")), "moved once: the old inbox is gone"
+    assert move_sqlite_inbox(tmp_path / "inbox.db", writer) == 0

@@ -247,12 +247,6 @@ def serve(
     help="Require client certificates signed by this CA (mTLS).",
 )
 @click.option("--log-level", default=None, help="[WHOEXEC_LOG_LEVEL; info]")
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 64),
-    default=None,
-    help="HTTP intake processes with --listen [WHOEXEC_WORKERS; 2].",
-)
 @_friendly
 def consume(
     input_path: str | None,
@@ -272,7 +266,6 @@ def consume(
     tls_key: Path | None,
     client_ca: Path | None,
     log_level: str | None,
-    workers: int | None,
 ) -> None:
     """Attribute Falco alerts to the Kubernetes user of their exec session.
 
@@ -297,7 +290,6 @@ def consume(
         tls_key=tls_key,
         client_ca=client_ca,
         log_level=log_level,
-        workers=workers,
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stderr)
     if settings.listen and input_path:
@@ -311,7 +303,7 @@ def consume(
         # before anything imports prometheus_client (see prepare_metrics_dir)
         from webhook.wsgi import prepare_metrics_dir
 
-        prepare_metrics_dir(settings.workers)
+        prepare_metrics_dir(2)  # the intake and the pipeline process
         from webhook import consumer_app
 
         consumer_app.serve_consumer(settings, stdout)

@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge
 
 from webhook.errors import MalformedAlert
 from webhook.falco import FalcoAlert, check_alert, is_internal, render_json
+from webhook.inbox import InboxLogReader
 from webhook.lineage import Attributor, Outcome, enrich, findings
 from webhook.spool import Spool
 from webhook.text import loggable
@@ -58,6 +59,11 @@ SPOOLED = Gauge(
     "whoexec_consumer_spool_items",
     "Items waiting in an on-disk spool.",
     ["spool"],
+    multiprocess_mode="livesum",
+)
+INBOX_BYTES = Gauge(
+    "whoexec_consumer_inbox_bytes",
+    "Bytes accepted over HTTP and not yet handled by the pipeline.",
     multiprocess_mode="livesum",
 )
 SPOOL_DROPPED = Counter(
@@ -650,25 +656,29 @@ class FileFollower:
 
 
 class InboxReader:
-    """Feeds the pipeline from the durable inbox that HTTP intake workers append to.
+    """Feeds the pipeline from the durable inbox that the HTTP intake appends to.
 
     Items leave the inbox only after the pipeline's sinks accepted them: a crash in
     between hands them out again after the restart (at-least-once).
     """
 
-    def __init__(self, pipeline: Pipeline, spool: Spool, heartbeat: Path | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        inbox: InboxLogReader,
+        heartbeat: Path | None = None,
+        poll: float = 0.02,
+    ) -> None:
         self.pipeline = pipeline
-        self.spool = spool
+        self.inbox = inbox
         self.heartbeat = heartbeat
+        self.poll = poll
         self._beat = 0.0
         self._stop = threading.Event()
-        #: the highest inbox id read: items past it are new; items before it that are still
-        #: in the inbox are held back in the pipeline (for a late root), not yet delivered
-        self._cursor = 0
         pipeline.on_done = self._done
 
     def _done(self, tags: list[object]) -> None:
-        self.spool.ack([int(tag) for tag in tags])  # type: ignore[call-overload]
+        self.inbox.ack([int(tag) for tag in tags])  # type: ignore[call-overload]
 
     def stop(self) -> None:
         self._stop.set()
@@ -676,28 +686,27 @@ class InboxReader:
     def run(self) -> None:
         """Process until :meth:`stop`, then drain the inbox and close the pipeline."""
         while not self._stop.is_set():
-            # the spool wakes this loop early once a batch is queued; otherwise it polls
-            self.process_pending(wait=0.05)
+            if not self.process_pending():
+                self._stop.wait(self.poll)  # caught up: the intake appends meanwhile
             self._touch_heartbeat()
         while self.process_pending():
             pass
         self.pipeline.close()  # releases what is held: acknowledged through on_done
-        self.spool.close()
+        self.inbox.close()
 
     def _touch_heartbeat(self) -> None:
         now = time.monotonic()
         if now - self._beat >= 1.0:
             if self.heartbeat is not None:
                 self.heartbeat.touch()
-            SPOOLED.labels("inbox").set(len(self.spool))
+            INBOX_BYTES.set(self.inbox.backlog_bytes())
             self._beat = now
 
-    def process_pending(self, wait: float = 0.0) -> int:
+    def process_pending(self) -> int:
         """Feed the next items; each leaves the inbox once every sink has what it carried
         (a held alert only when it is released). A crash before that hands it out again."""
-        batch = self.spool.peek(512, wait=wait, after=self._cursor)
+        batch = self.inbox.read(512)
         if batch:
-            self._cursor = batch[-1][0]
             self.pipeline.feed(
                 [body for _, body in batch], where="http", tags=[item for item, _ in batch]
             )

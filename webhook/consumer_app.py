@@ -1,9 +1,9 @@
-"""``whoexec consume``: wiring, the HTTP intake (Flask under gunicorn), and the run loops.
+"""``whoexec consume``: wiring, the Flask routes beside the intake, and the run loops.
 
 Falco's ``http_output`` makes one synchronous POST per alert and ignores the status; it
 drops the alert after repeated timeouts. So ``POST /falco`` only appends the body to a
-durable inbox and answers at once; a single pipeline thread does the attribution. The
-process table is state, so the HTTP server runs one gunicorn worker (with threads).
+durable inbox and answers at once (:mod:`webhook.intake`); one pipeline process does
+the attribution, because the process table is state.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
-import ssl
 import sys
 import threading
 import time
@@ -28,19 +26,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from webhook.consumer import (
-    SKIPPED,
     DeadLetters,
     FileFollower,
     FileSink,
     ForwardSink,
     InboxReader,
     Pipeline,
-    RateLimitedLog,
     Sink,
     StreamSink,
     read_batch,
 )
-from webhook.errors import ConfigError, MalformedAuditEvent, SpoolFull, StoreUnavailable
+from webhook.errors import ConfigError, MalformedAuditEvent, StoreUnavailable
+from webhook.inbox import InboxLogReader, InboxWriter
 from webhook.keyfiles import load_key_ring
 from webhook.lineage import Attributor, ProcessTable, ReplayPolicy, RootClaims, TokenVerifier
 from webhook.settings import Settings
@@ -153,15 +150,15 @@ def run_follow(consumer: Consumer, path: Path, state_dir: Path) -> None:
 
 
 def create_consumer_app(
-    inbox: Spool,
     heartbeat: Path | None = None,
     registry: Callable[[], Any] | None = None,
     max_body_bytes: int = 8 * 1024 * 1024,
     store: SqlStore | None = None,
     webhook_name: str = "exec.whoexec.io",
 ) -> Flask:
-    """``POST /falco`` (Falco http_output, falcosidekick webhook, NDJSON batches), and with a
-    store, ``POST /k8s-audit`` (audit webhook backend) and the ``/api/*`` readers."""
+    """Every route but ``POST /falco`` (answered by :mod:`webhook.intake`): health,
+    metrics, and with a store, ``POST /k8s-audit`` (audit webhook backend) and the
+    ``/api/*`` readers."""
     app = Flask("whoexec-consumer")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
 
@@ -247,11 +244,6 @@ def create_consumer_app(
     def api_findings() -> Response:
         return _json(_store().findings(_time_arg("since", "7d"), _time_arg("until", None)))
 
-    @app.post("/falco")
-    def falco() -> Response:  # reached only past FalcoIntake (e.g. a mounted sub-app)
-        status, reply = accept_lines(inbox, request.get_data(cache=False))
-        return Response(reply, status=status, mimetype="application/json")
-
     @app.get("/healthz")
     def healthz() -> Response:
         return Response(b'{"status":"ok"}', mimetype="application/json")
@@ -273,190 +265,7 @@ def create_consumer_app(
         data = generate_latest(registry()) if registry else generate_latest()
         return Response(data, mimetype=CONTENT_TYPE_LATEST)
 
-    app.wsgi_app = FalcoIntake(  # type: ignore[method-assign]
-        inbox, app.wsgi_app, max_body_bytes, heartbeat=heartbeat
-    )
     return app
-
-
-INTAKE_REFUSED = Counter(
-    "whoexec_consumer_intake_refused",
-    "POST /falco bodies refused, by reason: nothing of them was accepted.",
-    ["reason"],
-)
-#: rejected bodies are logged at most once per reason per 10 s, with the count skipped
-_intake_log = RateLimitedLog(topic="intake")
-
-
-class Refused(Exception):
-    """A body the intake does not accept: its status, reason and message."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.reason = status, reason
-
-
-def accept_lines(
-    inbox: Spool, body: bytes, max_lines: int = 10_000, locked_for: float = 10.0
-) -> tuple[int, bytes]:
-    """Append every JSON line of a body to the inbox; the HTTP status and a JSON reply.
-
-    All or nothing: a body is durable in the inbox before the 200, or refused whole with
-    503 (inbox full; the database stayed locked ``locked_for`` seconds) or 413 (more
-    than ``max_lines`` lines), so a sender that retries never loses a line.
-    """
-    lines = [line for line in body.splitlines() if line.strip()]
-    try:
-        if len(lines) > max_lines:
-            raise Refused(
-                413, "too_many_lines", f"{len(lines)} lines in one body, over {max_lines}"
-            )
-        accepted: list[bytes] = []
-        errors: list[str] = []
-        for number, line in enumerate(lines, 1):
-            try:
-                orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                errors.append(f"line {number}: not JSON: {exc}")
-                continue
-            accepted.append(line)
-        _put_durably(inbox, accepted, locked_for)
-    except Refused as refused:
-        INTAKE_REFUSED.labels(refused.reason).inc()
-        _intake_log.warn(refused.reason, f"POST /falco refused ({refused.status}): {refused}")
-        return refused.status, orjson.dumps({"error": str(refused), "accepted": 0})
-    if errors:
-        SKIPPED.labels("not_json").inc(len(errors))
-        _intake_log.warn("not_json", f"POST /falco: {len(errors)} of {len(lines)} lines not JSON")
-    status = 400 if errors and not accepted else 200
-    reply = {"accepted": len(accepted), "rejected": len(errors), "errors": errors[:5]}
-    return status, orjson.dumps(reply)
-
-
-def _put_durably(inbox: Spool, lines: list[bytes], locked_for: float) -> None:
-    """Retry a locked inbox (other intake workers writing big bodies) instead of a 500."""
-    deadline = time.monotonic() + locked_for
-    delay = 0.01
-    while True:
-        try:
-            inbox.put_many(lines)
-            return
-        except SpoolFull as exc:
-            raise Refused(503, "inbox_full", f"{exc}; retry later") from None
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            if time.monotonic() > deadline:
-                raise Refused(503, "inbox_locked", "the inbox stayed locked; retry") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-
-class FalcoIntake:
-    """``POST /falco`` as a bare WSGI handler in front of Flask, which serves the rest.
-
-    Falco posts every alert separately and waits for the answer; the intake is the
-    consumer's hot path and Flask's request dispatch was most of its in-app cost
-    (``bench/README.md``). Everything else (errors, other routes) stays in Flask.
-
-    The body is read in chunks up to ``max_body_bytes``: a declared length over it is
-    refused before anything is read, a chunked one as soon as it passes it. While the
-    pipeline process has not run for ``stale_after`` seconds (its heartbeat), bodies are
-    refused with 503: a 200 would promise what nothing behind the inbox is doing.
-    """
-
-    def __init__(
-        self,
-        inbox: Spool,
-        fallback: Any,
-        max_body_bytes: int,
-        *,
-        heartbeat: Path | None = None,
-        stale_after: float = 30.0,
-        max_lines: int = 10_000,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.inbox = inbox
-        self.fallback = fallback
-        self.max_body_bytes = max_body_bytes
-        self.heartbeat = heartbeat
-        self.stale_after = stale_after
-        self.max_lines = max_lines
-        self.clock = clock
-        self._started = clock()
-        self._checked = (-1e18, "")
-
-    def pipeline_problem(self) -> str:
-        """Why nothing processes the inbox now, or "" (the heartbeat, looked at once a second)."""
-        if self.heartbeat is None:
-            return ""
-        now = self.clock()
-        if now - self._checked[0] < 1.0:
-            return self._checked[1]
-        try:
-            age = now - self.heartbeat.stat().st_mtime
-        except FileNotFoundError:
-            age = now - self._started  # not started yet: give it the same grace
-        problem = ""
-        if age > self.stale_after:
-            problem = f"the pipeline process has not run for {age:.0f}s"
-        self._checked = (now, problem)
-        return problem
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("PATH_INFO") != "/falco" or environ.get("REQUEST_METHOD") != "POST":
-            return self.fallback(environ, start_response)
-        declared = environ.get("CONTENT_LENGTH")
-        if declared and not declared.isdigit():
-            return self._refuse(start_response, Refused(400, "bad_length", "bad Content-Length"))
-        if declared and int(declared) > self.max_body_bytes:
-            return self._too_large(start_response)
-        if problem := self.pipeline_problem():
-            return self._refuse(start_response, Refused(503, "pipeline_down", problem))
-        body = self._read(environ["wsgi.input"], int(declared) if declared else None)
-        if body is None:
-            return self._too_large(start_response)
-        status, reply = accept_lines(self.inbox, body, self.max_lines)
-        return self._send(start_response, status, reply)
-
-    def _read(self, stream: Any, declared: int | None) -> bytes | None:
-        """The body, read 64 KiB at a time; None once it passes the limit."""
-        chunks: list[bytes] = []
-        size = 0
-        left = declared if declared is not None else self.max_body_bytes + 1
-        while left > 0:
-            chunk = stream.read(min(65536, left))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            left -= len(chunk)
-            if size > self.max_body_bytes:
-                return None
-        return b"".join(chunks)
-
-    def _too_large(self, start_response: Any) -> list[bytes]:
-        limit = self.max_body_bytes
-        return self._refuse(start_response, Refused(413, "too_large", f"body over {limit} bytes"))
-
-    def _refuse(self, start_response: Any, refused: Refused) -> list[bytes]:
-        INTAKE_REFUSED.labels(refused.reason).inc()
-        _intake_log.warn(refused.reason, f"POST /falco refused ({refused.status}): {refused}")
-        return self._send(start_response, refused.status, orjson.dumps({"error": str(refused)}))
-
-    @staticmethod
-    def _send(start_response: Any, status: int, reply: bytes) -> list[bytes]:
-        reason = {
-            200: "OK",
-            400: "BAD REQUEST",
-            413: "REQUEST ENTITY TOO LARGE",
-            503: "SERVICE UNAVAILABLE",
-        }[status]
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(reply)))]
-        if status == 503:
-            headers.append(("Retry-After", "5"))
-        start_response(f"{status} {reason}", headers)
-        return [reply]
 
 
 def _run_pipeline_process(
@@ -474,14 +283,16 @@ def _run_pipeline_process(
             reader[0].stop()
 
     signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gunicorn master decides when to stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the intake process decides when to stop
+    # Falco waits for the intake's answer to every alert; the pipeline only has to keep
+    # up on average (the inbox holds a burst), so under contention the CPU goes to the
+    # intake first (bench/README.md: the niceness is worth 6% of Falco's rate)
+    os.nice(PIPELINE_NICENESS)
     consumer = build_consumer(
         settings, stdout=sys.stdout.buffer if use_stdout else None, input_name="http"
     )
     reader.append(
-        InboxReader(
-            consumer.pipeline, Spool(settings.state_dir / "inbox.db", wake_at=256), heartbeat
-        )
+        InboxReader(consumer.pipeline, InboxLogReader(settings.state_dir / "inbox"), heartbeat)
     )
     parent = os.getppid()
 
@@ -501,14 +312,11 @@ def _run_pipeline_process(
 
 
 def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
-    """HTTP intake workers (gunicorn) append to a durable inbox; one pipeline process reads it.
-
-    The intake scales with ``--workers``; the process table is state, so attribution runs
-    in exactly one process, started beside gunicorn and stopped after its workers.
-    """
-    from gunicorn.app.base import BaseApplication
-
-    from webhook.wsgi import configure, multiprocess_registry
+    """The HTTP intake (this process) appends to a durable inbox; one pipeline process,
+    forked and supervised, reads it. The process table is state, so attribution runs in
+    exactly one process; the intake is an event loop (:mod:`webhook.intake`)."""
+    from webhook.intake import FalcoEndpoint, IntakeServer, bind, run_intake
+    from webhook.wsgi import multiprocess_registry
 
     load_key_ring(settings.identity_pub)  # fail before forking if the keys are unusable
     if settings.db:
@@ -518,79 +326,87 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     heartbeat = settings.state_dir / "pipeline.alive"
     heartbeat.unlink(missing_ok=True)
-    Spool(settings.state_dir / "inbox.db").close()  # create the schema once, up front
+    tls = None
+    if settings.tls_cert is not None:
+        assert settings.tls_key is not None
+        tls = ReloadingContext(settings.tls_cert, settings.tls_key, settings.client_ca)
+    try:
+        sock = bind(settings.listen)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot listen on {settings.listen!r}: {exc}") from None
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-
-    class ConsumerApplication(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            def child_exit(_server: Any, worker: Any) -> None:
-                if metrics_dir:
-                    from prometheus_client import multiprocess
-
-                    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
-
-            def on_exit(_server: Any) -> None:
-                _stop_pipeline_process(pipeline_pid)
-                if metrics_dir:
-                    from prometheus_client import multiprocess
-
-                    multiprocess.mark_process_dead(pipeline_pid)  # type: ignore[no-untyped-call]
-
-            config: dict[str, Any] = {
-                "bind": [settings.listen],
-                "workers": settings.workers,
-                "worker_class": "gthread",
-                "threads": settings.threads,
-                "keepalive": 120,
-                "accesslog": None,
-                "errorlog": "-",
-                "loglevel": settings.log_level,
-                "timeout": 30,
-                "graceful_timeout": 20,
-                "proc_name": "whoexec-consumer",
-                "child_exit": child_exit,
-                "on_exit": on_exit,
-            }
-            if settings.tls_cert is not None:
-                assert settings.tls_key is not None
-                config["certfile"] = str(settings.tls_cert)
-                config["keyfile"] = str(settings.tls_key)
-                if settings.client_ca is not None:
-                    config["ca_certs"] = str(settings.client_ca)
-                    config["cert_reqs"] = ssl.CERT_REQUIRED
-                tls = ReloadingContext(settings.tls_cert, settings.tls_key, settings.client_ca)
-                config["ssl_context"] = lambda _conf, _default: tls.current()
-            configure(self.cfg, config)
-
-        def load(self) -> Flask:
-            # in each worker, after fork: its own connections to the inbox and the store
-            inbox = Spool(
-                settings.state_dir / "inbox.db",
-                max_items=settings.inbox_items,
-                wake_at=256,
-                refuse_when_full=True,
-                busy_timeout=5.0,  # then accept_lines retries, and answers 503, never 500
-            )
-            store = None
-            if settings.db:
-                from webhook.store import open_store
-
-                store = open_store(settings.db)
-            return create_consumer_app(
-                inbox,
-                heartbeat,
-                multiprocess_registry if metrics_dir else None,
-                store=store,
-                webhook_name=settings.webhook_name,
-            )
-
-    # A plain fork (not multiprocessing, whose bookkeeping gunicorn's workers would
-    # inherit), before gunicorn binds its socket. gunicorn's workers leave through
-    # SystemExit in this same frame, so cleanup is in the master's on_exit hook.
+    # a plain fork (not multiprocessing), before the event loop and the inbox writer
     pipeline_pid = os.fork()
     if pipeline_pid == 0:
+        sock.close()
         os._exit(_supervise_pipeline(settings, stdout is not None, heartbeat, metrics_dir))
-    ConsumerApplication().run()
+
+    def stop_pipeline() -> None:
+        _stop_pipeline_process(pipeline_pid)
+        if metrics_dir:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pipeline_pid)  # type: ignore[no-untyped-call]
+
+    try:
+        inbox = InboxWriter(settings.state_dir / "inbox", max_bytes=settings.inbox_bytes)
+        moved = move_sqlite_inbox(settings.state_dir / "inbox.db", inbox)
+        if moved:
+            log.warning("moved %d alerts from the SQLite inbox of an older version", moved)
+        store = None
+        if settings.db:
+            from webhook.store import open_store
+
+            store = open_store(settings.db)
+        app = create_consumer_app(
+            heartbeat,
+            multiprocess_registry if metrics_dir else None,
+            store=store,
+            webhook_name=settings.webhook_name,
+        )
+    except BaseException:
+        stop_pipeline()
+        raise
+    server = IntakeServer(
+        FalcoEndpoint(inbox, CONSUMER_MAX_BODY_BYTES, heartbeat=heartbeat),
+        app,
+        threads=settings.threads,
+        max_body_bytes=CONSUMER_MAX_BODY_BYTES,
+        tls=tls.current if tls is not None else None,
+    )
+    try:
+        run_intake(server, sock)
+    finally:
+        inbox.close()
+        stop_pipeline()
+
+
+PIPELINE_NICENESS = 10
+
+
+def move_sqlite_inbox(old: Path, inbox: InboxWriter) -> int:
+    """Alerts an older whoexec accepted into its SQLite inbox, into the log; how many.
+
+    Moved before the intake serves, then the database is removed. A crash in between
+    moves them again on the next start: at-least-once, like everything in the inbox."""
+    if not old.exists():
+        return 0
+    spool = Spool(old)
+    moved, after = 0, 0
+    try:
+        while batch := spool.peek(10_000, after=after):
+            inbox.put_many([body for _, body in batch])
+            moved += len(batch)
+            after = batch[-1][0]
+    finally:
+        spool.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{old}{suffix}").unlink(missing_ok=True)
+    return moved
+
+
+#: the largest body ``/falco`` and ``/k8s-audit`` take (an audit batch can be large)
+CONSUMER_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 PIPELINE_RESTARTS = Counter(
@@ -605,7 +421,7 @@ def _supervise_pipeline(
 
     A pipeline process that dies (a defect, the OOM killer) is restarted, after 1 s, then
     2, 4... up to 30 s while it keeps dying; what it had not finished is still in the
-    inbox. SIGTERM (from the gunicorn master's on_exit) is passed on, and the drained
+    inbox. SIGTERM (from the intake process as it stops) is passed on, and the drained
     pipeline's status returned. If the master itself is gone, the pipeline is stopped too.
     """
     master = os.getppid()
@@ -668,10 +484,10 @@ def _stop_pipeline_process(pid: int, timeout: float = 60.0) -> None:
     while time.monotonic() < deadline:
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # already reaped by gunicorn's SIGCHLD handler
+        except ChildProcessError:  # already reaped
             done = pid
         if done == pid:
-            # gunicorn may have reaped it for us: make sure it is really gone
+            # reaped by someone else: make sure it is really gone
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:

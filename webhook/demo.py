@@ -65,7 +65,7 @@ _LISTENING = re.compile(rb"Listening at: https?://127\.0\.0\.1:(\d+)")
 
 
 def _bound_port(what: str, proc: Any, log: Path, seconds: float = 30) -> int:
-    """The port gunicorn bound for ``--bind 127.0.0.1:0``, read from its log: asking the
+    """The port a server bound for ``127.0.0.1:0``, read from its log: asking the
     kernel for a free port first and binding it later races every other program."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -171,8 +171,6 @@ class Demo:
                         "consume",
                         "--listen",
                         "127.0.0.1:0",
-                        "--workers",
-                        "1",
                         "--identity-pub",
                         str(certs / "identity.pub"),
                         "--db",

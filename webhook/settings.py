@@ -68,8 +68,8 @@ class Settings:
     output: Path | None = None
     forward_url: str = ""
     forward_spool_items: int = 1_000_000
-    #: alerts accepted over HTTP and not yet processed; past it, POSTs get 503
-    inbox_items: int = 1_000_000
+    #: bytes of alerts accepted over HTTP and not yet processed; past it, POSTs get 503
+    inbox_bytes: int = 1 << 30
     forward_roots: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
