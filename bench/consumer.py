@@ -4,8 +4,7 @@
    (lineage depth 1-8, 1% session roots, 10,000 distinct processes) through the real
    pipeline (parse, learn, attribute, enrich, serialise to a null sink).
 2. Memory per tracked process: tracemalloc around filling the process table.
-3. HTTP: alerts per second with one POST per alert against `whoexec consume --listen`
-   (gunicorn, durable inbox), driven by wrk when installed, else a Python client.
+(Over HTTP, as Falco posts, beside a Go sink and falcosidekick: ``bench/intake.py``.)
 
     python bench/consumer.py [--alerts 200000] [--repeats 5]
 """
@@ -17,18 +16,12 @@ import io
 import json
 import os
 import random
-import re
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 # `python bench/consumer.py` puts bench/ first on sys.path, where bench/webhook.py would
@@ -184,105 +177,11 @@ def bench_memory(processes: int) -> dict:
     return {"processes": processes, "bytes_per_process": round(used / processes)}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def bench_http(line: bytes, pub: Path, seconds: int, repeats: int) -> dict:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "webhook.cli",
-                "consume",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--identity-pub",
-                str(pub),
-                "--no-stdout",
-                "--state-dir",
-                tmp,
-                "--log-level",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("consumer did not start") from None
-                    time.sleep(0.1)
-            body = Path(tmp) / "alert.json"
-            body.write_bytes(line)
-            script = Path(tmp) / "post.lua"
-            script.write_text(
-                f'local f = io.open("{body}", "r"); wrk.body = f:read("*a"); f:close()\n'
-                'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                'wrk.headers["User-Agent"] = "falcosecurity/falco"\n'
-            )
-            rates = []
-            for _ in range(repeats):
-                if shutil.which("wrk"):
-                    out = subprocess.run(
-                        [
-                            "wrk",
-                            "-t1",
-                            "-c4",
-                            f"-d{seconds}s",
-                            "-s",
-                            str(script),
-                            f"http://127.0.0.1:{port}/falco",
-                        ],
-                        check=True,
-                        capture_output=True,
-                        text=True,
-                    ).stdout
-                    if "Non-2xx" in out or "Socket errors" in out:
-                        raise SystemExit(out)
-                    rates.append(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)))  # type: ignore[union-attr]
-                else:
-                    import http.client
-
-                    conn = http.client.HTTPConnection("127.0.0.1", port)
-                    count, stop = 0, time.monotonic() + seconds
-                    started = time.monotonic()
-                    while time.monotonic() < stop:
-                        conn.request(
-                            "POST",
-                            "/falco",
-                            body=line,
-                            headers={"Content-Type": "application/json"},
-                        )
-                        conn.getresponse().read()
-                        count += 1
-                    rates.append(count / (time.monotonic() - started))
-                    conn.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-    return {
-        "client": "wrk" if shutil.which("wrk") else "python",
-        "posts_per_s_median": round(statistics.median(rates)),
-        "posts_per_s_runs": [round(r) for r in rates],
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alerts", type=int, default=200_000)
     parser.add_argument("--processes", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--http-seconds", type=int, default=5)
     args = parser.parse_args()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core for the file figure
     signer = Signer(Ed25519PrivateKey.generate())
@@ -293,18 +192,8 @@ def main() -> None:
         "file_one_core": bench_file(lines, keys, args.repeats),
         "memory": bench_memory(args.processes * 10),
     }
-    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-    with tempfile.TemporaryDirectory() as tmp:
-        pub = Path(tmp) / "identity.pub"
-        pub.write_bytes(
-            signer.public_key.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-        report["http"] = bench_http(lines[1], pub, args.http_seconds, min(args.repeats, 3))
     report["targets"] = {
         "file_alerts_per_s>=20000": report["file_one_core"]["alerts_per_s_median"] >= 20_000,
-        "http_posts_per_s>=2000": report["http"]["posts_per_s_median"] >= 2_000,
         "bytes_per_process<=1024": report["memory"]["bytes_per_process"] <= 1024,
     }
     print(json.dumps(report, indent=2))

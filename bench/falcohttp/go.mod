@@ -1,0 +1,3 @@
+module whoexec.dev/bench/falcohttp
+
+go 1.26
