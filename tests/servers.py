@@ -28,8 +28,10 @@ class ServerProcess:
         log: Path,
         env: dict[str, str] | None = None,
         pass_fds: tuple[int, ...] = (),
+        listening: bytes = _LISTENING.pattern,
     ) -> None:
         self.log = log
+        self._listening = re.compile(listening)
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 argv,
@@ -55,7 +57,7 @@ class ServerProcess:
     def _wait_for_port(self, seconds: float = 60) -> int:
         deadline = time.monotonic() + seconds
         while True:
-            found = _LISTENING.search(self.log.read_bytes())
+            found = self._listening.search(self.log.read_bytes())
             if found:
                 return int(found.group(1))
             if self.proc.poll() is not None or time.monotonic() > deadline:
