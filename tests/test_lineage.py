@@ -475,3 +475,53 @@ def test_a_token_is_bound_to_its_namespace_pod_uid_and_container(changes, reason
     seen = dataclasses.replace(seen, **{renamed.get(k, k): v for k, v in changes.items()})
     problem = binding_problem(minted, seen)
     assert problem == (f"bound elsewhere: {reason}" if reason else "")
+
+
+def attribution_rows(name: str, hold: float) -> dict[str, list]:
+    """Every alert of a scenario with its whole attribution, and every finding raised."""
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    sink = MemorySink()
+    pipeline = Pipeline(Attributor(verifier, hold_seconds=hold), [sink], clock=FakeClock())
+    seen: list = []
+    pipeline.observe(seen.append)
+    pipeline.feed((FALCO / f"{name}.jsonl").read_bytes().splitlines(), where=name)
+    pipeline.close()
+    rows = []
+    for outcome in seen:
+        a = outcome.attribution
+        rows.append(
+            [
+                outcome.facts.pid,
+                outcome.alert["rule"],
+                a.status,
+                a.identity.user if a.identity else None,
+                a.root_pid,
+                a.via,
+                a.reason,
+                a.claimed.user if a.claimed else None,
+                a.root_start_ns,
+                a.incomplete,
+                a.token is not None,
+            ]
+        )
+    found = [
+        {k: alert[k] for k in ("rule", "priority", "output", "output_fields", "tags")}
+        for alert in sink.alerts
+        if alert["source"] == "whoexec"
+    ]
+    return {"attributions": rows, "findings": found}
+
+
+ATTRIBUTIONS = json.loads((FALCO / "attributions.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("scenario", "hold"),
+    [(s[0], s[1]) for s in SCENARIOS],
+    ids=[f"{s[0]}-hold{s[1]:g}" for s in SCENARIOS],
+)
+def test_each_alert_s_whole_attribution_and_each_finding_are_as_reviewed(scenario, hold):
+    """The table in tests/data/falco/attributions.json was read line by line: for each
+    alert [pid, rule, status, user, root pid, via, reason, claimed user, root start,
+    incomplete, token seen], and each finding as Falco-shaped output."""
+    assert attribution_rows(scenario, hold) == ATTRIBUTIONS[f"{scenario}-hold{hold:g}"]
