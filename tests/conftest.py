@@ -40,6 +40,13 @@ def http_ok(connect: Callable[[], http.client.HTTPConnection], path: str) -> boo
 RUN_MARKER = f"TEST_RUN_OF_WHOEXEC={uuid.uuid4().hex}"
 
 
+@pytest.fixture(autouse=True)
+def state_dir_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command run without --state-dir keeps its offsets and dead letters in the test's
+    own folder, not in ./whoexec-state of whoever runs the tests."""
+    monkeypatch.setenv("WHOEXEC_STATE_DIR", str(tmp_path / "whoexec-state"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_process_outlives_the_tests() -> Iterator[None]:
     """Fails the run if anything a test started is still running at the end: a server,
