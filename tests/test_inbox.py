@@ -117,7 +117,10 @@ def test_the_reader_follows_the_writer_across_segments(tmp_path):
 
 def test_a_second_writer_on_the_same_inbox_is_refused(tmp_path):
     InboxWriter(tmp_path)
-    with pytest.raises(ConfigError, match="has another writer"):
+    with pytest.raises(
+        ConfigError,
+        match="has another writer: is a second consumer running with the same --state-dir",
+    ):
         InboxWriter(tmp_path)
 
 
@@ -172,9 +175,14 @@ def test_backlog_counts_the_bytes_not_yet_handled(tmp_path):
     assert reader.backlog_bytes() == 36
 
 
-def test_inbox_files_are_private(tmp_path):
+@pytest.mark.parametrize("first", ["writer", "reader"])
+def test_inbox_files_are_private(tmp_path, first):
+    if first == "reader":
+        InboxLogReader(tmp_path / "inbox")
     writer = InboxWriter(tmp_path / "inbox")
     writer.put_many(lines("p", 1))
+    reader = InboxLogReader(tmp_path / "inbox", save_every=0)
+    reader.ack([position for position, _ in read_all(reader)])
     assert (tmp_path / "inbox").stat().st_mode & 0o077 == 0
     for path in (tmp_path / "inbox").iterdir():
         assert path.stat().st_mode & 0o077 == 0, path
@@ -221,3 +229,149 @@ def test_nothing_acknowledged_by_the_intake_is_lost_whatever_the_order(tmp_path_
     assert delivered == [line for line in put if line in set(delivered)], "in order"
     recovered = {body for _, body in read_all(InboxLogReader(directory))}
     assert set(put) - acked <= recovered, "nothing unacknowledged is lost"
+
+
+def test_a_reader_started_before_the_first_segment_exists_reads_it(tmp_path):
+    # the pipeline process is forked before the intake opens the inbox
+    reader = InboxLogReader(tmp_path / "state" / "inbox")
+    assert reader.read(10) == []
+    writer = InboxWriter(tmp_path / "state" / "inbox")
+    writer.put_many(lines("first", 2))
+    assert [body for _, body in reader.read(10)] == lines("first", 2)
+
+
+def test_read_hands_out_at_most_the_limit(tmp_path):
+    InboxWriter(tmp_path).put_many(lines("x", 5))
+    reader = InboxLogReader(tmp_path)
+    assert [body for _, body in reader.read(2)] == lines("x", 5)[:2]
+    assert [body for _, body in reader.read(2)] == lines("x", 5)[2:4]
+    assert [body for _, body in reader.read(2)] == lines("x", 5)[4:]
+
+
+def test_an_inbox_whose_oldest_segments_were_removed_resumes_at_the_oldest_left(tmp_path):
+    writer = InboxWriter(tmp_path, segment_bytes=10)
+    for i in range(3):
+        writer.put_many(lines(f"s{i}", 1))  # a segment each
+    reader = InboxLogReader(tmp_path, save_every=0)
+    (first, _), *_ = reader.read(1)
+    reader.ack([first])
+    for name in segments(tmp_path)[:2]:  # removed by hand, cursor and all
+        (tmp_path / name).unlink()
+    assert [body for _, body in read_all(InboxLogReader(tmp_path))] == lines("s2", 1)
+
+
+def test_files_that_are_not_segments_are_left_alone(tmp_path):
+    writer = InboxWriter(tmp_path)
+    writer.put_many(lines("real", 1))
+    (tmp_path / "000000000099.tmp").write_bytes(b'{"stray": 1}\n')
+    (tmp_path / "notes.log").write_bytes(b'{"stray": 2}\n')
+    (tmp_path / "000000000098.log.bak").write_bytes(b'{"stray": 3}\n')
+    writer.put_many(lines("more", 1))
+    assert [body for _, body in read_all(InboxLogReader(tmp_path))] == [
+        *lines("real", 1),
+        *lines("more", 1),
+    ]
+
+
+def test_positions_survive_a_restart_whatever_the_line_lengths(tmp_path):
+    writer = InboxWriter(tmp_path)
+    bodies = [b'{"a":1}', b'{"bb":22}', b'{"ccc":333}', b'{"d":4}']  # 8, 10, 12, 8 bytes
+    writer.put_many(bodies)
+    reader = InboxLogReader(tmp_path, save_every=0)
+    items = read_all(reader)
+    reader.ack([items[0][0]])  # the cursor now sits at an odd offset: 8... then 18
+    reader.ack([items[1][0]])
+    assert [body for _, body in read_all(InboxLogReader(tmp_path))] == bodies[2:]
+
+
+def test_the_cursor_is_saved_at_most_every_save_every_seconds(tmp_path):
+    InboxWriter(tmp_path).put_many(lines("x", 3))
+    reader = InboxLogReader(tmp_path, save_every=3600)
+    reader.ack([position for position, _ in read_all(reader)])
+    # a crash now: the acks were not saved yet, so everything comes again (at-least-once)
+    assert len(read_all(InboxLogReader(tmp_path))) == 3
+    assert not (tmp_path / "cursor").exists()
+
+
+def test_a_line_written_just_before_the_writer_moved_on_is_not_skipped(tmp_path, monkeypatch):
+    from webhook import inbox
+
+    writer = InboxWriter(tmp_path, segment_bytes=1)
+    writer.put_many(lines("early", 1))
+    reader = InboxLogReader(tmp_path)
+    assert [body for _, body in reader.read(10)] == lines("early", 1)
+    real_segments = inbox._segments
+    raced: list[bool] = []
+
+    def writer_appends_then_rolls(directory):
+        # between the reader's end of file and its look for a newer segment, the writer
+        # appends one last body to the old segment, then starts a new one
+        if not raced:
+            raced.append(True)
+            with inbox._segment_path(directory, real_segments(directory)[-1]).open("ab") as old:
+                old.write(b'{"n":"last"}\n')
+            writer.put_many(lines("next", 1))
+        return real_segments(directory)
+
+    monkeypatch.setattr(inbox, "_segments", writer_appends_then_rolls)
+    assert [body for _, body in read_all(reader)] == [b'{"n":"last"}', *lines("next", 1)]
+
+
+def test_the_cut_line_is_acknowledged_like_any_other(tmp_path):
+    first = InboxWriter(tmp_path)
+    with (tmp_path / segments(tmp_path)[-1]).open("ab") as segment:
+        segment.write(b'{"cut')
+    first.close()
+    InboxWriter(tmp_path).put_many(lines("after", 1))
+    reader = InboxLogReader(tmp_path, save_every=0)
+    items = read_all(reader)
+    assert [body for _, body in items] == [b'{"cut', *lines("after", 1)]
+    reader.ack([position for position, _ in items])
+    assert read_all(InboxLogReader(tmp_path)) == []
+
+
+def test_a_body_that_fits_exactly_is_accepted(tmp_path):
+    writer = InboxWriter(tmp_path, max_bytes=30)
+    writer.put_many(lines("a", 2))  # 2 x 12 bytes
+    with pytest.raises(SpoolFull):
+        writer.put_many([b'{"n":"b-0"}'])  # 12 more: 36
+    writer.put_many([b"[1,2]"])  # 6 more with its newline: exactly 30
+    assert len(read_all(InboxLogReader(tmp_path))) == 3
+
+
+def test_a_segment_stops_growing_once_it_reaches_the_segment_size(tmp_path):
+    writer = InboxWriter(tmp_path, segment_bytes=24)
+    writer.put_many(lines("a", 2))  # 24 bytes: full
+    writer.put_many(lines("b", 1))
+    sizes = [(tmp_path / name).stat().st_size for name in segments(tmp_path)]
+    assert sizes == [24, 12]
+
+
+def test_backlog_spans_every_segment_after_the_cursor_and_is_0_when_all_is_handled(tmp_path):
+    writer = InboxWriter(tmp_path, segment_bytes=24)
+    writer.put_many(lines("a", 2))
+    writer.put_many(lines("b", 2))  # two segments of 24
+    reader = InboxLogReader(tmp_path, save_every=0)
+    items = read_all(reader)
+    reader.ack([items[0][0]])
+    assert reader.backlog_bytes() == 12 + 24
+    reader.ack([position for position, _ in items])
+    assert reader.backlog_bytes() == 0
+
+
+def test_a_writer_closes_cleanly_once_and_twice(tmp_path):
+    writer = InboxWriter(tmp_path)
+    fd = writer._fd
+    writer.close()
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)
+    writer.close()  # a second close is harmless
+    InboxWriter(tmp_path).close()  # and the lock is free for the next writer
+    os.fstat(1)  # stdout is still there
+
+
+@pytest.mark.parametrize("cls", [InboxWriter, InboxLogReader])
+def test_an_inbox_that_cannot_be_made_is_a_clear_error(tmp_path, cls):
+    (tmp_path / "state").write_text("a file, not a folder")
+    with pytest.raises(ConfigError, match=r"cannot open the inbox .*/state/inbox: "):
+        cls(tmp_path / "state" / "inbox")

@@ -69,20 +69,16 @@ class InboxWriter:
                 f"the inbox {directory} has another writer: is a second consumer running "
                 "with the same --state-dir?"
             ) from None
-        self._fd = -1
         self._number = (_segments(directory) or [0])[-1]
-        self._others = 0  # bytes in the segments before the current one, last counted
-        self._size = 0
-        self._roll()
+        self._open_next()
 
-    def _roll(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
+    def _open_next(self) -> None:
+        """Start the next segment: the only one this writer appends to."""
         self._number += 1
         path = _segment_path(self.directory, self._number)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         self._size = 0
-        self._count_others()
+        self._count_others()  # bytes in the segments before this one, last counted
 
     def _count_others(self) -> None:
         total = 0
@@ -105,7 +101,8 @@ class InboxWriter:
                     f"the inbox holds {held} of {self.max_bytes} bytes: {len(data)} more do not fit"
                 )
         if self._size >= self.segment_bytes:
-            self._roll()
+            os.close(self._fd)
+            self._open_next()
         written = 0
         try:
             while written < len(data):
@@ -140,6 +137,8 @@ class InboxLogReader:
         start = self._load_cursor()
         self._number, self._offset = start >> SEGMENT_SHIFT, start & ((1 << SEGMENT_SHIFT) - 1)
         self._partial = b""
+        #: lines read from the file and not handed out yet
+        self._ready: collections.deque[tuple[int, bytes]] = collections.deque()
         #: handed out and not acknowledged, in position order; acknowledged ones wait in
         #: _acked until everything before them is acknowledged too
         self._outstanding: collections.deque[int] = collections.deque()
@@ -152,10 +151,8 @@ class InboxLogReader:
             text = self._cursor_path.read_text()
         except FileNotFoundError:
             text = ""
-        segments = _segments(self.directory)
-        first = segments[0] << SEGMENT_SHIFT if segments else 1 << SEGMENT_SHIFT
         if not text.strip():
-            return first
+            return 1 << SEGMENT_SHIFT  # the first segment, or the oldest one left (_open)
         try:
             number, offset = (int(part) for part in text.split())
         except ValueError:
@@ -163,41 +160,50 @@ class InboxLogReader:
                 f"the inbox cursor {self._cursor_path} is damaged ({text[:40]!r}): remove it "
                 "to read the inbox again from its oldest segment"
             ) from None
-        return max((number << SEGMENT_SHIFT) | offset, first)
+        return (number << SEGMENT_SHIFT) | offset
 
     @property
     def position(self) -> int:
-        """Where the next item will be read."""
+        """Where the next item to hand out starts."""
+        return self._ready[0][0] if self._ready else self._read_to
+
+    @property
+    def _read_to(self) -> int:
+        """Where the next line read from the file starts."""
         return (self._number << SEGMENT_SHIFT) | (self._offset - len(self._partial))
 
     def read(self, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` whole lines that arrived since the last read, each with its
         position. A line a crashed writer left without its newline is handed out as it
         is once a newer segment exists (the pipeline dead-letters it)."""
-        items: list[tuple[int, bytes]] = []
+        self._fill(limit)
+        items = [self._ready.popleft() for _ in range(min(limit, len(self._ready)))]
+        self._outstanding.extend(position for position, _ in items)
+        return items
+
+    def _fill(self, wanted: int) -> None:
+        """Read from the segments until ``wanted`` lines are ready or nothing is left."""
         handle = None
         try:
-            while len(items) < limit:
+            while len(self._ready) < wanted:
                 if handle is None:
                     handle = self._open()
                     if handle is None:
-                        break
+                        return
                 data = handle.read(1 << 20)
                 if data:
-                    self._read_lines(data, items)
+                    self._read_lines(data)
                     continue
                 # at the end of this segment: it is finished once the writer started a
                 # newer one. Read once more after seeing that: its last write came first.
                 if not any(n > self._number for n in _segments(self.directory)):
-                    break
+                    return
                 rest = handle.read()
                 if rest:
-                    self._read_lines(rest, items)
+                    self._read_lines(rest)
                     continue
                 if self._partial:
-                    start = self.position
-                    items.append((start, self._partial))
-                    self._outstanding.append(start)
+                    self._ready.append((self._read_to, self._partial))
                     self._partial = b""
                 handle.close()
                 handle = None
@@ -205,17 +211,15 @@ class InboxLogReader:
         finally:
             if handle is not None:
                 handle.close()
-        return items
 
-    def _read_lines(self, data: bytes, items: list[tuple[int, bytes]]) -> None:
-        start = self.position
+    def _read_lines(self, data: bytes) -> None:
+        start = self._read_to
         self._offset += len(data)
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
             if line.strip():  # the writer writes no blank line; skip one all the same
-                items.append((start, line))
-                self._outstanding.append(start)
+                self._ready.append((start, line))
             start += len(line) + 1
 
     def _open(self) -> IO[bytes] | None:
@@ -253,7 +257,11 @@ class InboxLogReader:
             return
         number, offset = committed >> SEGMENT_SHIFT, committed & ((1 << SEGMENT_SHIFT) - 1)
         tmp = self._cursor_path.with_suffix(".tmp")
-        tmp.write_text(f"{number} {offset}\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{number} {offset}\n".encode())
+        finally:
+            os.close(fd)
         os.replace(tmp, self._cursor_path)
         self._saved = (committed, now)
         for old in _segments(self.directory):
