@@ -525,3 +525,27 @@ def test_each_alert_s_whole_attribution_and_each_finding_are_as_reviewed(scenari
     alert [pid, rule, status, user, root pid, via, reason, claimed user, root start,
     incomplete, token seen], and each finding as Falco-shaped output."""
     assert attribution_rows(scenario, hold) == ATTRIBUTIONS[f"{scenario}-hold{hold:g}"]
+
+
+def test_real_falco_output_flows_through_and_its_placeholder_tokens_name_nobody(tmp_path):
+    from webhook.consumer import DeadLetters
+
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    sink = MemorySink()
+    letters = DeadLetters(tmp_path / "dead.jsonl")
+    pipeline = Pipeline(
+        Attributor(verifier, hold_seconds=0), [sink], clock=FakeClock(), dead_letters=letters
+    )
+    real = sorted((DATA / "falco-0.44.1").glob("*.jsonl"))
+    for path in real:
+        pipeline.feed(path.read_bytes().splitlines(), where=path.name)
+    pipeline.close()
+    assert letters.written == 0, "every real line is a readable alert"
+    syscall = [a for a in sink.alerts if a["source"] == "syscall"]
+    assert {a["output_fields"]["whoexec.attribution"] for a in syscall} <= {"none", "unverified"}
+    assert all(a["output_fields"].get("whoexec.user.name") is None for a in sink.alerts)
+    found = sorted({a["rule"] for a in sink.alerts if a["source"] == "whoexec"})
+    assert found == [INVALID, NO_IDENTITY], "placeholders are invalid; runc's child has none"
+    # the stock rule's alert kept its own text in front of whoexec's fields
+    shadow = [a for a in syscall if a["rule"] == "Read sensitive file untrusted"]
+    assert shadow and all("/etc/shadow" in a["output"] for a in shadow)

@@ -1,0 +1,171 @@
+"""Reading Falco's output: real Falco 0.44.1 alerts, and every malformed shape refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from webhook.errors import MalformedAlert
+from webhook.falco import (
+    check_alert,
+    format_time_ns,
+    is_whoexec_rule,
+    parse_alert,
+    parse_time_ns,
+    process_facts,
+    render_json,
+    token_pattern,
+)
+
+from .conftest import DATA
+
+REAL = DATA / "falco-0.44.1"
+REAL_LINES = [
+    (path.name, number, line)
+    for path in sorted(REAL.glob("*.jsonl"))
+    for number, line in enumerate(path.read_bytes().splitlines(), 1)
+]
+VARIABLE = "WHOEXEC_IDENTITY"
+PATTERN = token_pattern(VARIABLE)
+
+
+def facts_of(line: bytes) -> dict:
+    facts = process_facts(parse_alert(line), VARIABLE, PATTERN)
+    row = dataclasses.asdict(facts)
+    row["ancestors"] = [list(pair) for pair in facts.ancestors]
+    row["in_container"] = facts.in_container
+    row["is_container_entry"] = facts.is_container_entry
+    return row
+
+
+FACTS = json.loads((REAL / "facts.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("name", "number", "line"), REAL_LINES, ids=[f"{n}:{i}" for n, i, _ in REAL_LINES]
+)
+def test_every_real_falco_alert_parses_and_yields_the_reviewed_facts(name, number, line):
+    alert = parse_alert(line)
+    assert parse_time_ns(alert["time"]) > 0
+    assert facts_of(line) == FACTS[f"{name}:{number}"]
+
+
+def test_real_falco_shapes_the_parser_relies_on():
+    alerts = [parse_alert(line) for _, _, line in REAL_LINES]
+    for alert in alerts:
+        keys = list(alert["output_fields"])
+        assert keys == sorted(keys), "Falco prints output_fields sorted, brackets and all"
+        assert isinstance(alert["output_fields"]["evt.time"], int)
+        assert alert["output_fields"][f"proc.aenv[{VARIABLE}]"] is not None, "'' when absent"
+    # an absent variable is "" in real output and no token in the facts
+    root = facts_of(REAL_LINES[0][2])
+    assert (root["token_in_env"], root["token_in_ancestor_env"]) == (None, None)
+
+
+def test_a_worker_thread_s_alert_does_not_pass_its_clone_time_as_the_process_start():
+    # run 2: pid 19784's alert from thread 19825 carries the thread's proc.pid.ts
+    by_thread = {
+        (a["output_fields"]["proc.pid"], a["output_fields"].get("thread.tid")): a
+        for a in (parse_alert(line) for _, _, line in REAL_LINES)
+        if a["rule"] == "Read sensitive file untrusted"
+    }
+    thread = process_facts(by_thread[(19784, 19825)], VARIABLE, PATTERN)
+    main = process_facts(by_thread[(19784, 19784)], VARIABLE, PATTERN)
+    assert thread.start_ts is None
+    assert main.start_ts == by_thread[(19784, 19784)]["output_fields"]["proc.pid.ts"]
+
+
+def test_the_session_root_s_token_is_read_from_its_argv_only_in_the_real_token_form():
+    pattern = token_pattern(VARIABLE)
+    token = "v1.0123456789abcdef.eyJzaWQiOiJ4In0.c2ln"
+    assert pattern.search(f"{VARIABLE}={token} sh").group(1) == token  # type: ignore[union-attr]
+    assert pattern.search(f"env {VARIABLE}={token} sh").group(1) == token  # type: ignore[union-attr]
+    for text in (
+        f"X{VARIABLE}={token}",  # another variable that ends with the name
+        f"{VARIABLE}=v1.test.abc.def",  # the captures' placeholders are not tokens
+        f"{VARIABLE}=v1.0123456789ABCDEF.a.b",  # the key id is lower-case hex
+        f"echo '{VARIABLE}={token}'",  # quoted: an argument, not an assignment
+    ):
+        assert pattern.search(text) is None, text
+
+
+T = "2026-11-22T10:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "a Falco alert is a JSON object, got list"),
+        ({"time": T, "output_fields": {}, "source": "s"}, "'rule' must be str"),
+        ({"rule": "r", "output_fields": {}, "source": "s"}, "'time' must be str, got NoneType"),
+        ({"rule": "r", "time": T, "source": "s"}, "'output_fields' must be dict"),
+        ({"rule": "r", "time": T, "output_fields": {}}, "'source' must be str"),
+        ({"rule": 1, "time": T, "output_fields": {}, "source": "s"}, "'rule' must be str, got int"),
+    ],
+    ids=["not-object", "rule", "time", "output_fields", "source", "rule-type"],
+)
+def test_an_alert_missing_a_field_is_refused_naming_it(data, message):
+    with pytest.raises(MalformedAlert, match=message):
+        check_alert(data)
+
+
+GOOD = {"rule": "r", "time": "2026-11-22T10:00:00Z", "output_fields": {}, "source": "syscall"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"output": 1}, "field 'output' must be str"),
+        ({"priority": None}, "field 'priority' must be str"),
+        ({"hostname": ["a"]}, "field 'hostname' must be str"),
+        ({"tags": "whoexec"}, "field 'tags' must be a list"),
+        ({"time": "yesterday"}, "time 'yesterday' is not RFC 3339"),
+        ({"time": "2026-02-30T00:00:00Z"}, "is not a valid date"),
+    ],
+)
+def test_an_optional_field_of_the_wrong_type_is_refused(extra, message):
+    with pytest.raises(MalformedAlert, match=message):
+        check_alert({**GOOD, **extra})
+
+
+def test_a_well_formed_alert_is_returned_as_it_is():
+    assert check_alert({**GOOD, "output": "o", "tags": ["a"], "hostname": "h"})["tags"] == ["a"]
+    with pytest.raises(MalformedAlert, match="not JSON"):
+        parse_alert(b"{")
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("1970-01-01T00:00:00Z", 0),
+        ("1970-01-01T00:00:01.5Z", 1_500_000_000),
+        ("2026-11-22T10:00:00.000000001Z", 1795341600_000_000_001),
+        ("2026-11-22T12:00:00.123456789+02:00", 1795341600_123_456_789),
+        ("2026-11-22T08:30:00-01:30", 1795341600_000_000_000),
+    ],
+)
+def test_rfc3339_times_with_any_fraction_and_offset(text, ns):
+    assert parse_time_ns(text) == ns
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-11-22 10:00:00Z", "2026-11-22T10:00:00", "2026-11-22T10:00:00.1234567890Z", ""],
+)
+def test_times_that_are_not_rfc3339_are_refused(text):
+    with pytest.raises(MalformedAlert, match="is not RFC 3339"):
+        parse_time_ns(text)
+
+
+def test_times_print_as_falco_prints_them():
+    assert format_time_ns(1795341600_000_000_001) == "2026-11-22T10:00:00.000000001Z"
+    assert format_time_ns(0) == "1970-01-01T00:00:00.000000000Z"
+
+
+def test_whoexec_rules_are_known_by_their_tag_and_json_keys_come_out_sorted():
+    assert is_whoexec_rule({**GOOD, "tags": ["whoexec", "x"]})  # type: ignore[arg-type]
+    assert not is_whoexec_rule({**GOOD, "tags": ["x"]})  # type: ignore[arg-type]
+    assert not is_whoexec_rule(GOOD)  # type: ignore[arg-type]
+    assert render_json({"b": 1, "a": {"d": 2, "c": 3}}) == b'{"a":{"c":3,"d":2},"b":1}'
