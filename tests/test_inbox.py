@@ -231,6 +231,11 @@ def test_nothing_acknowledged_by_the_intake_is_lost_whatever_the_order(tmp_path_
     assert set(put) - acked <= recovered, "nothing unacknowledged is lost"
 
 
+def test_a_writer_makes_the_inbox_folder_and_its_parents(tmp_path):
+    InboxWriter(tmp_path / "state" / "inbox").put_many(lines("x", 1))
+    assert len(read_all(InboxLogReader(tmp_path / "state" / "inbox"))) == 1
+
+
 def test_a_reader_started_before_the_first_segment_exists_reads_it(tmp_path):
     # the pipeline process is forked before the intake opens the inbox
     reader = InboxLogReader(tmp_path / "state" / "inbox")
@@ -275,12 +280,13 @@ def test_files_that_are_not_segments_are_left_alone(tmp_path):
 
 def test_positions_survive_a_restart_whatever_the_line_lengths(tmp_path):
     writer = InboxWriter(tmp_path)
-    bodies = [b'{"a":1}', b'{"bb":22}', b'{"ccc":333}', b'{"d":4}']  # 8, 10, 12, 8 bytes
+    bodies = [b'{"a":12}', b'{"bb":22}', b'{"ccc":333}', b'{"d":4}']  # 9, 10, 12, 8 bytes
     writer.put_many(bodies)
     reader = InboxLogReader(tmp_path, save_every=0)
     items = read_all(reader)
-    reader.ack([items[0][0]])  # the cursor now sits at an odd offset: 8... then 18
+    reader.ack([items[0][0]])  # the cursor now sits at an odd offset, 9, then at 19
     reader.ack([items[1][0]])
+    assert reader.backlog_bytes() == 12 + 8
     assert [body for _, body in read_all(InboxLogReader(tmp_path))] == bodies[2:]
 
 

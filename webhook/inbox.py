@@ -89,10 +89,11 @@ class InboxWriter:
         self._others = total
 
     def put_many(self, bodies: list[bytes]) -> None:
-        """Append every body as one line, in one write: durable when this returns."""
+        """Append every body as one line, in one write: durable when this returns.
+        A body holds no newline (the intake splits bodies into lines first)."""
         if not bodies:
             return
-        data = b"".join(body.rstrip(b"\r\n") + b"\n" for body in bodies)
+        data = b"\n".join(bodies) + b"\n"
         if self._others + self._size + len(data) > self.max_bytes:
             self._count_others()  # the reader may have deleted segments since
             held = self._others + self._size
