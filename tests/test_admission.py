@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 from typing import Any
 
 import jsonpatch
@@ -507,3 +508,118 @@ def test_debug_container_in_an_opted_out_pod_is_not_injected(signer, trusted):
     assert response["allowed"] is True
     assert "patch" not in response
     assert response["auditAnnotations"]["outcome"] == "skipped-pod-opt-out"
+
+
+def pod_with(change) -> dict:
+    pod = copy.deepcopy(load_json("admission/pod_create.json")["request"]["object"])
+    change(pod)
+    return pod
+
+
+def _ours_already(pod: dict) -> None:
+    pod["spec"]["volumes"] = [{"name": "whoexec-env", "emptyDir": {}}]
+    pod["spec"]["initContainers"] = [{"name": "whoexec-env", "image": POLICY.static_env_image}]
+
+
+POD_CREATE_SKIPS = [
+    ("opt-out", lambda p: p["metadata"].update(annotations={"whoexec.io/inject": "False"}),
+     "skipped-pod-opt-out", "skipped-pod-opt-out"),
+    ("static-pod", lambda p: p["metadata"].update(
+        annotations={"kubernetes.io/config.mirror": "abc"}), "skipped-static-pod",
+     "skipped-static-pod"),
+    ("windows", lambda p: p["spec"].update(os={"name": "windows"}), "skipped-windows",
+     "skipped-windows"),
+    ("already-ours", _ours_already, "skipped-already-injected", "env-volume-added"),
+    ("volume-name-taken", lambda p: p["spec"].update(
+        volumes=[{"name": "whoexec-env", "emptyDir": {}}]), "skipped-name-collision",
+     "skipped-name-collision"),
+    ("volume-name-taken-by-another-image", lambda p: (
+        p["spec"].update(volumes=[{"name": "whoexec-env", "emptyDir": {}}]),
+        p["spec"].update(initContainers=[{"name": "whoexec-env", "image": "other:1"}]),
+    ), "skipped-name-collision", "skipped-name-collision"),
+    ("container-name-taken", lambda p: p["spec"]["containers"][0].update(name="whoexec-env"),
+     "skipped-name-collision", "skipped-name-collision"),
+    ("init-container-name-taken", lambda p: p["spec"].update(
+        initContainers=[{"name": "whoexec-env", "image": "x:1"}]), "skipped-name-collision",
+     "skipped-name-collision"),
+    ("mount-path-taken", lambda p: p["spec"]["containers"][0].update(
+        volumeMounts=[{"name": "x", "mountPath": "/.whoexec/"}]),
+     "skipped-env-volume-conflict", "skipped-env-volume-conflict"),
+    ("init-mount-path-taken", lambda p: p["spec"].update(initContainers=[
+        {"name": "i", "image": "x:1", "volumeMounts": [{"name": "x", "mountPath": "/.whoexec"}]}
+    ]), "skipped-env-volume-conflict", "skipped-env-volume-conflict"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "outcome", "audit"),
+    [case[1:] for case in POD_CREATE_SKIPS],
+    ids=[case[0] for case in POD_CREATE_SKIPS],
+)
+def test_every_pod_create_skip_admits_the_pod_unchanged(signer, trusted, change, outcome, audit):
+    admission = admit(create_review(pod_with(change)), signer, trusted)
+    response = admission.response["response"]
+    assert response["allowed"] is True, "a pod is never refused because of whoexec"
+    assert "patch" not in response and "patchType" not in response
+    assert admission.decision.outcome == outcome
+    assert response["auditAnnotations"]["outcome"] == audit
+
+
+def test_a_mount_elsewhere_or_a_mount_without_a_path_is_no_conflict(signer, trusted):
+    pod = pod_with(
+        lambda p: p["spec"]["containers"][0].update(
+            volumeMounts=[{"name": "x", "mountPath": "/.whoexec-data"}, {"name": "y"}, "junk"]
+        )
+    )
+    assert admit(create_review(pod), signer, trusted).decision.outcome == "env-volume-added"
+
+
+def test_the_init_container_runs_as_a_locked_down_non_root_user(signer, trusted):
+    _, pod = created_pod(signer, trusted, load_json("admission/pod_create.json"))
+    (init,) = pod["spec"]["initContainers"]
+    assert init["image"] == POLICY.static_env_image
+    assert init["volumeMounts"] == [{"name": "whoexec-env", "mountPath": "/.whoexec"}]
+    assert init["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }  # what PodSecurity "restricted" asks of every container
+
+
+MALFORMED_PODS = [
+    ("no-object", None, "request.object must be a Pod for a pod CREATE"),
+    ("metadata", {"metadata": [], "spec": {}}, "request.object.metadata must be dict, got []"),
+    ("spec", {"spec": "x"}, 'request.object.spec must be dict, got "x"'),
+    ("annotations", {"metadata": {"annotations": 1}, "spec": {}},
+     "request.object.metadata.annotations must be dict, got 1"),
+    ("volumes", {"spec": {"volumes": {}, "containers": []}},
+     "request.object.spec.volumes must be list, got {}"),
+    ("containers", {"spec": {"containers": {}}},
+     "request.object.spec.containers must be list, got {}"),
+    ("initContainers", {"spec": {"containers": [], "initContainers": 5}},
+     "request.object.spec.initContainers must be list, got 5"),
+    ("container", {"spec": {"containers": ["app"]}},
+     "request.object.spec.containers[0] must be an object"),
+    ("init-container", {"spec": {"containers": [], "initContainers": [{}, 7]}},
+     "request.object.spec.initContainers[1] must be an object"),
+    ("volumeMounts", {"spec": {"containers": [{"name": "a", "volumeMounts": "x"}]}},
+     'request.object.spec.containers[0].volumeMounts must be list, got "x"'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("pod", "message"),
+    [case[1:] for case in MALFORMED_PODS],
+    ids=[case[0] for case in MALFORMED_PODS],
+)
+def test_a_malformed_pod_create_is_refused_naming_the_field(signer, trusted, pod, message):
+    review = load_json("admission/pod_create.json")
+    if pod is None:
+        del review["request"]["object"]
+    else:
+        review["request"]["object"] = pod
+    with pytest.raises(MalformedReview, match=re.escape(message)):
+        admit(review, signer, trusted)
