@@ -623,3 +623,117 @@ def test_a_malformed_pod_create_is_refused_naming_the_field(signer, trusted, pod
         review["request"]["object"] = pod
     with pytest.raises(MalformedReview, match=re.escape(message)):
         admit(review, signer, trusted)
+
+
+def debug_review(change=lambda review: None) -> dict:
+    review = load_json("admission/debug_ephemeral_container.json")
+    change(review)
+    return review
+
+
+def _user(name: str):
+    return lambda review: review["request"]["userInfo"].update(username=name)
+
+
+DEBUG_SKIPS = [
+    ("excluded-namespace", lambda r: None, AdmissionPolicy(exclude_namespaces=("shop",)),
+     "skipped-excluded-namespace"),
+    ("excluded-user", _user("robot"), AdmissionPolicy(exclude_users=("robot",)),
+     "skipped-excluded-user"),
+    ("excluded-group", lambda r: None, AdmissionPolicy(exclude_groups=("devs",)),
+     "skipped-excluded-group"),
+    ("opted-out", lambda r: r["request"]["object"]["metadata"].update(
+        annotations={"whoexec.io/inject": "false"}), POLICY, "skipped-pod-opt-out"),
+    ("no-new-container", lambda r: r["request"]["object"]["spec"].update(
+        ephemeralContainers=r["request"]["oldObject"]["spec"]["ephemeralContainers"]), POLICY,
+     "skipped-no-new-container"),
+    ("identity-too-large", _user("u" * 4000), POLICY, "skipped-token-too-large"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "policy", "outcome"),
+    [case[1:] for case in DEBUG_SKIPS],
+    ids=[case[0] for case in DEBUG_SKIPS],
+)
+def test_every_debug_container_skip_lets_kubectl_debug_through_unchanged(
+    signer, trusted, change, policy, outcome
+):
+    admission = admit(debug_review(change), signer, trusted, policy)
+    response = admission.response["response"]
+    assert response["allowed"] is True, "kubectl debug is never refused because of whoexec"
+    assert "patch" not in response
+    assert admission.decision.outcome == outcome
+
+
+def test_an_injected_debug_container_is_its_own_session_named_by_the_request(signer, trusted):
+    review = debug_review()
+    admission = admit(review, signer, trusted)
+    decision = admission.decision
+    assert decision.session_id == review["request"]["uid"]
+    (op,) = [o for o in decision.patch if o["path"].endswith("/env")]
+    assert decision.token_bytes == len(op["value"][0]["value"]) > 0
+    assert admission.response["response"]["auditAnnotations"]["session-id"] == decision.session_id
+
+
+@pytest.mark.parametrize(
+    ("mounts", "expected"),
+    [
+        (
+            None,
+            [
+                {
+                    "op": "add",
+                    "path": "/spec/ephemeralContainers/1/volumeMounts",
+                    "value": [{"name": "whoexec-env", "mountPath": "/.whoexec", "readOnly": True}],
+                }
+            ],
+        ),
+        (
+            [{"name": "data", "mountPath": "/d"}],
+            [
+                {
+                    "op": "add",
+                    "path": "/spec/ephemeralContainers/1/volumeMounts/-",
+                    "value": {"name": "whoexec-env", "mountPath": "/.whoexec", "readOnly": True},
+                }
+            ],
+        ),
+        ([{"name": "mine", "mountPath": "/.whoexec/"}], []),  # the path is taken: left alone
+        ("not-a-list", []),
+    ],
+    ids=["no-mounts", "other-mounts", "path-taken", "malformed-mounts"],
+)
+def test_a_debug_container_gets_the_static_env_mount_once_and_only_where_it_fits(
+    signer, trusted, mounts, expected
+):
+    def with_volume(review: dict) -> None:
+        pod = review["request"]["object"]
+        pod["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}, {"name": "whoexec-env"}]
+        if mounts is not None:
+            pod["spec"]["ephemeralContainers"][1]["volumeMounts"] = mounts
+
+    decision = admit(debug_review(with_volume), signer, trusted).decision
+    assert [op for op in decision.patch if "volumeMounts" in op["path"]] == expected
+
+
+def test_a_debug_container_gets_no_mount_when_the_pod_has_no_static_env(signer, trusted):
+    decision = admit(debug_review(), signer, trusted).decision
+    assert [op["path"] for op in decision.patch] == ["/spec/ephemeralContainers/1/env"]
+
+
+def test_a_debug_container_with_a_malformed_env_is_refused_naming_it(signer, trusted):
+    def bad_env(review: dict) -> None:
+        review["request"]["object"]["spec"]["ephemeralContainers"][1]["env"] = {"A": "b"}
+
+    with pytest.raises(
+        MalformedReview, match=re.escape("request.object.spec.ephemeralContainers[1].env")
+    ):
+        admit(debug_review(bad_env), signer, trusted)
+    review = debug_review()
+    del review["request"]["object"]
+    with pytest.raises(
+        MalformedReview,
+        match=re.escape("request.object must be a Pod for pods/ephemeralcontainers"),
+    ):
+        admit(review, signer, trusted)
