@@ -4,6 +4,7 @@ import base64
 import copy
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import jsonpatch
@@ -14,7 +15,7 @@ from webhook.admission import AdmissionPolicy, PodFacts, outcomes, pod_facts, re
 from webhook.errors import MalformedReview
 from webhook.identity import Signer, key_ring, verify_token
 
-from .conftest import NOW, load_json
+from .conftest import DATA, NOW, load_json
 
 #: the operator vouches that every image has /usr/bin/env (the tests of the rewrite itself);
 #: the safe default, without it, is tested below
@@ -309,6 +310,13 @@ def _set(path: str, value: Any):
         (_set("request.namespace", ["shop"]), "request.namespace must be str"),
         (_set("request.dryRun", "false"), "request.dryRun must be bool"),
         (_set("request.operation", None), "request.operation must be str"),
+        (_set("apiVersion", None), 'apiVersion null kind "AdmissionReview"'),
+        (_set("kind", "Review"), 'kind "Review"'),
+        (_set("request.subResource", 1), "request.subResource must be str, got 1"),
+        (_set("request.name", ["web"]), "request.name must be str"),
+        (_set("request.userInfo.uid", 5), "request.userInfo.uid must be str, got 5"),
+        (_set("request.userInfo.username", {}), "request.userInfo.username must be str"),
+        (_set("request.oldObject", "x"), "request.oldObject must be dict"),
     ],
 )
 def test_malformed_reviews_raise_an_error_naming_the_field(signer, trusted, mutate, message):
@@ -318,10 +326,31 @@ def test_malformed_reviews_raise_an_error_naming_the_field(signer, trusted, muta
         admit(review, signer, trusted)
 
 
-@pytest.mark.parametrize("body", [None, [], "review", 3, True])
-def test_non_object_bodies_are_malformed(signer, trusted, body):
-    with pytest.raises(MalformedReview, match="JSON object"):
+@pytest.mark.parametrize(
+    ("body", "kind"), [(None, "NoneType"), ([], "list"), ("review", "str"), (3, "int")]
+)
+def test_non_object_bodies_are_malformed(signer, trusted, body, kind):
+    with pytest.raises(MalformedReview, match=f"body must be a JSON object, got {kind}"):
         admit(body, signer, trusted)
+
+
+def test_outcomes_lists_every_outcome_the_code_produces_and_the_readme_explains_each():
+    import webhook.admission
+
+    source = Path(webhook.admission.__file__).read_text()
+    produced = set(re.findall(r'"((?:skipped|env)-[a-z0-9-]+|injected|denied)"', source))
+    assert produced == set(outcomes())
+    readme = (DATA.parent.parent / "README.md").read_text()
+    assert [o for o in outcomes() if f"`{o}`" not in readme] == []
+
+
+def test_a_denied_exec_answers_403_forbidden_with_the_reason(signer, trusted):
+    review = load_json("admission/exec_spoofed_identity.json")
+    response = admit(review, signer, trusted).response["response"]
+    assert response["allowed"] is False
+    status = response["status"]
+    assert (status["code"], status["reason"]) == (403, "Forbidden")
+    assert "WHOEXEC_IDENTITY" in status["message"]
 
 
 def test_token_of_the_same_identity_is_deterministic_for_a_given_clock(signer, trusted):
