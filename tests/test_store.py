@@ -592,3 +592,47 @@ def test_concurrent_root_claims_have_exactly_one_winner(postgres_url):
         for store in stores:
             store.close()
     assert len(set(holders)) == 1, holders
+
+
+STORE_SCENARIOS = [
+    "shell_and_grandchild",
+    "shadowed_export",
+    "forged_token",
+    "token_for_another_pod",
+    "replay_stale",
+    "replay_reused_within_window",
+    "exec_without_identity",
+    "unrelated_container",
+]
+#: columns read back; ids and whole JSON documents are left out
+STORE_DUMP = {
+    "sessions": "SELECT * FROM sessions ORDER BY session_id",
+    "processes": "SELECT * FROM processes ORDER BY session_id, host, pid, start_ns",
+    "alerts": "SELECT session_id, time_ns, rule, priority, source, output, attribution,"
+    " user_name, hostname FROM alerts ORDER BY time_ns, rule, output",
+    "findings": "SELECT kind, priority, time_ns, session_id, user_name, namespace, pod, detail"
+    " FROM findings ORDER BY time_ns, kind, detail",
+    "audit_events": "SELECT audit_id, stage, time_ns, verb, subresource, namespace, pod,"
+    " container, command, user_name, impersonated_user, response_code, session_id, outcome"
+    " FROM audit_events ORDER BY audit_id",
+}
+
+
+def store_dump(url: str) -> dict[str, list[dict]]:
+    store = open_store(url)
+    try:
+        return {
+            table: [{k: row[k] for k in sorted(row)} for row in store._query(sql)]
+            for table, sql in STORE_DUMP.items()
+        }
+    finally:
+        store.close()
+
+
+def test_what_the_store_holds_after_every_scenario_and_the_audit_log_is_as_reviewed(store_url):
+    """tests/data/store-contents.json was read row by row: who each session is, which
+    processes and alerts belong to it, which findings were raised and why."""
+    consume_into(store_url, *STORE_SCENARIOS)
+    ingest_audit(store_url)
+    expected = json.loads((DATA / "store-contents.json").read_text())
+    assert store_dump(store_url) == expected
