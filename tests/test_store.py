@@ -621,8 +621,12 @@ STORE_DUMP = {
 def store_dump(url: str) -> dict[str, list[dict]]:
     store = open_store(url)
     try:
+        # sorted here: the databases collate text differently in ORDER BY
         return {
-            table: [{k: row[k] for k in sorted(row)} for row in store._query(sql)]
+            table: sorted(
+                ({k: row[k] for k in sorted(row)} for row in store._query(sql)),
+                key=lambda row: json.dumps(row, sort_keys=True),
+            )
             for table, sql in STORE_DUMP.items()
         }
     finally:
