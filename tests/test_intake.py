@@ -411,3 +411,12 @@ def test_refused_bodies_are_logged_once_per_reason_in_an_interval(tmp_path, capl
     now[0] += 11
     assert falco.accept(b"not json")[0] == 400
     assert "(199 more since the last report)" in caplog.records[-1].getMessage()
+
+
+def test_a_refusal_on_the_headers_comes_after_the_answers_before_it(start):
+    intake = start(max_body_bytes=1024)
+    first = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
+    huge = b"POST /falco HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n"
+    answer = intake.raw(first + huge)
+    assert answer.index(b'"path": "/first"') < answer.index(b"HTTP/1.1 413 ")
+    assert answer.endswith(b'{"error":"body over 1024 bytes","accepted":0}')

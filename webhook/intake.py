@@ -180,6 +180,8 @@ class _Request:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     keep_alive: bool
+    #: decided from the headers alone (the body was never read): sent, then closed
+    early: tuple[int, bytes] | None = None
 
 
 @dataclass
@@ -241,6 +243,8 @@ class _Connection(asyncio.Protocol):
         self.queue: list[_Request] = []
         self.running = False
         self.closing = False
+        #: a request was refused on its headers: nothing more is read from this client
+        self.refusing = False
         #: the loop's time of the last bytes received: the server closes connections
         #: idle for ``keepalive`` seconds (one sweep for all, no timer per request)
         self.active = 0.0
@@ -268,7 +272,7 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.refusing:
             return
         self.active = self.server.loop_or_fail().time()
         try:
@@ -294,8 +298,11 @@ class _Connection(asyncio.Protocol):
 
     def _abort(self, status: int, message: str) -> None:
         """A request that cannot be parsed or is refused before its body: answer, close."""
-        if self.transport is None or self.closing or status == 0:
-            return  # 0: already answered
+        if status == 0:  # refused on its headers: answered in turn by _run_queue
+            self._run_queue()
+            return
+        if self.transport is None or self.closing:
+            return
         self.queue.clear()
         self.transport.write(_json_response(status, orjson.dumps({"error": message}), False))
         self._close()
@@ -333,11 +340,13 @@ class _Connection(asyncio.Protocol):
         elif (parsing.content_length or 0) > self.server.max_body_bytes:
             parsing.early = (413, orjson.dumps({"error": "body too large"}))
         if parsing.early is not None:
-            # answered before a byte of the body (which may be 1 GiB) is read, then closed
-            status, reply = parsing.early
-            self.queue.clear()
-            self._send(_json_response(status, reply, False), False)
-            raise _Abort(0, "answered")
+            # answered before a byte of the body (which may be 1 GiB) is read, then closed;
+            # after the answers to any requests before it (pipelining keeps the order)
+            self.queue.append(
+                _Request(method.decode("latin-1"), parsing.target, [], b"", False, parsing.early)
+            )
+            self.refusing = True
+            raise _Abort(0, "refused on its headers")
         if parsing.expect_continue and self.transport is not None:
             # curl sends "Expect: 100-continue" for bodies over 1 KiB and waits for this
             # line (up to 1 s) before sending the body: a Falco alert is over 1 KiB
@@ -369,6 +378,10 @@ class _Connection(asyncio.Protocol):
     def _run_queue(self) -> None:
         while self.queue and not self.running and not self.closing:
             request = self.queue.pop(0)
+            if request.early is not None:
+                status, reply = request.early
+                self._send(_json_response(status, reply, False), False)
+                return
             path = request.target.split(b"?", 1)[0]
             if request.method == "POST" and path == b"/falco":
                 try:
