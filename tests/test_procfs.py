@@ -220,3 +220,14 @@ def test_stat_with_parentheses_in_the_command_name_is_parsed(tmp_path):
     info = ProcFS(fake).read(4242)
     assert (info.ppid, info.token) == (4100, "v1.x")
     assert info.start_ns == 1795000000 * 10**9 + 250 * 10**9 // os.sysconf("SC_CLK_TCK")
+
+
+def test_an_alert_from_another_node_is_never_looked_up_in_this_node_s_proc(spawn, signer, trusted):
+    pid = live_root(spawn, token_for(signer, "victim@corp.example"))
+    here = ProcFS(PROC, node="node-a")  # synthetic alerts come from "node-a"
+    elsewhere = ProcFS(PROC, node="node-b")
+    start_ns = here.read(pid).start_ns
+    alert = synthetic_alert(pid, start_ns, WEB_0)
+    facts = process_facts(alert, "WHOEXEC_IDENTITY", token_pattern("WHOEXEC_IDENTITY"))
+    assert elsewhere.learn(facts, ProcessTable()) == 0, "node-b's /proc says nothing of node-a"
+    assert here.learn(facts, ProcessTable()) > 0

@@ -77,7 +77,9 @@ def build_consumer(
         from webhook.procfs import ProcFS
 
         try:
-            lineage_source = ProcFS(settings.procfs, settings.identity_variable).learn
+            lineage_source = ProcFS(
+                settings.procfs, settings.identity_variable, settings.node_name
+            ).learn
         except OSError as exc:
             raise ConfigError(f"--procfs {settings.procfs} is not a procfs: {exc}") from None
     sinks: list[Sink] = []

@@ -32,8 +32,13 @@ class ProcInfo:
 class ProcFS:
     """Reads process facts from a procfs mount (``/proc`` or a host's, mounted elsewhere)."""
 
-    def __init__(self, root: Path = Path("/proc"), variable: str = "WHOEXEC_IDENTITY") -> None:
+    def __init__(
+        self, root: Path = Path("/proc"), variable: str = "WHOEXEC_IDENTITY", node: str = ""
+    ) -> None:
         self.root = root
+        #: the node this procfs shows: an alert Falco raised on another node (its
+        #: ``hostname``) says nothing about the processes here, whatever their pids
+        self.node = node
         self.marker = variable.encode() + b"="
         self._clock_ticks = os.sysconf("SC_CLK_TCK")
         stat = (root / "stat").read_text()
@@ -65,7 +70,7 @@ class ProcFS:
 
     def learn(self, facts: ProcessFacts, table: ProcessTable) -> int:
         """Walk from the alert's process up through ``/proc``; returns processes learnt."""
-        if facts.pid is None:
+        if facts.pid is None or (self.node and facts.host != self.node):
             return 0
         info = self.read(facts.pid)
         if info is None:

@@ -55,6 +55,9 @@ class Settings:
     # consumer
     identity_pub: tuple[Path, ...] = ()
     procfs: Path | None = None
+    #: the node whose /proc ``procfs`` shows (Falco's ``hostname``): alerts from other
+    #: nodes are never looked up there. Set it from the downward API (spec.nodeName)
+    node_name: str = ""
     state_dir: Path = Path("whoexec-state")
     listen: str = ""
     hold_seconds: float = 2.0
