@@ -232,9 +232,9 @@ def test_overlays_change_what_they_say(tree):
     assert certificate["spec"]["secretName"] == "whoexec-tls"
     assert "whoexec.whoexec.svc" in certificate["spec"]["dnsNames"]
     shared = one(render(tree, "postgres"), "DaemonSet")
-    (env,) = shared["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert env["name"] == "WHOEXEC_DB"
-    assert env["valueFrom"]["secretKeyRef"] == {"name": "whoexec-db", "key": "url"}
+    env = {e["name"]: e for e in shared["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WHOEXEC_DB"]["valueFrom"]["secretKeyRef"] == {"name": "whoexec-db", "key": "url"}
+    assert env["WHOEXEC_NODE_NAME"]["valueFrom"]["fieldRef"] == {"fieldPath": "spec.nodeName"}
 
 
 def test_the_ui_runs_unprivileged_on_loopback_over_the_shared_store(tree):
