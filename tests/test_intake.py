@@ -420,3 +420,22 @@ def test_a_refusal_on_the_headers_comes_after_the_answers_before_it(start):
     answer = intake.raw(first + huge)
     assert answer.index(b'"path": "/first"') < answer.index(b"HTTP/1.1 413 ")
     assert answer.endswith(b'{"error":"body over 1024 bytes","accepted":0}')
+
+
+def test_a_request_that_arrives_before_the_connection_is_handed_over_is_answered(tmp_path):
+    # under TLS, start_tls passes on the first request (it rides with the client's
+    # Finished) before it returns the connection's transport
+    inbox = InboxWriter(tmp_path / "inbox")
+    server = IntakeServer(FalcoEndpoint(inbox, 4096), echo_app)
+    server.loop = asyncio.new_event_loop()
+    connection = _Connection(server)
+    connection.data_received(
+        b"POST /falco HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(LINES[0]), LINES[0])
+    )
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    server.loop.close()
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    inbox.close()
+    reader = InboxLogReader(tmp_path / "inbox")
+    assert [body for _, body in reader.read(10)] == LINES[:1]

@@ -245,6 +245,9 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         #: a request was refused on its headers: nothing more is read from this client
         self.refusing = False
+        #: bytes that came before connection_made: under TLS, asyncio's start_tls hands the
+        #: first request (sent with the client's Finished) over before it returns
+        self.early_data: list[bytes] = []
         #: the loop's time of the last bytes received: the server closes connections
         #: idle for ``keepalive`` seconds (one sweep for all, no timer per request)
         self.active = 0.0
@@ -256,6 +259,10 @@ class _Connection(asyncio.Protocol):
         self.server.connections.add(self)
         if len(self.server.connections) > self.server.max_connections:
             transport.close()
+            return
+        early, self.early_data = self.early_data, []
+        for data in early:
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -272,6 +279,9 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            self.early_data.append(data)
+            return
         if self.closing or self.refusing:
             return
         self.active = self.server.loop_or_fail().time()
