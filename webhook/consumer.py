@@ -40,8 +40,8 @@ SKIPPED = Counter(
     "whoexec_consumer_lines_skipped", "Input lines that were not usable alerts.", ["reason"]
 )
 FINDINGS = Counter("whoexec_consumer_findings", "whoexec's own findings, by rule.", ["rule"])
-# gauges are set by the one pipeline process; with several intake workers the values are
-# summed over live processes (prometheus-client multiprocess mode)
+# gauges are set by the one pipeline process; the intake process serves /metrics, so the
+# values are summed over live processes (prometheus-client multiprocess mode)
 TABLE_SIZE = Gauge(
     "whoexec_consumer_process_table_entries", "Processes tracked.", multiprocess_mode="livesum"
 )

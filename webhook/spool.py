@@ -1,10 +1,9 @@
 """A bounded, durable FIFO of byte strings on disk (adapter), backed by SQLite in WAL mode.
 
-Used for what must survive a restart: alerts accepted over HTTP but not yet processed
-(the inbox: Falco ignores the HTTP status, so an accepted alert must not be lost), and
-alerts waiting for a downstream that is down (the forward spool). Delivery is
-at-least-once: an item is removed only after it was handled, so a crash in between
-hands it out again after the restart.
+Used for alerts waiting for a downstream that is down (the forward spool); the HTTP
+intake's inbox is an append-only log (:mod:`webhook.inbox`). Delivery is at-least-once:
+an item is removed only after it was handled, so a crash in between hands it out again
+after the restart.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from webhook.errors import ConfigError, SpoolFull
 def connect_wal(path: Path, busy_timeout: float = 30.0) -> sqlite3.Connection:
     """An autocommit SQLite connection in WAL mode, shareable across threads.
 
-    Several processes may write the same file (intake workers, consumers): a writer waits
+    Several processes may write the same file: a writer waits
     up to ``busy_timeout`` seconds for the lock rather than failing with "database is
     locked".
     """
