@@ -13,18 +13,18 @@ import threading
 import time
 from pathlib import Path
 
-from webhook.errors import ConfigError, SpoolFull
+from webhook.errors import ConfigError
 
 
-def connect_wal(path: Path, busy_timeout: float = 30.0) -> sqlite3.Connection:
+def connect_wal(path: Path) -> sqlite3.Connection:
     """An autocommit SQLite connection in WAL mode, shareable across threads.
 
     Several processes may write the same file: a writer waits
-    up to ``busy_timeout`` seconds for the lock rather than failing with "database is
+    up to 30 seconds for the lock rather than failing with "database is
     locked".
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=busy_timeout)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
     # switching the journal mode can answer SQLITE_BUSY at once, without the busy
     # handler, while another connection creates the schema: retry it within the budget
     deadline = time.monotonic() + 30
@@ -42,29 +42,15 @@ def connect_wal(path: Path, busy_timeout: float = 30.0) -> sqlite3.Connection:
 
 
 class Spool:
-    """FIFO of blobs. When full, the oldest items are dropped and counted in ``dropped``,
-    or, with ``refuse_when_full`` (the inbox: what it holds was acknowledged), new items
-    are refused with :class:`SpoolFull` and nothing is dropped."""
+    """FIFO of blobs. When full, the oldest items are dropped and counted in ``dropped``."""
 
-    def __init__(
-        self,
-        path: Path,
-        max_items: int = 1_000_000,
-        wake_at: int = 1,
-        refuse_when_full: bool = False,
-        busy_timeout: float = 30.0,
-    ) -> None:
+    def __init__(self, path: Path, max_items: int = 1_000_000) -> None:
         self.path = path
         self.max_items = max_items
-        self.refuse_when_full = refuse_when_full
-        #: wake a waiting reader only once this many items are queued (it polls anyway):
-        #: waking it per item makes request threads and the reader fight for the GIL
-        self.wake_at = wake_at
         self.dropped = 0
         self._lock = threading.Lock()
-        self._ready = threading.Condition(self._lock)
         try:
-            self._db = connect_wal(path, busy_timeout)
+            self._db = connect_wal(path)
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT,"
                 " body BLOB NOT NULL)"
@@ -91,15 +77,6 @@ class Spool:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            if self.refuse_when_full and self._span() + len(bodies) > self.max_items:
-                # the span over-counts when items were acknowledged out of order: count
-                held = int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
-                if held + len(bodies) > self.max_items:
-                    self._db.execute("ROLLBACK")
-                    raise SpoolFull(
-                        f"{self.path.name} holds {held} of {self.max_items} items: "
-                        f"{len(bodies)} more do not fit"
-                    )
             self._db.executemany("INSERT INTO spool (body) VALUES (?)", [(b,) for b in bodies])
             span = self._span()
             if span > self.max_items:
@@ -112,23 +89,14 @@ class Spool:
                     )
                     self.dropped += excess
             self._db.execute("COMMIT")
-            if span >= self.wake_at:
-                self._ready.notify_all()
 
-    def peek(self, limit: int, wait: float = 0.0, after: int = 0) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` oldest items with an id above ``after``, waiting up to ``wait``
-        seconds for the first."""
+    def peek(self, limit: int, after: int = 0) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` oldest items with an id above ``after``."""
         with self._lock:
-            if wait > 0 and self._last_id() <= after:
-                self._ready.wait(wait)
             rows = self._db.execute(
                 "SELECT id, body FROM spool WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
             ).fetchall()
         return [(int(row[0]), bytes(row[1])) for row in rows]
-
-    def _last_id(self) -> int:
-        row = self._db.execute("SELECT max(id) FROM spool").fetchone()
-        return int(row[0]) if row[0] is not None else 0
 
     def ack(self, ids: list[int]) -> None:
         """Remove handled items."""
