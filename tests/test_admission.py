@@ -766,3 +766,49 @@ def test_a_debug_container_with_a_malformed_env_is_refused_naming_it(signer, tru
         match=re.escape("request.object must be a Pod for pods/ephemeralcontainers"),
     ):
         admit(review, signer, trusted)
+
+
+def _debug_set(path: str, value: Any):
+    def change(review: dict) -> None:
+        *parents, last = path.split(".")
+        target: Any = review["request"]
+        for part in parents:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[int(last) if last.isdigit() else last] = value
+
+    return change
+
+
+MALFORMED_DEBUG = [
+    ("object.spec", "x", 'request.object.spec must be dict, got "x"'),  # was a 500
+    ("object.spec.ephemeralContainers", {}, "request.object.spec.ephemeralContainers must be list"),
+    ("object.spec.ephemeralContainers.1", "dbg",
+     'request.object.spec.ephemeralContainers[1] must be an object, got "dbg"'),
+    ("object.spec.ephemeralContainers.1.name", 7,
+     "request.object.spec.ephemeralContainers[1].name must be str, got 7"),
+    ("oldObject.spec.ephemeralContainers.0", [],
+     "request.oldObject.spec.ephemeralContainers[0] must be an object, got []"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"), MALFORMED_DEBUG, ids=[m[0] for m in MALFORMED_DEBUG]
+)
+def test_a_malformed_debug_container_update_is_refused_naming_the_field(
+    signer, trusted, path, value, message
+):
+    with pytest.raises(MalformedReview, match=re.escape(message)):
+        admit(debug_review(_debug_set(path, value)), signer, trusted)
+
+
+def test_a_debug_container_that_sets_the_variable_itself_is_denied(signer, trusted):
+    def spoof(review: dict) -> None:
+        debugger = review["request"]["object"]["spec"]["ephemeralContainers"][1]
+        debugger["env"] = [{"name": "A", "value": "1"}, {"name": "WHOEXEC_IDENTITY", "value": "x"}]
+
+    response = admit(debug_review(spoof), signer, trusted).response["response"]
+    assert response["allowed"] is False
+    assert response["status"]["message"] == (
+        "whoexec: ephemeral container 'debugger-8xk2p' sets WHOEXEC_IDENTITY, which only the "
+        "whoexec webhook may set"
+    )

@@ -63,6 +63,18 @@ PATHS = [
     ("request", "dryRun"),
     ("request", "resource"),
     ("request", "kind"),
+    # the Pod of a pod CREATE and of kubectl debug (a string spec once gave HTTP 500)
+    ("request", "oldObject"),
+    ("request", "object", "metadata"),
+    ("request", "object", "metadata", "annotations"),
+    ("request", "object", "spec"),
+    ("request", "object", "spec", "containers"),
+    ("request", "object", "spec", "initContainers"),
+    ("request", "object", "spec", "ephemeralContainers"),
+    ("request", "object", "spec", "volumes"),
+    ("request", "object", "spec", "os"),
+    ("request", "object", "spec", "nodeSelector"),
+    ("request", "object", "spec", "affinity"),
 ]
 
 

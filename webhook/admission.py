@@ -183,30 +183,39 @@ class PodFacts:
         return next((image for each, image in self.images if each == name), None)
 
 
+def _dict(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
-    """Facts from a Pod object (as the apiserver serialises it)."""
-    metadata = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    annotations = metadata.get("annotations") or {}
-    volumes = spec.get("volumes") or []
+    """Facts from a Pod object (as the apiserver serialises it); a part of the wrong type
+    counts as absent (the review's own fields are checked where a review is parsed)."""
+    metadata = _dict(pod.get("metadata"))
+    spec = _dict(pod.get("spec"))
+    annotations = _dict(metadata.get("annotations"))
+    volumes = _list(spec.get("volumes"))
     has_volume = any(isinstance(v, dict) and v.get("name") == ENV_VOLUME for v in volumes)
     mirror = MIRROR_ANNOTATION in annotations
     images: list[tuple[str, str]] = []
     mounted: set[str] = set()
     for kind in _CONTAINER_KINDS:
-        for container in spec.get(kind) or []:
+        for container in _list(spec.get(kind)):
             if not isinstance(container, dict):
                 continue
             name = str(container.get("name", ""))
             images.append((name, str(container.get("image", ""))))
-            mounts = container.get("volumeMounts") or []
+            mounts = _list(container.get("volumeMounts"))
             if (
                 has_volume
                 and not mirror
                 and any(isinstance(m, dict) and m.get("name") == ENV_VOLUME for m in mounts)
             ):
                 mounted.add(name)
-    containers = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
+    containers = [c for c in _list(spec.get("containers")) if isinstance(c, dict)]
     default = str(annotations.get(DEFAULT_CONTAINER_ANNOTATION, "")) or (
         str(containers[0].get("name", "")) if containers else ""
     )
@@ -509,9 +518,9 @@ def _decide_ephemeral(ctx: _Context) -> Decision:
     pod = ctx.request.get("object")
     if pod is None:
         raise MalformedReview("request.object must be a Pod for pods/ephemeralcontainers")
+    containers = _container_names(pod, "request.object")
     # the object is the whole Pod: its UID is known without any look-up
     ctx = replace(ctx, pod=pod_facts(pod))
-    containers = _container_names(ctx.request.get("object"), "request.object")
     existing = {
         c["name"] for c in _container_names(ctx.request.get("oldObject"), "request.oldObject")
     }
