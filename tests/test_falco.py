@@ -169,3 +169,74 @@ def test_whoexec_rules_are_known_by_their_tag_and_json_keys_come_out_sorted():
     assert not is_whoexec_rule({**GOOD, "tags": ["x"]})  # type: ignore[arg-type]
     assert not is_whoexec_rule(GOOD)  # type: ignore[arg-type]
     assert render_json({"b": 1, "a": {"d": 2, "c": 3}}) == b'{"a":{"c":3,"d":2},"b":1}'
+
+
+TOKEN = "v1.0123456789abcdef.eyJzaWQiOiJ4In0.c2ln"
+
+
+def alert_with(**fields) -> dict:
+    return {**GOOD, "hostname": "node-a", "output_fields": fields}
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        # an older append_output without proc.apid[N]: the parent from proc.ppid and pname
+        ({"proc.pid": 10, "proc.ppid": 9, "proc.pname": "sh"},
+         {"ppid": 9, "parent_name": "sh", "ancestors": ((9, "sh"),)}),
+        # proc.ppid and proc.pname absent: the parent is the first ancestor
+        ({"proc.pid": 10, "proc.apid[1]": 9, "proc.aname[1]": "bash", "proc.apid[2]": 1},
+         {"ppid": 9, "parent_name": "bash", "ancestors": ((9, "bash"), (1, None))}),
+        # init (pid 1) is an ancestor; pid 0 ends the chain
+        ({"proc.pid": 10, "proc.apid[1]": 1, "proc.apid[2]": 0, "proc.apid[3]": 5},
+         {"ancestors": ((1, None),)}),
+        # eight ancestors at most, as append_output asks for (a ninth is not read)
+        ({"proc.pid": 10, **{f"proc.apid[{n}]": 100 + n for n in range(1, 10)}},
+         {"ancestors": tuple((100 + n, None) for n in range(1, 9))}),
+        # older Falco printed numbers as strings and absent values as <NA>
+        ({"proc.pid": "10", "proc.ppid": "9", "proc.pname": "<NA>", "k8s.ns.name": "<NA>"},
+         {"pid": 10, "ppid": 9, "parent_name": None, "namespace": None}),
+        # the whole environment (proc.env) when proc.env[VAR] is not asked for
+        ({"proc.pid": 10, "proc.env": f"HOME=/root WHOEXEC_IDENTITY={TOKEN} TERM=xterm"},
+         {"token_in_env": TOKEN}),
+        # proc.env[VAR] wins over the whole environment
+        ({"proc.pid": 10, "proc.env[WHOEXEC_IDENTITY]": "set-by-hand",
+          "proc.env": f"WHOEXEC_IDENTITY={TOKEN}"},
+         {"token_in_env": "set-by-hand"}),
+        # the token in argv (the env execve), in proc.args or else in proc.cmdline
+        ({"proc.pid": 10, "proc.args": f"WHOEXEC_IDENTITY={TOKEN} sh"},
+         {"token_in_args": TOKEN}),
+        ({"proc.pid": 10, "proc.cmdline": f"env WHOEXEC_IDENTITY={TOKEN} sh"},
+         {"token_in_args": TOKEN}),
+        # the event time: evt.time, else evt.time.iso8601, else the alert's time
+        ({"proc.pid": 10, "evt.time.iso8601": "2026-11-22T10:00:01.5Z"},
+         {"time_ns": 1795341601_500_000_000}),
+        ({"proc.pid": 10}, {"time_ns": 1795341600_000_000_000}),
+        ({"proc.pid": 10, "evt.time": 7, "evt.time.iso8601": "2026-11-22T10:00:01Z"},
+         {"time_ns": 7}),
+        # a thread's proc.pid.ts is its clone time, not the process start
+        ({"proc.pid": 10, "thread.tid": 11, "proc.pid.ts": 5}, {"start_ts": None}),
+        ({"proc.pid": 10, "thread.tid": 10, "proc.pid.ts": 5}, {"start_ts": 5}),
+        ({"proc.pid": 10, "proc.pid.ts": 5}, {"start_ts": 5}),  # no thread.tid: taken as is
+    ],
+    ids=[
+        "ppid-only", "apid-only", "init-and-zero", "eight-ancestors", "old-strings",
+        "whole-env", "env-var-wins", "args", "cmdline", "iso-time", "alert-time",
+        "evt-time-first", "thread", "main-thread", "no-tid",
+    ],
+)  # fmt: skip
+def test_process_facts_read_every_shape_falco_has_printed(fields, expected):
+    facts = process_facts(check_alert(alert_with(**fields)), VARIABLE, PATTERN)
+    assert {key: getattr(facts, key) for key in expected} == expected
+
+
+def test_times_print_in_utc_whatever_the_machine_s_zone(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert format_time_ns(1795341600_000_000_001) == "2026-11-22T10:00:00.000000001Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
