@@ -549,3 +549,162 @@ def test_real_falco_output_flows_through_and_its_placeholder_tokens_name_nobody(
     # the stock rule's alert kept its own text in front of whoexec's fields
     shadow = [a for a in syscall if a["rule"] == "Read sensitive file untrusted"]
     assert shadow and all("/etc/shadow" in a["output"] for a in shadow)
+
+
+# --- the attribution of one alert, branch by branch ---------------------------------------
+
+T_ISSUED = 1795341600
+
+
+def make_token(signer, **changes) -> tuple[str, object]:
+    from webhook.identity import Identity, sign_identity
+
+    fields = dict(
+        session_id="s-1", user=ALICE, uid="", groups=("devs",), namespace="shop",
+        pod="web-0", container="app", issued_at=T_ISSUED,
+    )  # fmt: skip
+    fields.update(changes)
+    identity = Identity(**fields)  # type: ignore[arg-type]
+    return sign_identity(identity, signer), identity
+
+
+def facts_for(pid: int, **fields):
+    from webhook.falco import check_alert, process_facts, token_pattern
+
+    alert = {
+        "rule": "r",
+        "source": "syscall",
+        "time": "2026-11-22T10:00:01Z",
+        "hostname": "node-a",
+        "output_fields": {
+            "proc.pid": pid,
+            "container.id": "c1",
+            "container.name": "app",
+            "k8s.ns.name": "shop",
+            "k8s.pod.name": "web-0",
+            **fields,
+        },
+    }
+    return process_facts(check_alert(alert), "WHOEXEC_IDENTITY", token_pattern("WHOEXEC_IDENTITY"))
+
+
+def attributor_with(trusted, *records) -> Attributor:
+    from webhook.lineage import ProcessRecord, ProcessTable
+
+    table = ProcessTable()
+    for pid, record in records:
+        assert isinstance(record, ProcessRecord)
+        table.put(("node-a", pid), record)
+    return Attributor(TokenVerifier(trusted), table)
+
+
+def test_a_token_seen_only_in_the_parent_s_environment_names_nobody(signer, trusted):
+    from webhook.lineage import Attribution
+
+    token, identity = make_token(signer)
+    facts = facts_for(50, **{"proc.aenv[WHOEXEC_IDENTITY]": token})
+    attribution = attributor_with(trusted).attribute(facts)
+    assert attribution == Attribution(
+        "unverified",
+        None,
+        None,
+        "aenv",
+        "session root not seen: only proc.aenv carries the token, so freshness and single "
+        "use cannot be checked",
+        token=token,
+        claimed=identity,
+        incomplete=True,  # a late root may still settle it
+    )
+
+
+def test_a_forged_token_in_the_parent_s_environment_is_unverified_and_settled(signer, trusted):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from webhook.identity import Signer
+    from webhook.lineage import Attribution
+
+    forged, _ = make_token(Signer(Ed25519PrivateKey.generate()))
+    facts = facts_for(50, **{"proc.aenv[WHOEXEC_IDENTITY]": forged})
+    attribution = attributor_with(trusted).attribute(facts)
+    assert attribution.status == "unverified" and attribution.via == "aenv"
+    assert attribution.reason.startswith("UnknownKeyId: token kid ")
+    assert (attribution.claimed, attribution.incomplete) == (None, False)
+    assert attribution == Attribution(
+        "unverified", None, None, "aenv", attribution.reason, token=forged
+    )
+
+
+def test_a_root_whose_start_time_is_unknown_is_not_believed_yet(signer, trusted):
+    from webhook.lineage import Attribution, ProcessRecord
+
+    token, identity = make_token(signer)
+    root = ProcessRecord(1, None, "c1", token, entry=True)
+    child = ProcessRecord(40, None, "c1")
+    attribution = attributor_with(trusted, (40, root), (41, child)).attribute(
+        facts_for(41, **{"proc.apid[1]": 40})
+    )
+    assert attribution == Attribution(
+        "unverified",
+        None,
+        40,
+        "lineage",
+        "the start time of session root pid 40 is unknown, so its freshness cannot be checked",
+        token=token,
+        claimed=identity,
+        incomplete=True,
+    )
+
+
+def test_a_token_inherited_from_an_unseen_root_is_held_not_judged(signer, trusted):
+    from webhook.lineage import Attribution, ProcessRecord
+
+    token, identity = make_token(signer)
+    inherited = ProcessRecord(1, T_ISSUED * 10**9, "c1", token, entry=False)
+    child = ProcessRecord(40, T_ISSUED * 10**9 + 1, "c1")
+    attribution = attributor_with(trusted, (40, inherited), (41, child)).attribute(
+        facts_for(41, **{"proc.apid[1]": 40})
+    )
+    assert attribution == Attribution(
+        "unverified",
+        None,
+        40,
+        "lineage",
+        "session root not seen: pid 40 inherited its token from an ancestor this consumer "
+        "never saw",
+        token=token,
+        claimed=identity,
+        incomplete=True,
+    )
+
+
+def test_a_different_token_between_the_root_and_the_alert_is_tampering(signer, trusted):
+    from webhook.lineage import ProcessRecord
+
+    token, identity = make_token(signer)
+    other, _ = make_token(signer, session_id="s-2", user="mallory@corp.example")
+    start = T_ISSUED * 10**9
+    records = (
+        (40, ProcessRecord(1, start, "c1", token, entry=True)),  # the session root
+        (41, ProcessRecord(40, start + 1, "c1", other)),  # exported another token
+        (42, ProcessRecord(41, start + 2, "c1", token)),  # and the first one back
+        (43, ProcessRecord(42, start + 3, "c1")),
+    )
+    attribution = attributor_with(trusted, *records).attribute(
+        facts_for(43, **{"proc.apid[1]": 42, "proc.pid.ts": start + 3})
+    )
+    assert (attribution.status, attribution.identity, attribution.root_pid) == (
+        "tampered",
+        identity,
+        40,
+    )
+    assert attribution.reason == (
+        "descendant pid 41 carries a different WHOEXEC_IDENTITY than session root pid 40"
+    )
+
+
+def test_an_alert_without_a_pid_names_nobody(signer, trusted):
+    from webhook.lineage import Attribution
+
+    facts = facts_for(50)
+    facts = type(facts)(**{**{f: getattr(facts, f) for f in facts.__slots__}, "pid": None})
+    assert attributor_with(trusted).attribute(facts) == Attribution("none")
