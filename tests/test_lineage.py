@@ -505,7 +505,19 @@ def attribution_rows(name: str, hold: float) -> dict[str, list]:
             ]
         )
     found = [
-        {k: alert[k] for k in ("rule", "priority", "output", "output_fields", "tags")}
+        {
+            k: alert[k]
+            for k in (
+                "rule",
+                "priority",
+                "output",
+                "output_fields",
+                "tags",
+                "hostname",
+                "source",
+                "time",
+            )
+        }
         for alert in sink.alerts
         if alert["source"] == "whoexec"
     ]
@@ -708,3 +720,77 @@ def test_an_alert_without_a_pid_names_nobody(signer, trusted):
     facts = facts_for(50)
     facts = type(facts)(**{**{f: getattr(facts, f) for f in facts.__slots__}, "pid": None})
     assert attributor_with(trusted).attribute(facts) == Attribution("none")
+
+
+def submitted(attributor: Attributor, *alerts_facts) -> list:
+    """Each alert's attribution, as the pipeline asks for them (learn, then attribute)."""
+    out = []
+    for facts in alerts_facts:
+        attributor.learn(facts)
+        out.append(attributor.attribute(facts))
+    return out
+
+
+def test_a_token_of_a_process_in_another_container_never_roots_this_one(signer, trusted):
+    # pid 40 was a session root in container c-old; the pid now lives in container c1
+    token, _ = make_token(signer)
+    start = T_ISSUED * 10**9
+    attributor = attributor_with(trusted)
+    root_elsewhere = facts_for(
+        40,
+        **{"container.id": "c-old", "proc.args": f"WHOEXEC_IDENTITY={token} sh",
+           "proc.pid.ts": start, "proc.apid[1]": 30},
+    )  # fmt: skip
+    child_here = facts_for(41, **{"proc.apid[1]": 40, "proc.pid.ts": start + 5})
+    _, attribution = submitted(attributor, root_elsewhere, child_here)
+    assert attribution.status == "none" and attribution.identity is None
+
+
+def test_a_reused_pid_higher_up_the_lineage_stops_the_walk(signer, trusted):
+    # the grandparent's pid was reused after the parent started: its token is not ours
+    token, _ = make_token(signer)
+    start = T_ISSUED * 10**9
+    attributor = attributor_with(trusted)
+    late_root = facts_for(
+        40,
+        **{"proc.args": f"WHOEXEC_IDENTITY={token} sh", "proc.pid.ts": start + 100,
+           "proc.apid[1]": 30},
+    )  # fmt: skip
+    parent = facts_for(41, **{"proc.apid[1]": 40, "proc.pid.ts": start + 10})
+    child = facts_for(42, **{"proc.apid[1]": 41, "proc.pid.ts": start + 20})
+    *_, attribution = submitted(attributor, late_root, parent, child)
+    assert attribution.status == "none"
+
+
+def test_a_debug_container_s_pid_1_with_a_token_is_a_session_root(signer, trusted):
+    token, identity = make_token(signer)
+    start = T_ISSUED * 10**9
+    attributor = attributor_with(trusted)
+    debug_root = facts_for(
+        40,
+        **{"proc.vpid": 1, "proc.env[WHOEXEC_IDENTITY]": token, "proc.pid.ts": start,
+           "proc.apid[1]": 30, "proc.aname[1]": "containerd-shim"},
+    )  # fmt: skip
+    child = facts_for(41, **{"proc.apid[1]": 40, "proc.pid.ts": start + 5, "proc.vpid": 2})
+    _, attribution = submitted(attributor, debug_root, child)
+    assert (attribution.status, attribution.identity, attribution.root_pid) == (
+        "verified",
+        identity,
+        40,
+    )
+
+
+def test_the_oldest_held_alert_is_released_when_too_many_wait(signer, trusted):
+    attributor = Attributor(TokenVerifier(trusted), hold_seconds=60, max_held=2)
+    orphans = [
+        parse_alert(line)
+        for line in (FALCO / "out_of_order.jsonl").read_bytes().splitlines()[:1] * 3
+    ]
+    released = []
+    for n, alert in enumerate(orphans):
+        alert = {**alert, "output_fields": {**alert["output_fields"], "proc.pid": 9000 + n}}
+        released.extend(attributor.submit(alert, now=0))
+    assert attributor.held == 2
+    (first,) = released
+    assert first.alert["output_fields"]["proc.pid"] == 9000, "the oldest one, not dropped"
+    assert first.attribution.status == "none"
