@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -717,8 +718,7 @@ def test_a_different_token_between_the_root_and_the_alert_is_tampering(signer, t
 def test_an_alert_without_a_pid_names_nobody(signer, trusted):
     from webhook.lineage import Attribution
 
-    facts = facts_for(50)
-    facts = type(facts)(**{**{f: getattr(facts, f) for f in facts.__slots__}, "pid": None})
+    facts = dataclasses.replace(facts_for(50), pid=None)
     assert attributor_with(trusted).attribute(facts) == Attribution("none")
 
 
