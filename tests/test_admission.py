@@ -812,3 +812,82 @@ def test_a_debug_container_that_sets_the_variable_itself_is_denied(signer, trust
         "whoexec: ephemeral container 'debugger-8xk2p' sets WHOEXEC_IDENTITY, which only the "
         "whoexec webhook may set"
     )
+
+
+def test_a_skip_after_a_pod_look_up_timed_out_says_so_in_its_warning(signer, trusted):
+    _, response = exec_with(None, signer=signer, trusted=trusted, lookup="timeout",
+                            policy=AdmissionPolicy())  # fmt: skip
+    (warning,) = response["warnings"]
+    assert (
+        warning
+        == (
+            "whoexec: this session is not attributed to you: no env binary is known to exist in "
+            "this container (pod look-up timed out)"
+        )[:120]
+    )
+    _, response = exec_with(None, signer=signer, trusted=trusted, lookup="not-found",
+                            policy=AdmissionPolicy())  # fmt: skip
+    (warning,) = response["warnings"]
+    assert warning == (
+        "whoexec: this session is not attributed to you: no env binary is known to exist in "
+        "this container"
+    )
+
+
+def test_an_attach_is_warned_about_too(signer, trusted):
+    review = load_json("admission/attach_shell.json")
+    response = review_admission(
+        review, POLICY, signer, trusted, now=NOW, pod_lookup="timeout"
+    ).response["response"]
+    assert response["warnings"] == [
+        "whoexec: this session is not attributed to you: attach joins a running process "
+        "(pod look-up timed out)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("operation", "resource", "sub"),
+    [
+        ("CREATE", "pods", "binding"),  # the scheduler binding a pod: not a pod CREATE
+        ("CREATE", "pods", "eviction"),
+        ("UPDATE", "pods", ""),  # an ordinary pod update: not kubectl debug
+        ("CREATE", "deployments", ""),
+        ("UPDATE", "nodes", "ephemeralcontainers"),
+        ("DELETE", "pods", "ephemeralcontainers"),
+    ],
+)
+def test_requests_that_only_look_like_ours_are_left_alone(
+    signer, trusted, operation, resource, sub
+):
+    review = load_json("admission/pod_create.json")
+    request = review["request"]
+    request["operation"], request["subResource"] = operation, sub
+    request["resource"]["resource"] = resource
+    response = admit(review, signer, trusted).response["response"]
+    assert response["allowed"] is True and "patch" not in response
+    assert response["auditAnnotations"]["outcome"] == "skipped-not-exec"
+
+
+def test_a_second_new_debug_container_gets_its_token_after_a_reinvoked_first(signer, trusted):
+    review = debug_review()
+    first = admit(review, signer, trusted).response["response"]
+    again = copy.deepcopy(review)
+    again["request"]["object"] = applied(review, first)
+    containers = again["request"]["object"]["spec"]["ephemeralContainers"]
+    containers.append({"name": "debugger-2", "image": "busybox:1.36"})
+    decision = admit(again, signer, trusted).decision
+    assert [op["path"] for op in decision.patch] == ["/spec/ephemeralContainers/2/env"]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("x" * 58, '"' + "x" * 58 + '"'),  # 60 characters with the quotes: as it is
+        ("x" * 59, '"' + "x" * 56 + "..."),  # 61: cut to 60
+        (b"raw", "b'raw'"),
+    ],
+)
+def test_a_bad_value_is_shown_in_full_up_to_60_characters(value, shown):
+    from webhook.admission import _show
+
+    assert _show(value) == shown

@@ -304,3 +304,86 @@ def test_exec_into_a_windows_pod_is_never_rewritten_even_where_vouched_for(signe
     answer, command = exec_into("app", pod_facts(pod), signer, trusted, vouched)
     assert answer["auditAnnotations"]["outcome"] == "skipped-windows"
     assert command is None
+
+
+def sizes(cpu: str, cpu_limit: str, memory: str = "16Mi", memory_limit: str = "16Mi") -> dict:
+    return {
+        "requests": {"cpu": cpu, "memory": memory},
+        "limits": {"cpu": cpu_limit, "memory": memory_limit},
+    }
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        # a limit alone: the request is the limit (the apiserver would default it so)
+        ({"limits": {"cpu": "2", "memory": "256Mi"}}, sizes("2", "2", "256Mi", "256Mi")),
+        # the largest limit below the largest request: the limit is raised to the request
+        ({"requests": {"cpu": "500m"}, "limits": {"cpu": "200m"}}, sizes("500m", "500m")),
+        # equal values stay as written
+        ({"requests": {"cpu": "100m"}, "limits": {"cpu": "0.1"}}, sizes("100m", "0.1")),
+        # a value that is no quantity is ignored, not trusted
+        ({"requests": {"cpu": "lots"}}, sizes("10m", "10m")),
+    ],
+    ids=["limit-only", "limit-below-request", "equal", "not-a-quantity"],
+)  # fmt: skip
+def test_the_init_container_s_resources_are_always_valid(signer, trusted, resources, expected):
+    def sized(spec):
+        spec["containers"][0]["resources"] = resources
+
+    _, pod = created(sized, signer=signer, trusted=trusted)
+    assert pod["spec"]["initContainers"][0]["resources"] == expected
+
+
+def test_the_first_of_equal_sizes_is_taken_as_written(signer, trusted):
+    def two(spec):
+        spec["containers"][0]["resources"] = {"requests": {"cpu": "1"}}
+        spec["containers"].append(
+            {"name": "b", "image": "x", "resources": {"requests": {"cpu": "1000m"}}}
+        )
+
+    _, pod = created(two, signer=signer, trusted=trusted)
+    assert pod["spec"]["initContainers"][0]["resources"]["requests"]["cpu"] == "1"
+
+
+def windows_affinity(*expressions: dict, terms: object = None) -> Any:
+    def change(spec):
+        selector_terms = terms if terms is not None else [{"matchExpressions": list(expressions)}]
+        spec["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": selector_terms
+                }
+            }
+        }
+
+    return change
+
+
+OS_IN_WINDOWS = {"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "windows"),
+    [
+        (windows_affinity(OS_IN_WINDOWS), True),
+        (windows_affinity({**OS_IN_WINDOWS, "operator": "NotIn"}), False),
+        (windows_affinity({**OS_IN_WINDOWS, "key": "kubernetes.io/arch"}), False),
+        (windows_affinity({**OS_IN_WINDOWS, "values": ["linux", "windows"]}), False),
+        (windows_affinity("not-an-expression"), False),
+        (windows_affinity(terms=[]), False),
+        (windows_affinity(terms="junk"), False),
+        (windows_affinity(terms=["junk"]), False),
+        (lambda spec: spec.update(nodeSelector={"kubernetes.io/os": "windows"}), True),
+        (lambda spec: spec.update(nodeSelector={"kubernetes.io/os": "linux"}), False),
+    ],
+    ids=[
+        "os-in-windows", "not-in", "other-key", "windows-or-linux", "junk-expression",
+        "no-terms", "terms-not-a-list", "term-not-an-object", "node-selector", "linux",
+    ],
+)  # fmt: skip
+def test_only_a_pod_that_can_land_only_on_windows_is_left_alone(signer, trusted, change, windows):
+    answer, _ = created(change, signer=signer, trusted=trusted)
+    expected = "skipped-windows" if windows else "env-volume-added"
+    assert answer["auditAnnotations"]["outcome"] == expected
+    assert answer["allowed"] is True
