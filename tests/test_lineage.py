@@ -794,3 +794,36 @@ def test_the_oldest_held_alert_is_released_when_too_many_wait(signer, trusted):
     (first,) = released
     assert first.alert["output_fields"]["proc.pid"] == 9000, "the oldest one, not dropped"
     assert first.attribution.status == "none"
+
+
+def test_the_verifier_caches_a_bounded_number_of_verdicts_and_judges_time_per_event(
+    signer, trusted
+):
+    token, identity = make_token(signer)
+    other, _ = make_token(signer, session_id="s-2")
+    third, _ = make_token(signer, session_id="s-3")
+    verifier = TokenVerifier(trusted, max_skew=300, cache_size=2)
+    assert verifier.verify(token, T_ISSUED).identity == identity
+    assert verifier.verify(token, T_ISSUED + 10).identity == identity
+    assert verifier.verifications == 1, "the second look is the cache's"
+    # a token up to max_skew seconds in the future of the event is believed, beyond it not
+    assert verifier.verify(token, T_ISSUED - 300).identity == identity
+    early = verifier.verify(token, T_ISSUED - 301)
+    assert early.identity is None
+    assert early.error == (
+        f"TokenFromFuture: token iat {T_ISSUED} is 301s after the event (allowed skew 300s)"
+    )
+    assert verifier.verifications == 1, "the time is judged per event, on the cached verdict"
+    verifier.verify(other, T_ISSUED)
+    verifier.verify(third, T_ISSUED)  # the oldest entry leaves the cache
+    assert verifier.verifications == 3
+    verifier.verify(token, T_ISSUED)
+    assert verifier.verifications == 4, "the evicted token is verified again"
+    verifier.verify(third, T_ISSUED)
+    assert verifier.verifications == 4
+
+
+def test_a_bad_token_s_verdict_names_the_error_class(signer, trusted):
+    verdict = TokenVerifier(trusted).verify("v1.0123456789abcdef.e30.c2ln", T_ISSUED)
+    assert verdict.identity is None
+    assert verdict.error == "TokenMalformed: token signature is 3 bytes, expected 64"
