@@ -827,3 +827,37 @@ def test_a_bad_token_s_verdict_names_the_error_class(signer, trusted):
     verdict = TokenVerifier(trusted).verify("v1.0123456789abcdef.e30.c2ln", T_ISSUED)
     assert verdict.identity is None
     assert verdict.error == "TokenMalformed: token signature is 3 bytes, expected 64"
+
+
+def test_held_alerts_leave_in_deadline_order_or_as_soon_as_their_root_is_learnt(trusted):
+    from webhook.keyfiles import load_key_ring
+
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    attributor = Attributor(verifier, hold_seconds=5)
+    child, root = (FALCO / "out_of_order.jsonl").read_bytes().splitlines()
+    orphan = parse_alert(child)
+    stranger = {**orphan, "output_fields": {**orphan["output_fields"], "proc.pid": 99_999}}
+    stranger["output_fields"]["proc.apid[1]"] = 99_998
+    assert attributor.submit(stranger, now=0) == []
+    assert attributor.submit(orphan, now=1) == []
+    assert attributor.held == 2
+    assert attributor.release(now=4.9) == [], "nothing is due yet"
+    (due,) = attributor.release(now=5)  # the stranger's time is up: it leaves first
+    assert (due.alert["output_fields"]["proc.pid"], due.attribution.status) == (99_999, "none")
+    # the late root arrives: the held child is attributed at once, before its deadline
+    ready = attributor.submit(parse_alert(root), now=5.5)
+    released = [o for o in ready if o.alert["rule"] == "Read sensitive file untrusted"]
+    assert [o.attribution.status for o in released] == ["verified"]
+    assert attributor.held == 0
+    assert attributor.release(now=100) == []
+
+
+def test_drain_hands_out_everything_still_held_as_well_as_it_can(trusted):
+    from webhook.keyfiles import load_key_ring
+
+    attributor = Attributor(TokenVerifier(load_key_ring([FALCO / "identity.pub"])), hold_seconds=60)
+    child, _ = (FALCO / "out_of_order.jsonl").read_bytes().splitlines()
+    attributor.submit(parse_alert(child), now=0)
+    (out,) = attributor.drain()
+    assert out.attribution.status == "none" and attributor.held == 0
+    assert attributor.drain() == []
