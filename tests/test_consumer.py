@@ -643,3 +643,17 @@ def test_alerts_left_in_an_older_version_s_sqlite_inbox_are_moved_not_lost(tmp_p
     assert left_in(tmp_path / "inbox") == lines
     assert not list(tmp_path.glob("inbox.db*")), "moved once: the old inbox is gone"
     assert move_sqlite_inbox(tmp_path / "inbox.db", writer) == 0
+
+
+def test_the_consumer_s_metrics_live_in_its_state_dir_and_start_clean(tmp_path, monkeypatch):
+    from webhook.wsgi import prepare_metrics_dir
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    stale = tmp_path / "state" / "metrics" / "counter_12345.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by a consumer killed with -9")
+    directory = prepare_metrics_dir(2, tmp_path / "state" / "metrics")
+    assert directory == tmp_path / "state" / "metrics"
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(directory)
+    assert list(directory.iterdir()) == [], "what a killed run left is gone"
+    assert directory.stat().st_mode & 0o077 == 0

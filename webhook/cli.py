@@ -303,7 +303,8 @@ def consume(
         # before anything imports prometheus_client (see prepare_metrics_dir)
         from webhook.wsgi import prepare_metrics_dir
 
-        prepare_metrics_dir(2)  # the intake and the pipeline process
+        # the intake and the pipeline process; in the state dir: a kill -9 leaves no trace
+        prepare_metrics_dir(2, settings.state_dir / "metrics")
         from webhook import consumer_app
 
         consumer_app.serve_consumer(settings, stdout)

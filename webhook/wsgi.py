@@ -27,23 +27,29 @@ from webhook.settings import Settings
 KEEPALIVE_SECONDS = 120
 
 
-def prepare_metrics_dir(workers: int) -> Path | None:
-    """Point prometheus-client at a shared directory when several workers serve /metrics.
+def prepare_metrics_dir(workers: int, directory: Path | None = None) -> Path | None:
+    """Point prometheus-client at a shared directory when several processes serve /metrics.
 
     Must run before ``prometheus_client`` is first imported: the library picks its value
-    class from ``PROMETHEUS_MULTIPROC_DIR`` at import time.
+    class from ``PROMETHEUS_MULTIPROC_DIR`` at import time. With ``directory`` (the
+    consumer's state dir), what a killed run left there is wiped first, and nothing is
+    left in /tmp; without it, a temporary directory is removed when this process exits.
     """
     if workers < 2:
         return None
-    directory = Path(tempfile.mkdtemp(prefix="whoexec-metrics-"))
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, mode=0o700)
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="whoexec-metrics-"))
+        creator = os.getpid()
+
+        def remove() -> None:
+            if os.getpid() == creator:  # not in a forked worker that exits first
+                shutil.rmtree(directory, ignore_errors=True)
+
+        atexit.register(remove)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    creator = os.getpid()
-
-    def remove() -> None:
-        if os.getpid() == creator:  # not in a forked worker that exits first
-            shutil.rmtree(directory, ignore_errors=True)
-
-    atexit.register(remove)
     return directory
 
 
