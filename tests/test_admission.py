@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,14 @@ import jsonpatch
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from webhook.admission import AdmissionPolicy, PodFacts, outcomes, pod_facts, review_admission
+from webhook.admission import (
+    AdmissionPolicy,
+    PodFacts,
+    outcomes,
+    pod_facts,
+    quantity,
+    review_admission,
+)
 from webhook.errors import MalformedReview
 from webhook.identity import Signer, key_ring, verify_token
 
@@ -293,7 +302,10 @@ def _set(path: str, value: Any):
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (_set("apiVersion", "admission.k8s.io/v1beta1"), "apiVersion"),
+        (
+            _set("apiVersion", "admission.k8s.io/v1beta1"),
+            'got apiVersion "admission.k8s.io/v1beta1" kind "AdmissionReview"',
+        ),
         (_set("kind", "Pod"), "AdmissionReview"),
         (_without("request"), "body.request must be dict"),
         (_set("request", []), "body.request must be dict"),
@@ -306,7 +318,10 @@ def _set(path: str, value: Any):
         (_set("request.object", "sh"), "request.object must be dict"),
         (_set("request.object", None), "PodExecOptions"),
         (_set("request.object.command", "/bin/sh"), "request.object.command must be list"),
-        (_set("request.object.kind", "PodAttachOptions"), "must be PodExecOptions"),
+        (
+            _set("request.object.kind", "PodAttachOptions"),
+            'request.object.kind must be PodExecOptions, got "PodAttachOptions"',
+        ),
         (_set("request.namespace", ["shop"]), "request.namespace must be str"),
         (_set("request.dryRun", "false"), "request.dryRun must be bool"),
         (_set("request.operation", None), "request.operation must be str"),
@@ -597,7 +612,12 @@ def test_every_pod_create_skip_admits_the_pod_unchanged(signer, trusted, change,
 def test_a_mount_elsewhere_or_a_mount_without_a_path_is_no_conflict(signer, trusted):
     pod = pod_with(
         lambda p: p["spec"]["containers"][0].update(
-            volumeMounts=[{"name": "x", "mountPath": "/.whoexec-data"}, {"name": "y"}, "junk"]
+            volumeMounts=[
+                {"name": "x", "mountPath": "/.whoexec-data"},
+                {"name": "z", "mountPath": "/.whoexecX"},  # looks alike, is another path
+                {"name": "y"},
+                "junk",
+            ]
         )
     )
     assert admit(create_review(pod), signer, trusted).decision.outcome == "env-volume-added"
@@ -729,9 +749,19 @@ def test_an_injected_debug_container_is_its_own_session_named_by_the_request(sig
             ],
         ),
         ([{"name": "mine", "mountPath": "/.whoexec/"}], []),  # the path is taken: left alone
+        (
+            [{"name": "mine", "mountPath": "/.whoexecX"}],  # looks alike, is another path
+            [
+                {
+                    "op": "add",
+                    "path": "/spec/ephemeralContainers/1/volumeMounts/-",
+                    "value": {"name": "whoexec-env", "mountPath": "/.whoexec", "readOnly": True},
+                }
+            ],
+        ),
         ("not-a-list", []),
     ],
-    ids=["no-mounts", "other-mounts", "path-taken", "malformed-mounts"],
+    ids=["no-mounts", "other-mounts", "path-taken", "look-alike-path", "malformed-mounts"],
 )
 def test_a_debug_container_gets_the_static_env_mount_once_and_only_where_it_fits(
     signer, trusted, mounts, expected
@@ -868,15 +898,177 @@ def test_requests_that_only_look_like_ours_are_left_alone(
     assert response["auditAnnotations"]["outcome"] == "skipped-not-exec"
 
 
+def reinvoked(review: dict, first: dict) -> dict:
+    """The review of a reinvocation: the first call's patch applied, and a new uid (every
+    webhook call gets its own: k8s.io/apiserver's CreateAdmissionObjects)."""
+    again = copy.deepcopy(review)
+    again["request"]["object"] = applied(review, first)
+    again["request"]["uid"] = "0b5e55ed-0000-4000-8000-reinvocation"
+    return again
+
+
 def test_a_second_new_debug_container_gets_its_token_after_a_reinvoked_first(signer, trusted):
     review = debug_review()
     first = admit(review, signer, trusted).response["response"]
-    again = copy.deepcopy(review)
-    again["request"]["object"] = applied(review, first)
+    again = reinvoked(review, first)
     containers = again["request"]["object"]["spec"]["ephemeralContainers"]
     containers.append({"name": "debugger-2", "image": "busybox:1.36"})
-    decision = admit(again, signer, trusted).decision
-    assert [op["path"] for op in decision.patch] == ["/spec/ephemeralContainers/2/env"]
+    admission = admit(again, signer, trusted)
+    (op,) = admission.decision.patch
+    assert op["path"] == "/spec/ephemeralContainers/2/env"
+    # one admission, one session: the audit event keeps the first call's session-id, so
+    # the second container's token carries it too
+    token = verify_token(op["value"][0]["value"], trusted, now=NOW)
+    assert token.session_id == review["request"]["uid"]
+    assert admission.response["response"]["auditAnnotations"]["session-id"] == token.session_id
+
+
+def test_a_reinvoked_debug_update_names_the_session_the_first_call_minted(signer, trusted):
+    review = debug_review()
+    first = admit(review, signer, trusted).response["response"]
+    admission = admit(reinvoked(review, first), signer, trusted)
+    assert admission.decision.outcome == "skipped-already-injected"
+    annotations = admission.response["response"]["auditAnnotations"]
+    # the apiserver refuses to overwrite an audit annotation with another value
+    assert annotations["session-id"] == first["auditAnnotations"]["session-id"]
+    assert admission.decision.session_id == review["request"]["uid"]
+
+
+def test_a_debug_container_that_sets_the_variable_after_a_reinvoked_one_is_denied(signer, trusted):
+    review = debug_review()
+    first = admit(review, signer, trusted).response["response"]
+    again = reinvoked(review, first)
+    containers = again["request"]["object"]["spec"]["ephemeralContainers"]
+    (ours,) = containers[1]["env"]
+    containers.append(
+        {"name": "debugger-2", "image": "busybox:1.36", "env": [dict(ours)]}  # lifted token
+    )
+    admission = admit(again, signer, trusted)
+    response = admission.response["response"]
+    assert (response["allowed"], admission.decision.outcome) == (False, "denied")
+    assert "ephemeral container 'debugger-2' sets WHOEXEC_IDENTITY" in response["status"]["message"]
+
+
+def test_a_debug_container_gets_no_mount_when_the_pod_s_volumes_are_all_others(signer, trusted):
+    def other_volumes(review: dict) -> None:
+        review["request"]["object"]["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+
+    decision = admit(debug_review(other_volumes), signer, trusted).decision
+    assert [op["path"] for op in decision.patch] == ["/spec/ephemeralContainers/1/env"]
+
+
+#: a pod created after install, with a second container that a later webhook added (it
+#: lacks our mount) and kubectl's default-container annotation
+SIDECAR_POD = {
+    "metadata": {"uid": "u-1", "annotations": {}},
+    "spec": {
+        "volumes": [{"name": "data", "emptyDir": {}}, {"name": "whoexec-env", "emptyDir": {}}],
+        "containers": [
+            {"name": "app", "image": "nginx:1.27",
+             "volumeMounts": [{"name": "whoexec-env", "mountPath": "/.whoexec"}]},
+            {"name": "sidecar", "image": "proxy:2",
+             "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+        ],
+    },
+}  # fmt: skip
+
+
+def exec_into(container: str, pod: PodFacts, policy: AdmissionPolicy, signer, trusted):
+    review = load_json("admission/exec_interactive_shell.json")
+    review["request"]["object"]["container"] = container
+    return review, review_admission(review, policy, signer, trusted, now=NOW, pod=pod)
+
+
+def test_only_containers_that_mount_the_static_env_are_rewritten_to_it(signer, trusted):
+    facts = pod_facts(SIDECAR_POD)
+    assert facts.mounted == {"app"}
+    safe = AdmissionPolicy()
+    _, app = exec_into("app", facts, safe, signer, trusted)
+    _, sidecar = exec_into("sidecar", facts, safe, signer, trusted)
+    assert app.decision.patch[0]["value"][0] == "/.whoexec/env"
+    assert (sidecar.decision.outcome, sidecar.decision.patch) == ("skipped-no-static-env", ())
+
+
+def test_an_exec_without_a_container_goes_to_the_annotated_default(signer, trusted):
+    pod = copy.deepcopy(SIDECAR_POD)
+    pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] = "sidecar"
+    facts = pod_facts(pod)
+    assert facts.default_container == "sidecar"
+    _, admission = exec_into("", facts, AdmissionPolicy(), signer, trusted)
+    assert admission.decision.outcome == "skipped-no-static-env", "sidecar lacks the mount"
+    pod["metadata"]["annotations"] = {}
+    _, admission = exec_into("", pod_facts(pod), AdmissionPolicy(), signer, trusted)
+    assert admission.decision.outcome == "injected", "the first container, which has it"
+
+
+def test_pod_facts_pass_over_a_container_that_is_not_an_object():
+    facts = pod_facts({"spec": {"containers": ["junk", {"name": "app", "image": "a:1"}]}})
+    assert facts.images == (("app", "a:1"),)
+    assert facts.default_container == "app"
+
+
+@pytest.mark.parametrize(
+    ("container", "outcome"),
+    [("app", "injected"), ("tools", "skipped-no-env"), ("", "injected")],
+)
+def test_the_image_judged_is_the_exec_s_own_container_s(signer, trusted, container, outcome):
+    facts = PodFacts("u-1", False, (("app", "nginx:1.27"), ("tools", "distroless/x:1")),
+                     default_container="app")  # fmt: skip
+    policy = AdmissionPolicy(images_without_env=("distroless/*",), env_trusted_namespaces=("*",))
+    _, admission = exec_into(container, facts, policy, signer, trusted)
+    assert admission.decision.outcome == outcome
+
+
+def test_an_exec_into_a_container_the_pod_cache_does_not_know_is_skipped(signer, trusted):
+    policy = AdmissionPolicy(images_without_env=("distroless/*",))
+    _, admission = exec_into("added-later", WEB, policy, signer, trusted)
+    assert admission.decision.outcome == "skipped-no-static-env"
+    assert WEB.image_of("added-later") is None
+
+
+@pytest.mark.parametrize(("skew", "outcome"), [(300, "skipped-already-injected"), (5, "denied")])
+def test_a_rewrite_by_a_replica_whose_clock_runs_ahead_is_ours_within_the_clock_skew(
+    signer, trusted, skew, outcome
+):
+    review = load_json("admission/exec_interactive_shell.json")
+    ahead = review_admission(review, POLICY, signer, trusted, now=NOW + 60).response
+    again = reinvoked(review, ahead["response"])
+    policy = dataclasses.replace(POLICY, clock_skew_seconds=skew)
+    assert review_admission(again, policy, signer, trusted, now=NOW).decision.outcome == outcome
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("100m", Decimal("0.1")),
+        ("64Mi", Decimal(64 * 2**20)),
+        ("1.5", Decimal("1.5")),
+        (2, Decimal(2)),
+        (0.5, Decimal("0.5")),
+        (True, None),  # an int to Python, but no quantity
+        (None, None),
+        ("lots", None),
+        ("1e5000000000", None),
+    ],
+)
+def test_a_resource_quantity_is_read_as_a_number_or_not_at_all(text, value):
+    assert quantity(text) == value
+
+
+def test_a_pod_whose_resources_are_not_quantities_still_gets_the_static_env(signer, trusted):
+    pod = pod_with(
+        lambda p: p["spec"]["containers"][0].update(
+            resources={"limits": {"cpu": True, "memory": "lots"}, "requests": {"cpu": [1]}}
+        )
+    )
+    admission = admit(create_review(pod), signer, trusted)
+    assert admission.decision.outcome == "env-volume-added"
+    (init,) = [op for op in admission.decision.patch if op["path"].startswith("/spec/init")]
+    resources = init["value"][0]["resources"]
+    assert resources == {
+        "requests": {"cpu": POLICY.static_env_cpu, "memory": POLICY.static_env_memory},
+        "limits": {"cpu": POLICY.static_env_cpu, "memory": POLICY.static_env_memory},
+    }
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,21 @@ def test_settings_are_frozen():
 def test_bad_values_name_the_variable_and_value(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "path", ["env", ".whoexec/env", "/env", "/.whoexec/", "/.whoexec//env", "/a/../env", "/./env"]
+)
+def test_a_static_env_path_whose_directory_cannot_be_mounted_is_refused(path):
+    # the pod CREATE mutation mounts the directory in every new pod: "/" or a relative
+    # path would make each of them invalid
+    with pytest.raises(ConfigError, match=re.escape(f"env_volume_path {path!r} must be an")):
+        Settings.from_env({"WHOEXEC_ENV_VOLUME_PATH": path})
+
+
+@pytest.mark.parametrize(
+    ("path", "mounted_at"), [("/.whoexec/env", "/.whoexec"), ("/opt/who/bin/env", "/opt/who/bin")]
+)
+def test_the_static_env_is_mounted_at_the_directory_of_its_path(path, mounted_at):
+    policy = Settings.from_env({"WHOEXEC_ENV_VOLUME_PATH": path}).admission_policy
+    assert policy.env_mount_dir == mounted_at

@@ -26,7 +26,7 @@ import fnmatch
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -140,6 +140,12 @@ class AdmissionPolicy:
     #: the image whose init container copies the static env into the pod
     static_env_image: str = "ghcr.io/whoexec/whoexec:0.1.0"
 
+    @property
+    def env_mount_dir(self) -> str:
+        """The directory the static env's volume is mounted at (``/.whoexec``); settings
+        refuse an ``env_volume_path`` that is not a file in a directory below ``/``."""
+        return self.env_volume_path.rsplit("/", 1)[0]
+
 
 #: pod annotation that opts a pod out: ``whoexec.io/inject: "false"``
 OPT_OUT_ANNOTATION = "whoexec.io/inject"
@@ -252,17 +258,15 @@ class Admission:
 
     response: AdmissionReview
     decision: Decision
-    request: AdmissionRequest = field(repr=False)
 
 
 # --- parsing ------------------------------------------------------------------------------
 
 
-def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: str) -> Any:
+def _field(obj: Mapping[str, Any], key: str, kind: type, path: str) -> Any:
     value = obj.get(key)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise MalformedReview(f"{path}.{key} must be {names}, got {_show(value)}")
+        raise MalformedReview(f"{path}.{key} must be {kind.__name__}, got {_show(value)}")
     return value
 
 
@@ -365,10 +369,10 @@ class _Context:
     now: int
     pod: PodFacts | None
 
-    def identity_for(self, container: str) -> Identity:
+    def identity_for(self, container: str, session_id: str = "") -> Identity:
         user_info = self.request.get("userInfo", {})
         return Identity(
-            session_id=self.request["uid"],
+            session_id=session_id or self.request["uid"],
             user=user_info.get("username", ""),
             uid=user_info.get("uid", ""),
             groups=tuple(user_info.get("groups", [])),
@@ -460,7 +464,7 @@ def _static_env_mount(
     volumes = (pod.get("spec") or {}).get("volumes") or []
     if not any(isinstance(v, dict) and v.get("name") == ENV_VOLUME for v in volumes):
         return []
-    mount_dir = ctx.policy.env_volume_path.rsplit("/", 1)[0] or "/"
+    mount_dir = ctx.policy.env_mount_dir
     mounts = container.get("volumeMounts")
     if not isinstance(mounts, list | None) or any(
         isinstance(m, dict) and str(m.get("mountPath", "")).rstrip("/") == mount_dir
@@ -530,6 +534,10 @@ def _decide_ephemeral(ctx: _Context) -> Decision:
         return Decision(allowed=True, outcome="skipped-no-new-container")
 
     patch: list[dict[str, Any]] = []
+    # every webhook call has a new request.uid, reinvocations too (k8s.io/apiserver
+    # CreateAdmissionObjects), and the apiserver refuses to overwrite an audit annotation
+    # with another value: a reinvocation names the session the first call minted
+    session_id = ""
     for index, container in new:
         env = container.get("env")
         if env is not None and not isinstance(env, list):
@@ -539,8 +547,11 @@ def _decide_ephemeral(ctx: _Context) -> Decision:
         supplied = [e for e in env or [] if isinstance(e, dict) and e.get("name") == variable]
         if supplied:
             value = supplied[0].get("value")
-            own = isinstance(value, str) and ctx.own_earlier_token(value, container["name"])
-            if len(supplied) == 1 and own:
+            own = None
+            if isinstance(value, str):
+                own = ctx.own_earlier_token(value, container["name"])
+            if len(supplied) == 1 and own is not None:
+                session_id = session_id or own.session_id
                 continue
             return _denied(
                 f"whoexec: ephemeral container {container['name']!r} sets {variable}, which "
@@ -557,7 +568,7 @@ def _decide_ephemeral(ctx: _Context) -> Decision:
         ):
             continue  # our own earlier token, verified above
         try:
-            token = sign_identity(ctx.identity_for(container["name"]), ctx.signer)
+            token = sign_identity(ctx.identity_for(container["name"], session_id), ctx.signer)
         except TokenTooLarge:
             return Decision(allowed=True, outcome="skipped-token-too-large")
         token_bytes = max(token_bytes, len(token))
@@ -573,13 +584,13 @@ def _decide_ephemeral(ctx: _Context) -> Decision:
             allowed=True,
             outcome="skipped-already-injected",
             audit_outcome="injected",
-            session_id=ctx.request["uid"],
+            session_id=session_id,
         )
     return Decision(
         allowed=True,
         outcome="injected",
         patch=tuple(patch),
-        session_id=ctx.request["uid"],
+        session_id=session_id or ctx.request["uid"],
         token_bytes=token_bytes,
     )
 
@@ -642,6 +653,8 @@ _QUANTITY = re.compile(r"([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|T
 
 def quantity(text: object) -> Decimal | None:
     """A Kubernetes resource quantity (``100m``, ``64Mi``, ``1.5``) as a number."""
+    if isinstance(text, bool):
+        return None  # an int to Python, but no quantity
     if isinstance(text, int | float):
         return Decimal(str(text))
     match = _QUANTITY.fullmatch(str(text).strip())
@@ -653,7 +666,9 @@ def quantity(text: object) -> Decimal | None:
         return None
 
 
-def _init_resources(containers: list[Any], policy: AdmissionPolicy) -> dict[str, dict[str, str]]:
+def _init_resources(
+    containers: list[dict[str, Any]], policy: AdmissionPolicy
+) -> dict[str, dict[str, str]]:
     """Requests and limits for the static env's init container.
 
     The largest value the pod's own containers have, per resource, else the settings. By
@@ -668,10 +683,10 @@ def _init_resources(containers: list[Any], policy: AdmissionPolicy) -> dict[str,
         for resource in ("cpu", "memory"):
             best: tuple[Decimal, str] | None = None
             for container in containers:
-                resources = container.get("resources") if isinstance(container, dict) else None
+                resources = container.get("resources")  # containers are objects by now
                 values = resources.get(kind) if isinstance(resources, dict) else None
                 raw = values.get(resource) if isinstance(values, dict) else None
-                amount = quantity(raw) if raw is not None else None
+                amount = quantity(raw)  # None for an absent or malformed value
                 if amount is not None and (best is None or amount > best[0]):
                     best = (amount, str(raw))
             if best is not None:
@@ -727,7 +742,7 @@ def _decide_pod_create(ctx: _Context) -> Decision:
                 allowed=True, outcome="skipped-already-injected", audit_outcome="env-volume-added"
             )
         return Decision(allowed=True, outcome="skipped-name-collision")
-    mount_dir = ctx.policy.env_volume_path.rsplit("/", 1)[0] or "/"
+    mount_dir = ctx.policy.env_mount_dir
     for kind, items in (("containers", containers), ("initContainers", init_containers or [])):
         for index, container in enumerate(items):
             if not isinstance(container, dict):
@@ -879,7 +894,7 @@ def review_admission(
     """Parse an AdmissionReview body, decide, and render the answer."""
     request = parse_review(body)
     decision = decide(request, policy, signer, trusted_keys, now, pod, pod_lookup)
-    return Admission(render_response(request, decision, pod_lookup), decision, request)
+    return Admission(render_response(request, decision, pod_lookup), decision)
 
 
 def outcomes() -> Sequence[str]:

@@ -108,6 +108,14 @@ class Settings:
             raise ConfigError(f"identity_variable {self.identity_variable!r} is not a valid name")
         if not self.env_path.startswith("/"):
             raise ConfigError(f"env_path {self.env_path!r} must be an absolute path")
+        # the pod CREATE mutation mounts the directory: "/" or a relative path would make
+        # every new pod invalid
+        first, *parts = self.env_volume_path.split("/")
+        if first or len(parts) < 2 or any(part in ("", ".", "..") for part in parts):
+            raise ConfigError(
+                f"env_volume_path {self.env_volume_path!r} must be an absolute path of a file "
+                "in a directory below /, like /.whoexec/env"
+            )
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log_level {self.log_level!r} is not debug/info/warning/error")
         if not 0 < self.pod_lookup_timeout <= 5:
