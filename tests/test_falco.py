@@ -187,6 +187,9 @@ def alert_with(**fields) -> dict:
         # proc.ppid and proc.pname absent: the parent is the first ancestor
         ({"proc.pid": 10, "proc.apid[1]": 9, "proc.aname[1]": "bash", "proc.apid[2]": 1},
          {"ppid": 9, "parent_name": "bash", "ancestors": ((9, "bash"), (1, None))}),
+        # no append_output at all: a stock rule's own output names the parent by name only
+        ({"proc.pid": 10, "proc.pname": "bash"},
+         {"ppid": None, "parent_name": "bash", "ancestors": ()}),
         # init (pid 1) is an ancestor; pid 0 ends the chain
         ({"proc.pid": 10, "proc.apid[1]": 1, "proc.apid[2]": 0, "proc.apid[3]": 5},
          {"ancestors": ((1, None),)}),
@@ -220,7 +223,7 @@ def alert_with(**fields) -> dict:
         ({"proc.pid": 10, "proc.pid.ts": 5}, {"start_ts": 5}),  # no thread.tid: taken as is
     ],
     ids=[
-        "ppid-only", "apid-only", "init-and-zero", "eight-ancestors", "old-strings",
+        "ppid-only", "apid-only", "pname-only", "init-and-zero", "eight-ancestors", "old-strings",
         "whole-env", "env-var-wins", "args", "cmdline", "iso-time", "alert-time",
         "evt-time-first", "thread", "main-thread", "no-tid",
     ],

@@ -256,9 +256,54 @@ def test_the_largest_token_that_can_exist_under_the_limit_verifies(signer, trust
         padded_token(signer, MAX_TOKEN_BYTES)
 
 
-def test_an_oversize_token_is_refused_naming_its_size_and_the_limit(trusted):
-    with pytest.raises(TokenMalformed, match=r"^token is 2003 bytes, the limit is 1023$"):
-        verify_token("v1." + "a" * 2000, trusted, now=NOW)
+@pytest.mark.parametrize("size", [MAX_TOKEN_BYTES, 2003])
+def test_an_oversize_token_is_refused_naming_its_size_and_the_limit(trusted, size):
+    with pytest.raises(TokenMalformed, match=rf"^token is {size} bytes, the limit is 1023$"):
+        verify_token("v1." + "a" * (size - 3), trusted, now=NOW)
+
+
+def spec_length(identity: Identity) -> int:
+    """The length of ``identity``'s token as docs/token.md defines it, without signing."""
+    payload = json.dumps(identity.to_payload(), separators=(",", ":"), ensure_ascii=False)
+    encoded = base64.urlsafe_b64encode(payload.encode("utf-8")).rstrip(b"=")
+    return len("v1.") + 16 + len(".") + len(encoded) + len(".") + 86
+
+
+@pytest.mark.parametrize("letter", ["g", "é"], ids=["ascii", "utf8"])
+def test_the_groups_kept_are_exactly_the_longest_prefix_that_fits(signer, trusted, letter):
+    # each user name length moves the payload's base64 alignment by a byte, and the
+    # groups have many lengths, so the cut meets every edge of the size estimate
+    groups = tuple(letter * (1 + (i * 7) % 23) + str(i) for i in range(80))
+    for user_length in range(1, 49):
+        identity = replace(ALICE, user="u" * user_length, groups=groups)
+        token = sign_identity(identity, signer)
+        assert len(token) < MAX_TOKEN_BYTES
+        longest = max(
+            m
+            for m in range(len(groups) + 1)
+            if spec_length(replace(identity, groups=groups[:m], groups_truncated=True))
+            < MAX_TOKEN_BYTES
+        )
+        kept = verify_token(token, trusted, now=NOW)
+        assert (kept.groups, kept.groups_truncated) == (groups[:longest], True), user_length
+
+
+def test_an_identity_is_refused_exactly_when_not_even_an_empty_group_list_fits(signer, trusted):
+    refused = 0
+    for user_length in range(440, 520):  # the edge is near 487 bytes
+        identity = replace(ALICE, user="u" * user_length, groups=("devs",))
+        fits_bare = spec_length(replace(identity, groups=(), groups_truncated=True)) < 1024
+        if spec_length(identity) < MAX_TOKEN_BYTES:
+            assert verify_token(sign_identity(identity, signer), trusted, now=NOW) == identity
+        elif fits_bare:
+            token = sign_identity(identity, signer)
+            assert len(token) < MAX_TOKEN_BYTES
+            assert verify_token(token, trusted, now=NOW).groups == ()
+        else:
+            refused += 1
+            with pytest.raises(TokenTooLarge, match="even without groups"):
+                sign_identity(identity, signer)
+    assert 0 < refused < 80, "the sweep crosses the edge"
 
 
 def test_when_not_one_group_fits_the_token_says_its_groups_were_cut(signer, trusted):

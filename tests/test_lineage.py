@@ -11,7 +11,7 @@ import pytest
 from webhook.consumer import MemorySink, Pipeline
 from webhook.falco import parse_alert, process_facts, token_pattern
 from webhook.keyfiles import load_key_ring
-from webhook.lineage import Attributor, ProcessRecord, ProcessTable, TokenVerifier
+from webhook.lineage import Attribution, Attributor, ProcessRecord, ProcessTable, TokenVerifier
 
 from .conftest import DATA
 
@@ -581,24 +581,33 @@ def make_token(signer, **changes) -> tuple[str, object]:
     return sign_identity(identity, signer), identity
 
 
-def facts_for(pid: int, **fields):
-    from webhook.falco import check_alert, process_facts, token_pattern
+def alert_for(pid: int, **fields):
+    """An alert of a process in container c1 (app) of pod shop/web-0 on node-a."""
+    from webhook.falco import check_alert
 
-    alert = {
-        "rule": "r",
-        "source": "syscall",
-        "time": "2026-11-22T10:00:01Z",
-        "hostname": "node-a",
-        "output_fields": {
-            "proc.pid": pid,
-            "container.id": "c1",
-            "container.name": "app",
-            "k8s.ns.name": "shop",
-            "k8s.pod.name": "web-0",
-            **fields,
-        },
-    }
-    return process_facts(check_alert(alert), "WHOEXEC_IDENTITY", token_pattern("WHOEXEC_IDENTITY"))
+    return check_alert(
+        {
+            "rule": "r",
+            "source": "syscall",
+            "time": "2026-11-22T10:00:01Z",
+            "hostname": "node-a",
+            "output_fields": {
+                "proc.pid": pid,
+                "container.id": "c1",
+                "container.name": "app",
+                "k8s.ns.name": "shop",
+                "k8s.pod.name": "web-0",
+                **fields,
+            },
+        }
+    )
+
+
+def facts_for(pid: int, **fields):
+    from webhook.falco import process_facts, token_pattern
+
+    alert = alert_for(pid, **fields)
+    return process_facts(alert, "WHOEXEC_IDENTITY", token_pattern("WHOEXEC_IDENTITY"))
 
 
 def attributor_with(trusted, *records) -> Attributor:
@@ -861,3 +870,334 @@ def test_drain_hands_out_everything_still_held_as_well_as_it_can(trusted):
     (out,) = attributor.drain()
     assert out.attribution.status == "none" and attributor.held == 0
     assert attributor.drain() == []
+
+
+# --- what the table learns, alert by alert -------------------------------------------------
+
+START = T_ISSUED * 10**9
+
+
+def root_facts(pid: int, token: str, **fields):
+    """The env execve of a session: its own argv carries the token."""
+    args = {"proc.args": f"WHOEXEC_IDENTITY={token} sh", "proc.pid.ts": START}
+    return facts_for(pid, **{**args, "proc.apid[1]": 30, **fields})
+
+
+def test_a_process_seen_again_without_a_parent_keeps_the_one_it_had(signer, trusted):
+    token, identity = make_token(signer)
+    *_, attribution = submitted(
+        attributor_with(trusted),
+        root_facts(40, token),
+        facts_for(41, **{"proc.apid[1]": 40, "proc.pid.ts": START + 1}),
+        facts_for(41, **{"proc.pid.ts": START + 1}),  # a rule whose output names no parent
+        facts_for(42, **{"proc.apid[1]": 41, "proc.pid.ts": START + 2}),
+    )
+    assert (attribution.status, attribution.identity, attribution.root_pid) == (
+        "verified",
+        identity,
+        40,
+    )
+
+
+def test_a_parent_first_seen_as_an_ancestor_learns_its_own_parent_from_its_alert(signer, trusted):
+    token, identity = make_token(signer)
+    child = facts_for(42, **{"proc.apid[1]": 41, "proc.pid.ts": START + 2})
+    before, after = submitted(
+        attributor_with(trusted),
+        root_facts(40, token),
+        child,  # names its parent 41, and nothing above
+        facts_for(41, **{"proc.apid[1]": 40, "proc.pid.ts": START + 1}),
+        child,
+    )[1::2]
+    assert before.status == "none"
+    assert (after.status, after.identity) == ("verified", identity)
+
+
+def test_an_ancestor_s_parent_is_learnt_from_a_later_longer_chain(signer, trusted):
+    token, identity = make_token(signer)
+    short, long = submitted(
+        attributor_with(trusted),
+        root_facts(40, token),
+        facts_for(42, **{"proc.apid[1]": 41, "proc.pid.ts": START + 2}),
+        facts_for(43, **{"proc.apid[1]": 41, "proc.apid[2]": 40, "proc.pid.ts": START + 3}),
+    )[1:]
+    assert short.status == "none"
+    assert (long.status, long.identity, long.root_pid) == ("verified", identity, 40)
+
+
+def test_a_reused_pid_is_a_new_process_that_inherits_no_token(signer, trusted):
+    token, _ = make_token(signer)
+    root, reused = submitted(
+        attributor_with(trusted),
+        root_facts(40, token),
+        facts_for(40, **{"proc.pid.ts": START + 600 * 10**9, "proc.apid[1]": 30}),
+    )
+    assert root.status == "verified"
+    assert reused == Attribution("none")
+
+
+def test_a_root_first_seen_as_an_ancestor_still_belongs_to_its_own_container(signer, trusted):
+    # pid 40 shows up in another alert's chain (no container known yet), then as the
+    # session root of container c-old: a process of c1 under that pid is not its session
+    token, _ = make_token(signer)
+    *_, attribution = submitted(
+        attributor_with(trusted),
+        facts_for(45, **{"proc.apid[1]": 40, "container.id": "c-old"}),
+        root_facts(40, token, **{"container.id": "c-old"}),
+        facts_for(41, **{"proc.apid[1]": 40, "proc.pid.ts": START + 5}),
+    )
+    assert attribution == Attribution("none")
+
+
+def test_a_session_root_that_re_execs_with_another_token_keeps_its_own(signer, trusted):
+    # exec env WHOEXEC_IDENTITY=<someone else's> sh: the same pid and start, a new argv
+    token, identity = make_token(signer)
+    other, _ = make_token(signer, session_id="s-2", user="mallory@corp.example")
+    _, attribution = submitted(
+        attributor_with(trusted),
+        root_facts(40, token),
+        root_facts(40, other, **{"proc.env[WHOEXEC_IDENTITY]": other}),
+    )
+    assert (attribution.status, attribution.identity, attribution.root_pid) == (
+        "tampered",
+        identity,
+        40,
+    )
+    assert attribution.reason == (
+        "pid 40 carries a different WHOEXEC_IDENTITY in its environment than session root pid 40"
+    )
+
+
+def test_a_token_is_never_lost_when_the_table_of_known_tokens_is_cleared(signer, trusted):
+    # the table keeps two processes, so the tokens known are cleared on the third; the
+    # third root, pushed out by noise and seen again, still carries its token
+    tokens = [make_token(signer, session_id=f"s-{n}")[0] for n in (1, 2, 3)]
+    attributor = Attributor(TokenVerifier(trusted), ProcessTable(max_entries=2))
+    roots = [root_facts(pid, token, **{"proc.apid[1]": None}) for pid, token in
+             zip((10, 20, 30), tokens, strict=True)]  # fmt: skip
+    noise = [facts_for(pid) for pid in (50, 51)]
+    *_, again = submitted(attributor, *roots, *noise, roots[2])
+    assert (again.status, again.root_pid) == ("verified", 30)
+    assert again.identity is not None and again.identity.session_id == "s-3"
+
+
+# --- the walk ------------------------------------------------------------------------------
+
+
+def chain_of(n: int, token: str) -> list:
+    """Session root 1000, then n descendants, each the child of the one before."""
+    root = (1000, ProcessRecord(999, START, "c1", token, entry=True))
+    return [root] + [(1000 + i, ProcessRecord(999 + i, START + i, "c1")) for i in range(1, n + 1)]
+
+
+def test_the_walk_climbs_at_most_64_processes(signer, trusted):
+    from webhook.lineage import MAX_WALK
+
+    token, identity = make_token(signer)
+    attributor = attributor_with(trusted, *chain_of(70, token))
+    top = 1000 + MAX_WALK - 1  # the root is the 64th process of its walk
+    reach = attributor.attribute(facts_for(top, **{"proc.pid.ts": START + MAX_WALK - 1}))
+    beyond = attributor.attribute(facts_for(top + 1, **{"proc.pid.ts": START + MAX_WALK}))
+    assert (reach.status, reach.identity, reach.root_pid) == ("verified", identity, 1000)
+    assert beyond == Attribution("none")
+
+
+def test_a_loop_of_stale_parent_links_ends_the_walk(signer, trusted):
+    loop = ((41, ProcessRecord(42, START, "c1")), (42, ProcessRecord(41, START, "c1")))
+    assert attributor_with(trusted, *loop).attribute(facts_for(41)) == Attribution("none")
+
+
+def test_a_grandparent_that_started_after_the_parent_is_a_reused_pid(signer, trusted):
+    token, _ = make_token(signer)
+    records = (
+        (40, ProcessRecord(1, START + 20, "c1", token, entry=True)),  # the pid, reused
+        (41, ProcessRecord(40, START + 10, "c1")),
+        (42, ProcessRecord(41, START + 30, "c1")),
+    )
+    attribution = attributor_with(trusted, *records).attribute(
+        facts_for(42, **{"proc.pid.ts": START + 30})
+    )
+    assert attribution == Attribution("none")
+
+
+def test_a_process_reparented_to_the_host_s_init_is_in_no_session(signer, trusted):
+    # its session's shell died and it was reparented to pid 1: even a token on pid 1's
+    # record (the host's init) never roots it
+    token, _ = make_token(signer)
+    records = (
+        (1, ProcessRecord(0, START - 100, None, token, entry=True)),
+        (41, ProcessRecord(1, START + 1, "c1")),
+    )
+    assert attributor_with(trusted, *records).attribute(facts_for(41)) == Attribution("none")
+
+
+# --- held alerts ---------------------------------------------------------------------------
+
+
+def test_each_late_root_releases_its_own_held_alerts_at_once(signer, trusted):
+    attributor = Attributor(TokenVerifier(trusted), hold_seconds=60)
+    first, _ = make_token(signer)
+    second, _ = make_token(signer, session_id="s-2")
+    for child, parent in ((41, 40), (51, 50), (61, 60)):
+        alert = alert_for(child, **{"proc.apid[1]": parent, "proc.pid.ts": START + 1})
+        assert attributor.submit(alert, now=0) == []
+    assert attributor.held == 3
+
+    def root(pid: int, token: str):
+        return alert_for(
+            pid,
+            **{"proc.args": f"WHOEXEC_IDENTITY={token} sh", "proc.pid.ts": START,
+               "proc.apid[1]": 30},
+        )  # fmt: skip
+
+    def seen(outcomes) -> list:
+        return [
+            (o.facts.pid, o.attribution.status, o.attribution.identity.session_id, o.is_root_event)
+            for o in outcomes
+        ]
+
+    assert seen(attributor.submit(root(40, first), now=1)) == [
+        (41, "verified", "s-1", False),  # the held child, before its deadline
+        (40, "verified", "s-1", False),
+    ]
+    assert seen(attributor.submit(root(50, second), now=2)) == [
+        (51, "verified", "s-2", False),
+        (50, "verified", "s-2", False),
+    ]
+    (late,) = attributor.release(now=60)  # pid 61's root never came
+    assert (late.facts.pid, late.attribution, late.is_root_event) == (
+        61,
+        Attribution("none"),
+        False,
+    )
+
+
+@pytest.mark.parametrize(("hold", "held"), [(0, 0), (0.5, 1), (2, 1)])
+def test_any_hold_time_above_zero_holds_an_alert_that_may_find_its_root_later(trusted, hold, held):
+    attributor = Attributor(TokenVerifier(trusted), hold_seconds=hold)
+    out = attributor.submit(alert_for(41, **{"proc.apid[1]": 40}), now=0)
+    assert (attributor.held, len(out)) == (held, 1 - held)
+
+
+def test_a_session_root_is_claimed_once_however_many_alerts_it_roots(signer, trusted):
+    # the store's claims are a database round trip: one per root, not one per alert
+    from webhook.lineage import MemoryRootClaims
+
+    class CountingClaims(MemoryRootClaims):
+        calls = 0
+
+        def claim(self, session_id, container, root):
+            CountingClaims.calls += 1
+            return super().claim(session_id, container, root)
+
+    token, _ = make_token(signer)
+    attributor = Attributor(TokenVerifier(trusted), claims=CountingClaims())
+    children = [facts_for(pid, **{"proc.apid[1]": 40, "proc.pid.ts": START + 1})
+                for pid in (41, 42, 43)]  # fmt: skip
+    attributions = submitted(attributor, root_facts(40, token), *children)
+    assert [a.status for a in attributions] == ["verified"] * 4
+    assert CountingClaims.calls == 1
+
+
+# --- bounds and claims ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("apart", "same"), [(0, True), (-2_000_000_000, True), (2_000_000_000, True),
+                        (2_000_000_001, False)]
+)  # fmt: skip
+def test_a_root_seen_in_proc_and_by_falco_is_one_process_up_to_two_seconds_apart(apart, same):
+    from webhook.lineage import SessionRoot, same_process
+
+    seen = SessionRoot("node-a", 40, START)
+    assert same_process(seen, SessionRoot("node-a", 40, START + apart)) is same
+    assert not same_process(seen, SessionRoot("node-b", 40, START))
+    assert not same_process(seen, SessionRoot("node-a", 41, START))
+
+
+def test_single_use_claims_remember_as_many_sessions_as_they_are_sized_for():
+    from webhook.lineage import MemoryRootClaims, SessionRoot
+
+    def root(pid: int) -> SessionRoot:
+        return SessionRoot("node-a", pid, START)
+
+    claims = MemoryRootClaims(max_entries=2)
+    assert claims.claim("s-1", "app", root(1)) == root(1)
+    assert claims.claim("s-2", "app", root(2)) == root(2)
+    assert claims.claim("s-1", "app", root(9)) == root(1), "both are remembered"
+    assert claims.claim("s-1", "debug", root(9)) == root(9), "a session per container"
+    # the third session pushed the oldest out: bounded memory, the store keeps them all
+    assert claims.claim("s-1", "app", root(8)) == root(8)
+
+
+def test_a_process_table_holds_at_least_one_process():
+    table = ProcessTable(max_entries=1)
+    record = ProcessRecord(None, None, None)
+    table.put(("h", 1), record)
+    assert table.get(("h", 1)) is record
+    with pytest.raises(ValueError, match=r"^max_entries must be >= 1$"):
+        ProcessTable(max_entries=0)
+
+
+def test_putting_a_known_process_again_makes_it_the_most_recently_used():
+    table = ProcessTable(max_entries=2)
+    for pid in (1, 2, 1, 3, 4, 5):
+        table.put(("h", pid), ProcessRecord(None, None, None))
+    assert [pid for pid in (1, 2, 3, 4, 5) if table.get(("h", pid))] == [4, 5]
+    assert table.evictions == 3, "2, then 1, then 3"
+
+
+# --- what an alert and a finding say -------------------------------------------------------
+
+
+def test_a_claim_is_shown_only_when_nobody_is_named():
+    from webhook.identity import Identity
+    from webhook.lineage import enrichment
+
+    alice = Identity("s-1", ALICE, "u", (), "shop", "web-0", "app", 1)
+    mallory = Identity("s-9", "mallory@corp.example", "u", (), "shop", "web-0", "app", 1)
+    replayed = enrichment(Attribution("replayed", None, claimed=mallory))
+    assert (replayed["whoexec.claimed.user.name"], replayed["whoexec.claimed.session.id"]) == (
+        "mallory@corp.example",
+        "s-9",
+    )
+    assert replayed["whoexec.user.name"] is None
+    # a user is named: a claim beside it would read as a second person
+    verified = enrichment(Attribution("verified", alice, claimed=mallory))
+    assert verified["whoexec.user.name"] == ALICE
+    assert verified["whoexec.claimed.user.name"] is verified["whoexec.claimed.session.id"] is None
+
+
+def test_an_unverifiable_session_s_finding_is_a_warning_that_says_where(signer, trusted):
+    from webhook.lineage import Outcome, findings
+
+    token, _ = make_token(signer)
+    facts = facts_for(50, **{"proc.aenv[WHOEXEC_IDENTITY]": token, "proc.name": "cat"})
+    attribution = attributor_with(trusted).attribute(facts)
+    ((_, finding),) = findings(Outcome(alert_for(50), attribution, facts, False))
+    assert (finding["rule"], finding["priority"]) == ("Exec identity not verifiable", "Warning")
+    assert finding["output"] == (
+        "Exec identity not verifiable: session root not seen: only proc.aenv carries the "
+        f"token, so freshness and single use cannot be checked. The token claims user {ALICE} "
+        "(session s-1); nobody is attributed (k8s_ns=shop k8s_pod_name=web-0 container=app "
+        "pid=50 proc=cat)"
+    )
+
+
+def test_a_held_alert_is_never_attributed_to_a_process_that_took_its_pid(signer, trusted):
+    # the alert waits for its root; meanwhile its process exits and pid 41 becomes another
+    # session's root: that session is not the held alert's
+    attributor = Attributor(TokenVerifier(trusted), hold_seconds=60)
+    orphan = alert_for(41, **{"proc.apid[1]": 40, "proc.pid.ts": START + 1})
+    assert attributor.submit(orphan, now=0) == []
+    token, _ = make_token(signer, issued_at=T_ISSUED + 20)
+    later = START + 20 * 10**9
+    new_root = alert_for(
+        41, **{"proc.args": f"WHOEXEC_IDENTITY={token} sh", "proc.pid.ts": later,
+               "proc.apid[1]": 30},
+    )  # fmt: skip
+    out = attributor.submit(new_root, now=1)
+    assert [(o.facts.start_ts, o.attribution.status) for o in out] == [(later, "verified")]
+    assert attributor.held == 1
+    (released,) = attributor.release(now=60)
+    assert (released.facts.start_ts, released.attribution) == (START + 1, Attribution("none"))

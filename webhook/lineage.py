@@ -525,7 +525,8 @@ class Attributor:
         return ready
 
     def _finish(self, alert: FalcoAlert, facts: ProcessFacts) -> Outcome:
-        return Outcome(alert, self.attribute(facts), facts, self._is_root_event(alert))
+        # a root event is never held (see submit)
+        return Outcome(alert, self.attribute(facts), facts, is_root_event=False)
 
     def _retry_held(self, now: float) -> list[Outcome]:
         """Release held alerts whose time is up, or that now find their session.
@@ -543,7 +544,7 @@ class Attributor:
             for deadline, alert, facts in self._held:
                 attribution = self.attribute(facts)
                 if attribution.settled:
-                    ready.append(Outcome(alert, attribution, facts, self._is_root_event(alert)))
+                    ready.append(Outcome(alert, attribution, facts, is_root_event=False))
                 else:
                     keep.append((deadline, alert, facts))
             self._held = keep
