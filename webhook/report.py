@@ -1,7 +1,8 @@
 """The columns of the store's reports, shared by the CLI and the UI (pure: no IO).
 
 Every cell is text from the people being audited, so it goes through :func:`visible`:
-control characters are escaped, and a CSV cell can forge neither a row nor a column.
+control characters are escaped, and a CSV cell can forge neither a row nor a column nor
+a spreadsheet formula.
 """
 
 from __future__ import annotations
@@ -86,13 +87,25 @@ def cells(rows: list[dict[str, Any]], columns: Columns) -> list[list[str]]:
     return [[cell(row, key) for key in keys] for row in rows]
 
 
+#: a cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets
+#: (OWASP's "CSV injection"); tab and CR, which also start one, are escaped by cell()
+_FORMULA_STARTS = ("=", "+", "-", "@")
+
+
+def spreadsheet_text(text: str) -> str:
+    """A CSV cell that a spreadsheet shows as the text it is, never runs as a formula: one
+    that would start a formula gets an apostrophe in front (shown by none of them). A
+    lone ``-``, the mark for nothing, is no formula and stays as it is."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) and text != "-" else text
+
+
 def csv_text(rows: list[dict[str, Any]], columns: Columns) -> str:
     # the csv module quotes commas, quotes and newlines; control characters were already
     # escaped by cell(), so no cell can forge a row or reach a terminal
     out = io.StringIO()
     writer = csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
     writer.writerow([title for title, _ in columns])
-    writer.writerows(cells(rows, columns))
+    writer.writerows([[spreadsheet_text(c) for c in row] for row in cells(rows, columns)])
     return out.getvalue()
 
 
