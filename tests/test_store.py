@@ -282,7 +282,8 @@ def test_sessions_filter_by_alerts_and_by_having_no_verified_identity(store_url)
     everything = attributions()
     assert attributions(has_alerts=True) + attributions(has_alerts=False) != []
     assert sorted(attributions(has_alerts=True) + attributions(has_alerts=False)) == everything
-    assert set(attributions(has_alerts=True)) == {"verified"}
+    # the replayed root's session holds its alerts too, and still names nobody
+    assert set(attributions(has_alerts=True)) == {"verified", "replayed"}
     # "unattributed" is every status no token vouches for: pending and unverified
     unattributed = attributions(attribution="unattributed")
     assert unattributed and set(unattributed) <= {"pending", "unverified"}
@@ -640,3 +641,20 @@ def test_what_the_store_holds_after_every_scenario_and_the_audit_log_is_as_revie
     ingest_audit(store_url)
     expected = json.loads((DATA / "store-contents.json").read_text())
     assert store_dump(store_url) == expected
+
+
+def test_a_replayed_root_s_session_holds_its_alerts_and_finding_and_names_nobody(store_url):
+    # the investigator opens the replay's own session: what the replayed token did is
+    # there, under no user, with the victim kept apart as the claim
+    consume_into(store_url, "replay_stale")
+    store = open_store(store_url)
+    (replay,) = store.sessions(SessionQuery(since_ns=EVER, attribution="replayed"))
+    session = store.session(replay["session_id"])
+    assert session is not None
+    assert session["session_id"] == "replayed:ip-10-0-3-17.ec2.internal:5242:1795341600000000100"
+    assert (session["user_name"], session["claimed_user"]) == (None, "bob@corp.example")
+    assert [(a["rule"], a["attribution"], a["pid"]) for a in session["alerts"]] == [
+        ("Read sensitive file untrusted", "replayed", 5243)
+    ]
+    assert [f["kind"] for f in session["findings"]] == ["Exec identity replayed"]
+    store.close()

@@ -565,11 +565,24 @@ class Attributor:
         return len(self._held)
 
 
-def enrichment(attribution: Attribution) -> dict[str, Any]:
+def replay_id(host: str, pid: int, start_ns: int | None) -> str:
+    """A replayed root's own session key (``replayed:<host>:<pid>:<start ns>``): its
+    alerts are grouped under it, and the victim's session id is never reused for them."""
+    return f"replayed:{host}:{pid}:{start_ns or 0}"
+
+
+def _replay_id_of(attribution: Attribution, host: str) -> str | None:
+    if attribution.status != "replayed" or attribution.root_pid is None:
+        return None
+    return replay_id(host, attribution.root_pid, attribution.root_start_ns)
+
+
+def enrichment(attribution: Attribution, host: str = "") -> dict[str, Any]:
     """The ``whoexec.*`` fields added to an alert's ``output_fields``.
 
     Only ``verified`` and ``tampered`` name a user. What a replayed (or unverifiable)
-    token claims goes under ``whoexec.claimed.*``, which never means "this person".
+    token claims goes under ``whoexec.claimed.*``, which never means "this person"; a
+    replayed root's alerts share its ``whoexec.replay.id`` (``host`` is the alert's).
     """
     identity = attribution.identity if attribution.status in ATTRIBUTED else None
     claimed = attribution.claimed if identity is None else None
@@ -577,6 +590,7 @@ def enrichment(attribution: Attribution) -> dict[str, Any]:
         "whoexec.attribution": attribution.status,
         "whoexec.claimed.session.id": claimed.session_id if claimed else None,
         "whoexec.claimed.user.name": claimed.user if claimed else None,
+        "whoexec.replay.id": _replay_id_of(attribution, host),
         "whoexec.session.id": identity.session_id if identity else None,
         "whoexec.user.groups": list(identity.groups) if identity else None,
         "whoexec.user.name": identity.user if identity else None,
@@ -593,7 +607,7 @@ def enrich(outcome: Outcome) -> FalcoAlert:
     """The alert as passed on: ``whoexec.*`` fields added, everything else unchanged."""
     alert = outcome.alert
     attribution = outcome.attribution
-    fields = {**alert["output_fields"], **enrichment(attribution)}
+    fields = {**alert["output_fields"], **enrichment(attribution, outcome.facts.host)}
     enriched: FalcoAlert = {**alert, "output_fields": fields}
     identity = attribution.identity
     if identity is not None and attribution.status in ATTRIBUTED:
@@ -658,10 +672,11 @@ def findings(outcome: Outcome) -> list[tuple[tuple[object, ...], FalcoAlert]]:
             )
         )
     elif attribution.status == "replayed" and attribution.claimed is not None:
+        replay = {**base, "whoexec.replay.id": _replay_id_of(attribution, facts.host)}
         found.append(
             (
                 (facts.host, attribution.root_pid, attribution.root_start_ns, FINDING_REPLAYED),
-                _claim_finding(outcome, FINDING_REPLAYED, "Critical", base, where),
+                _claim_finding(outcome, FINDING_REPLAYED, "Critical", replay, where),
             )
         )
     elif attribution.status == "unverified" and attribution.claimed is not None:

@@ -19,7 +19,7 @@ import orjson
 from webhook.audit import ExecAudit
 from webhook.errors import StoreUnavailable
 from webhook.falco import FalcoAlert, ProcessFacts, parse_time_ns
-from webhook.lineage import Outcome
+from webhook.lineage import Outcome, replay_id
 from webhook.store.model import (
     AlertFact,
     AuditFact,
@@ -84,11 +84,6 @@ def _process_fact(session_id: str, facts: ProcessFacts, variable: str) -> list[P
     ]
 
 
-def replay_session_id(host: str, pid: int, start_ns: int | None) -> str:
-    """A replayed root's own session key: the victim's session id is never reused."""
-    return f"replayed:{host}:{pid}:{start_ns or 0}"
-
-
 def _replayed_session(outcome: Outcome, variable: str) -> Batch:
     """A replayed root as a session of its own: no user, the claim kept apart."""
     batch = Batch()
@@ -96,7 +91,7 @@ def _replayed_session(outcome: Outcome, variable: str) -> Batch:
     claimed, facts = attribution.claimed, outcome.facts
     if claimed is None or attribution.root_pid is None:
         return batch
-    session_id = replay_session_id(facts.host, attribution.root_pid, attribution.root_start_ns)
+    session_id = replay_id(facts.host, attribution.root_pid, attribution.root_start_ns)
     batch.sessions.append(
         SessionFact(
             session_id=session_id,
@@ -161,7 +156,8 @@ def facts_from_alerts(alerts: Iterable[FalcoAlert]) -> Batch:
     for alert in alerts:
         fields = alert["output_fields"]
         time_ns = parse_time_ns(alert["time"])
-        session_id = fields.get("whoexec.session.id")
+        # a replayed root's alerts and finding belong to its own session, which names nobody
+        session_id = fields.get("whoexec.session.id") or fields.get("whoexec.replay.id")
         user = fields.get("whoexec.user.name")
         key = alert_key(alert)
         if alert["source"] == "whoexec":
