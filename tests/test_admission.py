@@ -781,6 +781,14 @@ def test_a_debug_container_gets_no_mount_when_the_pod_has_no_static_env(signer, 
     assert [op["path"] for op in decision.patch] == ["/spec/ephemeralContainers/1/env"]
 
 
+def test_a_debug_container_update_without_the_pod_is_malformed(signer, trusted):
+    review = debug_review(lambda r: r["request"].update(object=None))
+    with pytest.raises(
+        MalformedReview, match=r"^request\.object must be a Pod for pods/ephemeralcontainers$"
+    ):
+        admit(review, signer, trusted)
+
+
 def test_a_debug_container_with_a_malformed_env_is_refused_naming_it(signer, trusted):
     def bad_env(review: dict) -> None:
         review["request"]["object"]["spec"]["ephemeralContainers"][1]["env"] = {"A": "b"}
@@ -831,10 +839,19 @@ def test_a_malformed_debug_container_update_is_refused_naming_the_field(
         admit(debug_review(_debug_set(path, value)), signer, trusted)
 
 
-def test_a_debug_container_that_sets_the_variable_itself_is_denied(signer, trusted):
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "WHOEXEC_IDENTITY", "value": "x"},
+        # from a Secret: no value to verify, so never our own
+        {"name": "WHOEXEC_IDENTITY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "t"}}},
+    ],
+    ids=["value", "value-from-a-secret"],
+)
+def test_a_debug_container_that_sets_the_variable_itself_is_denied(signer, trusted, entry):
     def spoof(review: dict) -> None:
         debugger = review["request"]["object"]["spec"]["ephemeralContainers"][1]
-        debugger["env"] = [{"name": "A", "value": "1"}, {"name": "WHOEXEC_IDENTITY", "value": "x"}]
+        debugger["env"] = [{"name": "A", "value": "1"}, entry]
 
     response = admit(debug_review(spoof), signer, trusted).response["response"]
     assert response["allowed"] is False

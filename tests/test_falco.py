@@ -120,14 +120,23 @@ GOOD = {"rule": "r", "time": "2026-11-22T10:00:00Z", "output_fields": {}, "sourc
         ({"output": 1}, "field 'output' must be str"),
         ({"priority": None}, "field 'priority' must be str"),
         ({"hostname": ["a"]}, "field 'hostname' must be str"),
-        ({"tags": "whoexec"}, "field 'tags' must be a list"),
-        ({"time": "yesterday"}, "time 'yesterday' is not RFC 3339"),
-        ({"time": "2026-02-30T00:00:00Z"}, "is not a valid date"),
+        ({"tags": "whoexec"}, "^field 'tags' must be a list$"),
+        ({"time": "yesterday"}, "^time 'yesterday' is not RFC 3339$"),
+        ({"time": "2026-02-30T00:00:00Z"}, "^time '2026-02-30T00:00:00Z' is not a valid date$"),
+        # a hostile value is shown cut to its first 40 characters
+        ({"time": "y" * 500}, "^time '" + "y" * 40 + "' is not RFC 3339$"),
     ],
-)
+)  # fmt: skip
 def test_an_optional_field_of_the_wrong_type_is_refused(extra, message):
     with pytest.raises(MalformedAlert, match=message):
         check_alert({**GOOD, **extra})
+
+
+def test_an_alert_without_a_hostname_is_keyed_under_the_empty_host():
+    alert = check_alert(
+        {k: v for k, v in alert_with(**{"proc.pid": 10}).items() if k != "hostname"}
+    )
+    assert process_facts(alert, VARIABLE, PATTERN).host == ""
 
 
 def test_a_well_formed_alert_is_returned_as_it_is():

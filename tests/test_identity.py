@@ -372,12 +372,19 @@ def test_a_bad_signature_names_the_key_it_was_checked_with(signer, trusted):
         ("user", "", r"^token payload field 'user' must not be empty$"),
         ("pod_uid", "", r"^token payload field 'pod_uid' must not be empty$"),
         ("admin", True, r"^token payload has unknown keys \['admin'\]$"),
+        # a hostile payload's keys are named five at most
+        (
+            {f"k{n}": n for n in range(7)},
+            None,
+            r"^token payload has unknown keys \['k0', 'k1', 'k2', 'k3', 'k4'\]$",
+        ),
         ("groups", [1], r"^token payload field 'groups' must be a list of strings$"),
         ("trunc", False, r"^token payload field 'trunc' must be true when present$"),
     ],
 )
 def test_signed_payload_fields_are_checked_by_name(signer, trusted, field, value, message):
-    payload = {**replace(ALICE, pod_uid="u-1").to_payload(), field: value}
+    extra = field if isinstance(field, dict) else {field: value}
+    payload = {**replace(ALICE, pod_uid="u-1").to_payload(), **extra}
     with pytest.raises(TokenMalformed, match=message):
         verify_token(resign(signer, json.dumps(payload).encode()), trusted, now=NOW)
 

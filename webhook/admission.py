@@ -391,9 +391,9 @@ class _Context:
             )
         except TokenError:
             return None
-        user_info = self.request.get("userInfo", {})
-        same_caller = identity.user == user_info.get("username", "")
-        target = (self.request.get("namespace", ""), self.request.get("name", ""), container)
+        # parse_review made these present (the empty string where the apiserver sent none)
+        same_caller = identity.user == self.request["userInfo"]["username"]
+        target = (self.request["namespace"], self.request["name"], container)
         return identity if same_caller and identity.is_bound_to(*target) else None
 
 
