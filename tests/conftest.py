@@ -12,8 +12,16 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from hypothesis import settings
 
 from webhook.identity import Signer, key_ring
+
+# Tests never time things: Hypothesis's default deadline (200 ms an example) can fail a
+# fuzz test on a loaded machine for no defect. A mutation run (tools/mutation.py) also
+# derandomizes, so that a mutant is killed or not the same way in every run (#14)
+settings.register_profile("whoexec", deadline=None)
+settings.register_profile("mutation", deadline=None, derandomize=True, database=None)
+settings.load_profile(os.environ.get("WHOEXEC_HYPOTHESIS_PROFILE", "whoexec"))
 
 DATA = Path(__file__).parent / "data"
 #: a fixed "now" for the pure core: 2026-11-22T10:00:00Z
