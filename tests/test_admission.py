@@ -314,9 +314,15 @@ def _set(path: str, value: Any):
         (_set("request.uid", 42), "request.uid must be str, got 42"),
         (_without("request.userInfo"), "request.userInfo must be dict"),
         (_set("request.userInfo.groups", "devs"), "request.userInfo.groups must be list"),
-        (_set("request.userInfo.groups", ["devs", 7]), r"groups\[1\] must be str"),
+        (
+            _set("request.userInfo.groups", ["devs", 7]),
+            r"^request\.userInfo\.groups\[1\] must be str, got 7$",
+        ),
         (_set("request.object", "sh"), "request.object must be dict"),
-        (_set("request.object", None), "PodExecOptions"),
+        (
+            _set("request.object", None),
+            "^request.object must be a PodExecOptions for pods/exec, got null$",
+        ),
         (_set("request.object.command", "/bin/sh"), "request.object.command must be list"),
         (
             _set("request.object.kind", "PodAttachOptions"),
@@ -670,7 +676,7 @@ def test_a_malformed_pod_create_is_refused_naming_the_field(signer, trusted, pod
         del review["request"]["object"]
     else:
         review["request"]["object"] = pod
-    with pytest.raises(MalformedReview, match=re.escape(message)):
+    with pytest.raises(MalformedReview, match=f"^{re.escape(message)}$"):
         admit(review, signer, trusted)
 
 
@@ -1100,3 +1106,29 @@ def test_a_bad_value_is_shown_in_full_up_to_60_characters(value, shown):
     from webhook.admission import _show
 
     assert _show(value) == shown
+
+
+def test_the_spoofing_denial_tells_the_caller_what_to_do(signer, trusted):
+    response = admit(load_json("admission/exec_spoofed_identity.json"), signer, trusted).response
+    assert response["response"]["status"]["message"] == (
+        "whoexec: the command sets WHOEXEC_IDENTITY, which only the whoexec webhook may set; "
+        "remove it from the command"
+    )
+
+
+def test_without_a_pod_cache_the_answer_has_no_pod_lookup_annotation(signer, trusted):
+    for fixture in ("exec_interactive_shell.json", "pod_create.json", "attach_shell.json"):
+        annotations = admit(load_json(f"admission/{fixture}"), signer, trusted).response[
+            "response"
+        ]["auditAnnotations"]
+        assert "pod-lookup" not in annotations, fixture
+
+
+def test_a_pod_without_a_uid_puts_no_pod_uid_in_its_tokens(signer, trusted):
+    # a made-up "None" would not match the real pod's uid, and the consumer would call
+    # the genuine session a replay
+    review = debug_review(lambda r: r["request"]["object"]["metadata"].pop("uid"))
+    pod = applied(review, admit(review, signer, trusted).response["response"])
+    (entry,) = pod["spec"]["ephemeralContainers"][1]["env"]
+    assert verify_token(entry["value"], trusted, now=NOW).pod_uid is None
+    assert pod_facts({"metadata": {}, "spec": {}}).uid == ""

@@ -1147,6 +1147,9 @@ def test_putting_a_known_process_again_makes_it_the_most_recently_used():
         table.put(("h", pid), ProcessRecord(None, None, None))
     assert (("h", 1) in table._records, ("h", 2) in table._records) == (True, False)
     assert table.evictions == 1, "2 was the least recently used"
+    table.put(("h", 4), ProcessRecord(None, None, None))
+    table.put(("h", 5), ProcessRecord(None, None, None))
+    assert table.evictions == 3, "each eviction is counted (a metric)"
 
 
 # --- what an alert and a finding say -------------------------------------------------------
@@ -1158,14 +1161,18 @@ def test_a_claim_is_shown_only_when_nobody_is_named():
 
     alice = Identity("s-1", ALICE, "u", (), "shop", "web-0", "app", 1)
     mallory = Identity("s-9", "mallory@corp.example", "u", (), "shop", "web-0", "app", 1)
-    replayed = enrichment(Attribution("replayed", None, claimed=mallory))
+    replayed = enrichment(
+        Attribution("replayed", None, 40, claimed=mallory, root_start_ns=START), "node-a"
+    )
     assert (replayed["whoexec.claimed.user.name"], replayed["whoexec.claimed.session.id"]) == (
         "mallory@corp.example",
         "s-9",
     )
     assert replayed["whoexec.user.name"] is None
     # a user is named: a claim beside it would read as a second person
-    verified = enrichment(Attribution("verified", alice, claimed=mallory))
+    assert replayed["whoexec.replay.id"] == f"replayed:node-a:40:{START}"
+    verified = enrichment(Attribution("verified", alice, claimed=mallory), "node-a")
+    assert verified["whoexec.replay.id"] is None
     assert verified["whoexec.user.name"] == ALICE
     assert verified["whoexec.claimed.user.name"] is verified["whoexec.claimed.session.id"] is None
 

@@ -347,14 +347,15 @@ def _is_ephemeral_update(request: AdmissionRequest) -> bool:
 
 
 def _exclusion(request: AdmissionRequest, policy: AdmissionPolicy) -> str | None:
-    user_info = request.get("userInfo", {})
-    namespace = request.get("namespace", "")
+    # parse_review made namespace and userInfo's username and groups present
+    user_info = request["userInfo"]
+    namespace = request["namespace"]
     if any(fnmatch.fnmatchcase(namespace, pattern) for pattern in policy.exclude_namespaces):
         return "skipped-excluded-namespace"
-    username = user_info.get("username", "")
+    username = user_info["username"]
     if any(fnmatch.fnmatchcase(username, pattern) for pattern in policy.exclude_users):
         return "skipped-excluded-user"
-    for group in user_info.get("groups", []):
+    for group in user_info["groups"]:
         if any(fnmatch.fnmatchcase(group, pattern) for pattern in policy.exclude_groups):
             return "skipped-excluded-group"
     return None
@@ -370,14 +371,14 @@ class _Context:
     pod: PodFacts | None
 
     def identity_for(self, container: str, session_id: str = "") -> Identity:
-        user_info = self.request.get("userInfo", {})
+        user_info = self.request["userInfo"]  # parse_review made every field read present
         return Identity(
             session_id=session_id or self.request["uid"],
-            user=user_info.get("username", ""),
-            uid=user_info.get("uid", ""),
-            groups=tuple(user_info.get("groups", [])),
-            namespace=self.request.get("namespace", ""),
-            pod=self.request.get("name", ""),
+            user=user_info["username"],
+            uid=user_info["uid"],
+            groups=tuple(user_info["groups"]),
+            namespace=self.request["namespace"],
+            pod=self.request["name"],
             container=container,
             issued_at=self.now,
             pod_uid=self.pod.uid if self.pod is not None and self.pod.uid else None,
@@ -487,7 +488,7 @@ def _env_path_for(ctx: _Context, container: str) -> str:
     operator vouches for the namespace or the image.
     """
     policy, pod = ctx.policy, ctx.pod
-    namespace = ctx.request.get("namespace", "")
+    namespace = ctx.request["namespace"]
     if pod is not None:
         if pod.opted_out:
             return "skipped-pod-opt-out"
@@ -832,8 +833,8 @@ def decide(
     signer: Signer,
     trusted_keys: Mapping[str, Ed25519PublicKey],
     now: int,
-    pod: PodFacts | None = None,
-    pod_lookup: str = "",
+    pod: PodFacts | None,
+    pod_lookup: str,
 ) -> Decision:
     """Decide on one parsed request. ``trusted_keys`` recognise our own earlier rewrites.
 
@@ -854,7 +855,7 @@ def decide(
 
 
 def render_response(
-    request: AdmissionRequest, decision: Decision, pod_lookup: str = ""
+    request: AdmissionRequest, decision: Decision, pod_lookup: str
 ) -> AdmissionReview:
     """The AdmissionReview the apiserver expects, echoing ``request.uid``."""
     annotations = {"outcome": decision.audit_outcome or decision.outcome}
@@ -862,7 +863,7 @@ def render_response(
         annotations["pod-lookup"] = pod_lookup
     if decision.session_id:
         annotations["session-id"] = decision.session_id
-    username = request.get("userInfo", {}).get("username")
+    username = request["userInfo"]["username"]
     if username:
         annotations["user"] = username
     response: AdmissionResponse = {

@@ -565,19 +565,16 @@ class Attributor:
         return len(self._held)
 
 
-def replay_id(host: str, pid: int, start_ns: int | None) -> str:
-    """A replayed root's own session key (``replayed:<host>:<pid>:<start ns>``): its
-    alerts are grouped under it, and the victim's session id is never reused for them."""
-    return f"replayed:{host}:{pid}:{start_ns or 0}"
-
-
-def _replay_id_of(attribution: Attribution, host: str) -> str | None:
-    if attribution.status != "replayed" or attribution.root_pid is None:
+def replay_id(attribution: Attribution, host: str) -> str | None:
+    """A replayed root's own session key, ``replayed:<host>:<pid>:<start ns>`` (a root is
+    judged a replay only once its pid and start are known); None for any other status.
+    Its alerts are grouped under it: the victim's session id is never reused for them."""
+    if attribution.status != "replayed":
         return None
-    return replay_id(host, attribution.root_pid, attribution.root_start_ns)
+    return f"replayed:{host}:{attribution.root_pid}:{attribution.root_start_ns}"
 
 
-def enrichment(attribution: Attribution, host: str = "") -> dict[str, Any]:
+def enrichment(attribution: Attribution, host: str) -> dict[str, Any]:
     """The ``whoexec.*`` fields added to an alert's ``output_fields``.
 
     Only ``verified`` and ``tampered`` name a user. What a replayed (or unverifiable)
@@ -590,7 +587,7 @@ def enrichment(attribution: Attribution, host: str = "") -> dict[str, Any]:
         "whoexec.attribution": attribution.status,
         "whoexec.claimed.session.id": claimed.session_id if claimed else None,
         "whoexec.claimed.user.name": claimed.user if claimed else None,
-        "whoexec.replay.id": _replay_id_of(attribution, host),
+        "whoexec.replay.id": replay_id(attribution, host),
         "whoexec.session.id": identity.session_id if identity else None,
         "whoexec.user.groups": list(identity.groups) if identity else None,
         "whoexec.user.name": identity.user if identity else None,
@@ -672,7 +669,7 @@ def findings(outcome: Outcome) -> list[tuple[tuple[object, ...], FalcoAlert]]:
             )
         )
     elif attribution.status == "replayed" and attribution.claimed is not None:
-        replay = {**base, "whoexec.replay.id": _replay_id_of(attribution, facts.host)}
+        replay = {**base, "whoexec.replay.id": replay_id(attribution, facts.host)}
         found.append(
             (
                 (facts.host, attribution.root_pid, attribution.root_start_ns, FINDING_REPLAYED),

@@ -89,9 +89,9 @@ def _replayed_session(outcome: Outcome, variable: str) -> Batch:
     batch = Batch()
     attribution = outcome.attribution
     claimed, facts = attribution.claimed, outcome.facts
-    if claimed is None or attribution.root_pid is None:
+    session_id = replay_id(attribution, facts.host)
+    if claimed is None or session_id is None:
         return batch
-    session_id = replay_id(facts.host, attribution.root_pid, attribution.root_start_ns)
     batch.sessions.append(
         SessionFact(
             session_id=session_id,
