@@ -1,0 +1,105 @@
+"""The forward spool: what waits for a downstream that is down survives a restart, leaves
+only when acknowledged, and when full gives up its oldest items, counted."""
+
+from __future__ import annotations
+
+import pytest
+
+from webhook.errors import ConfigError
+from webhook.spool import Spool
+
+
+@pytest.fixture
+def spool(tmp_path):
+    opened = Spool(tmp_path / "forward.db", max_items=5)
+    yield opened
+    opened.close()
+
+
+def bodies(items: list[tuple[int, bytes]]) -> list[bytes]:
+    return [body for _, body in items]
+
+
+def test_items_come_out_in_the_order_they_went_in(spool):
+    spool.put_many([b"a", b"b"])
+    spool.put_many([b"c"])
+    assert bodies(spool.peek(10)) == [b"a", b"b", b"c"]
+    assert bodies(spool.peek(2)) == [b"a", b"b"], "the oldest first, up to the limit"
+    assert len(spool) == 3
+
+
+def test_peek_after_an_id_hands_out_only_later_items_and_takes_nothing(spool):
+    spool.put_many([b"a", b"b", b"c"])
+    (first, _), (second, _), (third, _) = spool.peek(10)
+    assert first < second < third
+    assert spool.peek(10, after=first) == [(second, b"b"), (third, b"c")]
+    assert spool.peek(10, after=third) == []
+    assert len(spool) == 3, "peeking takes nothing away"
+
+
+@pytest.mark.parametrize(
+    ("acked", "left"),
+    [
+        ([0, 1], [b"c", b"d"]),  # a peeked batch: a contiguous run of ids
+        ([0, 2], [b"b", b"d"]),  # alerts retried on their own schedule: gaps
+        ([3], [b"a", b"b", b"c"]),
+        ([], [b"a", b"b", b"c", b"d"]),
+    ],
+    ids=["contiguous", "with-gaps", "last-only", "nothing"],
+)
+def test_only_the_items_acknowledged_leave(spool, acked, left):
+    spool.put_many([b"a", b"b", b"c", b"d"])
+    ids = [item_id for item_id, _ in spool.peek(10)]
+    spool.ack([ids[i] for i in acked])
+    assert bodies(spool.peek(10)) == left
+    assert len(spool) == len(left)
+
+
+def test_a_full_spool_gives_up_its_oldest_items_and_counts_them(spool):
+    spool.put_many([b"1", b"2", b"3", b"4", b"5"])
+    assert spool.dropped == 0, "full is not over the bound"
+    spool.put_many([b"6", b"7"])
+    assert bodies(spool.peek(10)) == [b"3", b"4", b"5", b"6", b"7"]
+    assert spool.dropped == 2
+    spool.put_many([b"8"])
+    assert bodies(spool.peek(10)) == [b"4", b"5", b"6", b"7", b"8"]
+    assert spool.dropped == 3
+
+
+def test_a_spool_with_gaps_drops_only_what_is_over_the_bound(spool):
+    # ids are no longer contiguous once items in the middle were acknowledged: the span
+    # of ids is then larger than the count, and only the count decides
+    spool.put_many([b"1", b"2", b"3", b"4", b"5"])
+    ids = [item_id for item_id, _ in spool.peek(10)]
+    spool.ack(ids[1:4])
+    spool.put_many([b"6", b"7", b"8"])
+    assert bodies(spool.peek(10)) == [b"1", b"5", b"6", b"7", b"8"]
+    assert spool.dropped == 0
+    spool.put_many([b"9"])
+    assert bodies(spool.peek(10)) == [b"5", b"6", b"7", b"8", b"9"]
+    assert spool.dropped == 1
+
+
+def test_nothing_put_is_nothing_stored(spool):
+    spool.put_many([])
+    assert spool.peek(10) == [] and len(spool) == 0
+
+
+def test_what_was_not_acknowledged_is_there_after_a_restart(tmp_path):
+    first = Spool(tmp_path / "forward.db")
+    first.put_many([b"a", b"b", b"c"])
+    (done, _), *_ = first.peek(1)
+    first.ack([done])
+    first.close()
+    again = Spool(tmp_path / "forward.db")
+    assert bodies(again.peek(10)) == [b"b", b"c"]
+    again.put_many([b"d"])
+    ids = [item_id for item_id, _ in again.peek(10)]
+    assert ids == sorted(ids) and ids[0] > done, "ids keep growing: none is handed out twice"
+    again.close()
+
+
+def test_a_spool_that_cannot_be_opened_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"^cannot open spool .*/file/forward\.db: "):
+        Spool(tmp_path / "file" / "forward.db")
