@@ -658,3 +658,39 @@ def test_a_replayed_root_s_session_holds_its_alerts_and_finding_and_names_nobody
     ]
     assert [f["kind"] for f in session["findings"]] == ["Exec identity replayed"]
     store.close()
+
+
+def _changed(**changes):
+    def change(alert: dict) -> dict:
+        fields = {**alert["output_fields"], **changes.pop("fields", {})}
+        return {**alert, **changes, "output_fields": fields}
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "same"),
+    [
+        # a restarted consumer attributes a re-read alert anew: still the same alert
+        (_changed(fields={"whoexec.attribution": "none", "whoexec.user.name": None}), True),
+        (_changed(output="another rendering of the same fields"), True),
+        (_changed(tags=["other"], priority="Critical"), True),
+        # anything Falco says about the event makes it another event
+        (_changed(hostname="node-b"), False),  # the same pid and time on another node
+        (_changed(time="2026-11-22T10:00:01.000000001Z"), False),
+        (_changed(rule="Another rule"), False),
+        (_changed(source="k8s_audit"), False),
+        (_changed(fields={"proc.pid": 4243}), False),
+        (_changed(fields={"fd.name": "/etc/gshadow"}), False),
+    ],
+    ids=["re-enriched", "output", "tags-priority", "hostname", "time", "rule", "source",
+         "pid", "a-field"],
+)  # fmt: skip
+def test_an_alert_is_stored_once_however_often_it_is_read_and_only_then(change, same):
+    from webhook.falco import parse_alert
+    from webhook.store.writer import alert_key
+
+    alert = parse_alert((FALCO / "shell_and_grandchild.jsonl").read_bytes().splitlines()[2])
+    assert (alert_key(change(alert)) == alert_key(alert)) is same
+    assert alert_key(alert).startswith("sha256:")
+    assert alert_key({**alert, "uuid": "u-1"}) == alert_key({**change(alert), "uuid": "u-1"})
