@@ -96,8 +96,12 @@ def test_kill_9_mid_stream_with_the_downstream_down_loses_nothing_acknowledged(t
 
     sender = threading.Thread(target=falco)
     sender.start()
-    while len(acknowledged) < 250:
-        time.sleep(0.005)  # waiting for the stream to be under way
+    under_way = time.monotonic() + 120
+    while len(acknowledged) < 250:  # waiting for the stream to be under way
+        assert sender.is_alive() and time.monotonic() < under_way, (
+            f"the stream stalled at {len(acknowledged)} acknowledged alerts"
+        )
+        time.sleep(0.005)
     servers[0].kill_group()  # kill -9 of the master, workers, supervisor and pipeline
     before_crash = set(acknowledged)
     servers.append(start_consumer(tmp_path, downstream.port, 2))
