@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ _SPEC = importlib.util.spec_from_file_location(
 )
 assert _SPEC is not None and _SPEC.loader is not None
 mutation = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = mutation  # its dataclasses look their module up there
 _SPEC.loader.exec_module(mutation)
 
 
@@ -27,8 +30,14 @@ _SPEC.loader.exec_module(mutation)
         ('if a.lower() == "false":', 'if a.lower() == "XXfalseXX":', "unexplained"),
         ('row["user"]', 'row["USER"]', "unexplained"),
         ('if kind in ("a", "b"):', 'if kind in ("XXaXX", "b"):', "unexplained"),
+        ('name = given or ""', 'name = given or "XXXX"', "unexplained"),  # a value
+        ('return ""', 'return "XXXX"', "unexplained"),
         ("x = 1", "x = 2", "unexplained"),
         ('raise X("a")', "raise X(None)", "unexplained"),
+        # an f-string's wording is text; the value it names is behaviour
+        ('raise X(f"time {t!r} is bad")', 'raise X(f"XXtime {t!r} is badXX")', "text"),
+        ('raise X(f"started {a - b}s ago")', 'raise X(f"started {a + b}s ago")', "unexplained"),
+        ('raise X(f"time {t[:40]!r} is bad")', 'raise X(f"time {t[:41]!r} is bad")', "unexplained"),
     ],
 )
 def test_a_survivor_is_explained_only_by_a_rule_that_holds(removed, added, why):
@@ -39,3 +48,44 @@ def test_timeouts_are_caught_and_other_statuses_are_not_explained():
     assert mutation.classify("timeout", [], []) == "timeout"
     assert mutation.classify("no tests", ["a"], ["b"]) == "unexplained"
     assert mutation.classify("survived", ["a", "b"], ["a"]) == "unexplained"
+
+
+LEARN = "webhook.lineage.xǁAttributorǁlearn"
+
+
+def test_a_reviewed_equivalent_explains_only_the_mutant_it_was_written_for():
+    entry = mutation.Equivalent(LEARN, ("self.n += 1",), ("self.n += 2",), "any change works")
+    assert entry.matches(f"{LEARN}__mutmut_39", ["self.n += 1"], ["self.n += 2"])
+    # the same diff in another function, or another diff here, is not what was reviewed
+    assert not entry.matches("webhook.lineage.x_other__mutmut_39", ["self.n += 1"], ["self.n += 2"])
+    assert not entry.matches(f"{LEARN}__mutmut_38", ["self.n += 1"], ["self.n -= 1"])
+    args = ("survived", ["self.n += 1"], ["self.n += 2"])
+    assert mutation.classify(*args, reviewed=entry) == "equivalent"
+    assert mutation.classify(*args) == "unexplained"
+    assert mutation.classify("timeout", [], [], reviewed=entry) == "timeout"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"function": LEARN, "removed": ["a"], "added": ["b"], "why": " "},
+        {"function": LEARN, "removed": ["a"], "added": ["b"]},
+        {"function": LEARN, "removed": ["a"], "added": ["b"], "why": "x", "by": "me"},
+    ],
+    ids=["blank-reason", "no-reason", "unknown-key"],
+)
+def test_a_reviewed_entry_without_its_reason_is_refused(tmp_path, entry):
+    path = tmp_path / "equivalents.json"
+    path.write_text(json.dumps([entry]))
+    with pytest.raises(ValueError, match=r"equivalents.json\[0\] needs function, removed"):
+        mutation.load_equivalents(path)
+
+
+def test_every_reviewed_equivalent_names_a_mutated_core_function_and_gives_a_reason():
+    core = ("webhook.identity.", "webhook.admission.", "webhook.lineage.", "webhook.falco.")
+    entries = mutation.load_equivalents()
+    assert entries, "the core's equivalent mutants are reviewed"
+    for entry in entries:
+        assert entry.function.startswith(core), entry.function
+        assert len(entry.why) > 20 and entry.removed and entry.added, entry.function
+    assert len(set(entries)) == len(entries), "an entry twice"

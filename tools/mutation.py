@@ -1,28 +1,37 @@
 """Mutation testing of the core and the durability paths, with a score per module.
 
-    python tools/mutation.py [--max-children 2] [--report bench/mutation.json]
+    python tools/mutation.py [MODULE|PATTERN ...] [--max-children 2] [--report FILE]
+                             [--report-only]
 
 Runs mutmut (configured in pyproject.toml, [tool.mutmut]: identity, admission, lineage,
 falco, the spool and inbox acking, the store writer) over the unit tests of those
 modules, then reports, per module, the mutants killed, the survivors by name, and the
-score. mutmut keeps its state in mutants/ (ignored by git): a second run only retests
-what changed. It is not part of .ci/run: see the README's development notes for how
-long it takes.
+score. ``MODULE`` (``webhook.lineage``) runs only that module's mutants, a ``PATTERN``
+(``'webhook.consumer.xǁPipelineǁ*'``) only the mutants whose names match it. Each
+survivor is sorted by why it is left (see :func:`classify`); the mutants reviewed as
+equivalent are listed, with the reason, in ``tools/mutation-equivalents.json``. mutmut
+keeps its state in mutants/ (ignored by git): remove it after changing tests, since a
+mutant's old result is kept while its function is unchanged. It is not part of .ci/run:
+see the README's development notes for how long it takes.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTMUT = [sys.executable, "-m", "mutmut"]
+EQUIVALENTS = ROOT / "tools" / "mutation-equivalents.json"
 
 
 def results() -> list[tuple[str, str]]:
@@ -41,7 +50,21 @@ def results() -> list[tuple[str, str]]:
     return rows
 
 
-_STRING = re.compile(r"""[rbfRBF]{0,2}("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+_STRING = re.compile(r"""([rbfRBF]{0,2})("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+#: a replacement field of an f-string: the value a message names is behaviour, not wording
+_FIELD = re.compile(r"\{[^{}]*\}")
+
+
+def _shape(line: str) -> str:
+    """``line`` with each string literal's wording blanked, its f-string fields kept."""
+
+    def literal(match: re.Match[str]) -> str:
+        fields = _FIELD.findall(match.group(2)) if "f" in match.group(1).lower() else []
+        return '""' + "".join(fields)
+
+    return _STRING.sub(literal, line)
+
+
 _GET_DEFAULT = re.compile(r"\.get\(([^,()]+)(?:,[^()]*)?\)")
 
 
@@ -56,17 +79,56 @@ def changed_lines(name: str) -> tuple[list[str], list[str]]:
     return removed, added
 
 
-#: a literal used as a key, compared or matched is behaviour, not wording
+#: a literal used as a key, compared or matched, or a value (after or, else, return), is
+#: behaviour, not wording
 _LITERAL_IS_DATA = re.compile(
-    r"""(\.get\(|\[|==|!=|\bin\s*[(\[{]?|startswith\(|endswith\(|split\(|strip\(|join\()"""
-    r"""\s*[rbf]?["']"""
+    r"""(\.get\(|\[|==|!=|\bin\s*[(\[{]?|startswith\(|endswith\(|split\(|strip\(|join\("""
+    r"""|\bor\b|\belse\b|\breturn\b)\s*[rbf]?["']"""
 )
 
 
-def classify(status: str, removed: list[str], added: list[str]) -> str:
+@dataclass(frozen=True)
+class Equivalent:
+    """A mutant reviewed by a person as changing no behaviour, and why. It is matched by
+    its function and its diff, not by its number, which moves when the function changes."""
+
+    function: str  # as mutmut names it: webhook.lineage.xǁAttributorǁlearn
+    removed: tuple[str, ...]
+    added: tuple[str, ...]
+    why: str
+
+    def matches(self, mutant: str, removed: list[str], added: list[str]) -> bool:
+        return (
+            function_of(mutant) == self.function
+            and list(self.removed) == removed
+            and list(self.added) == added
+        )
+
+
+def load_equivalents(path: Path = EQUIVALENTS) -> list[Equivalent]:
+    """The reviewed list; an entry without a reason, or with an unknown key, is refused."""
+    entries = json.loads(path.read_text())
+    loaded = []
+    for index, entry in enumerate(entries):
+        if set(entry) != {"function", "removed", "added", "why"} or not entry["why"].strip():
+            raise ValueError(f"{path.name}[{index}] needs function, removed, added and why")
+        removed, added = tuple(entry["removed"]), tuple(entry["added"])
+        loaded.append(Equivalent(entry["function"], removed, added, entry["why"]))
+    return loaded
+
+
+def function_of(mutant: str) -> str:
+    return mutant.split("__mutmut_")[0]
+
+
+def classify(
+    status: str, removed: list[str], added: list[str], reviewed: Equivalent | None = None
+) -> str:
     """Why a mutant that was not killed is left, where a rule can tell; else "unexplained".
 
     - timeout: the mutant makes the suite hang; CI's time limit catches that.
+    - equivalent: a person reviewed it (``reviewed``, from tools/mutation-equivalents.json)
+      and wrote down why no input can tell it from the original.
     - text: only the wording inside a string literal changed (a message, a log line),
       where the literal is not a key, a comparison or a pattern; no test spells the
       whole text out, and the behaviour is the same.
@@ -76,13 +138,12 @@ def classify(status: str, removed: list[str], added: list[str]) -> str:
     """
     if status == "timeout":
         return "timeout"
+    if status == "survived" and reviewed is not None:
+        return "equivalent"
     if status != "survived" or len(removed) != len(added) or not removed:
         return "unexplained"
     pairs = list(zip(removed, added, strict=True))
-    if all(
-        _STRING.sub('""', a) == _STRING.sub('""', b) and not _LITERAL_IS_DATA.search(a)
-        for a, b in pairs
-    ):
+    if all(_shape(a) == _shape(b) and not _LITERAL_IS_DATA.search(a) for a, b in pairs):
         return "text"
     if all(_GET_DEFAULT.sub(r".get(\1)", a) == _GET_DEFAULT.sub(r".get(\1)", b) for a, b in pairs):
         return "get-default"
@@ -99,17 +160,24 @@ def module_of(mutant: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "modules", nargs="*", help="only these modules (webhook.lineage) or name patterns"
+    )
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--report", type=Path, default=None, help="also write the report here")
     parser.add_argument(
         "--report-only", action="store_true", help="report on the last run, without running"
     )
     args = parser.parse_args()
+    equivalents = load_equivalents()
+    names = [arg if "*" in arg else f"{arg}.*" for arg in args.modules]
     started = time.monotonic()
     if not args.report_only:
         run = subprocess.run(
-            [*MUTMUT, "run", "--max-children", str(args.max_children)],
+            [*MUTMUT, "run", "--max-children", str(args.max_children), *names],
             cwd=ROOT,
+            # the same fuzz examples in every run, so that scores can be compared
+            env={**os.environ, "WHOEXEC_HYPOTHESIS_PROFILE": "mutation"},
             stdout=subprocess.DEVNULL,
             check=False,
         )
@@ -119,13 +187,22 @@ def main() -> None:
     by_module: dict[str, Counter[str]] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
     reasons: dict[str, Counter[str]] = defaultdict(Counter)
+    explained: dict[str, dict[str, str]] = defaultdict(dict)
+    used: set[Equivalent] = set()
     for name, status in results():
         module = module_of(name)
+        if names and not any(fnmatch.fnmatchcase(name, pattern) for pattern in names):
+            continue
         by_module[module][status] += 1
         if status != "killed":
-            why = classify(status, *changed_lines(name))
+            removed, added = changed_lines(name)
+            reviewed = next((e for e in equivalents if e.matches(name, removed, added)), None)
+            why = classify(status, removed, added, reviewed)
             reasons[module][why] += 1
             survivors[module].append(f"{name}: {status}, {why}")
+            if why == "equivalent" and reviewed is not None:
+                used.add(reviewed)
+                explained[module][name] = reviewed.why
     report = {
         "seconds": round(elapsed),
         "modules": {
@@ -137,10 +214,18 @@ def main() -> None:
                 "score": round(counts["killed"] / max(1, sum(counts.values())), 3),
                 "left_because": dict(sorted(reasons[module].items())),
                 "survivors": sorted(survivors[module]),
+                "equivalent": dict(sorted(explained[module].items())),
             }
             for module, counts in sorted(by_module.items())
         },
     }
+    # a reviewed entry that matches no survivor any more was killed or changed: drop it
+    stale = [
+        f"{e.function}: {' / '.join(e.removed)}"
+        for e in equivalents
+        if e not in used and module_of(e.function + "__mutmut_0") in by_module
+    ]
+    report["stale_equivalents"] = stale
     total = sum(m["mutants"] for m in report["modules"].values())
     killed = sum(m["killed"] for m in report["modules"].values())
     report["total"] = {
@@ -161,6 +246,8 @@ def main() -> None:
         f"{'total':32} {killed:5}/{total:<5} killed  score {killed / max(1, total):.1%}"
         f"  ({elapsed / 60:.0f} min)"
     )
+    for entry in stale:
+        print(f"stale entry in {EQUIVALENTS.name} (no survivor matches it): {entry}")
 
 
 if __name__ == "__main__":
