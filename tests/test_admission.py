@@ -310,7 +310,7 @@ def _set(path: str, value: Any):
         (_without("request"), "body.request must be dict"),
         (_set("request", []), "body.request must be dict"),
         (_without("request.uid"), "request.uid must be str"),
-        (_set("request.uid", ""), "request.uid must not be empty"),
+        (_set("request.uid", ""), r"^request\.uid must not be empty$"),
         (_set("request.uid", 42), "request.uid must be str, got 42"),
         (_without("request.userInfo"), "request.userInfo must be dict"),
         (_set("request.userInfo.groups", "devs"), "request.userInfo.groups must be list"),
@@ -1132,3 +1132,16 @@ def test_a_pod_without_a_uid_puts_no_pod_uid_in_its_tokens(signer, trusted):
     (entry,) = pod["spec"]["ephemeralContainers"][1]["env"]
     assert verify_token(entry["value"], trusted, now=NOW).pod_uid is None
     assert pod_facts({"metadata": {}, "spec": {}}).uid == ""
+
+
+@pytest.mark.parametrize("absent", [None, "missing"])
+def test_a_caller_without_a_name_is_never_given_one(signer, trusted, absent):
+    review = load_json("admission/exec_interactive_shell.json")
+    user_info = review["request"]["userInfo"]
+    for key in ("username", "uid"):
+        if absent is None:
+            user_info[key] = None
+        else:
+            user_info.pop(key)
+    annotations = admit(review, signer, trusted).response["response"]["auditAnnotations"]
+    assert "user" not in annotations

@@ -346,6 +346,11 @@ def test_the_key_id_is_read_only_from_a_well_formed_token(token, kid):
         (lambda t: t + ".x", r"^token has 5 dot-separated parts, expected 4$"),
         (lambda t: "v2toolong" + t[2:], r"^token version 'v2toolon' is not 'v1'$"),
         (lambda t: t.replace("v1.", "v1.Z", 1), r"^token kid 'Z[0-9a-f]{16}' is not 16 lowercase"),
+        # a hostile kid is shown cut to 32 characters
+        (
+            lambda t: t.replace("v1.", "v1." + "k" * 100, 1),
+            r"^token kid '" + "k" * 32 + r"' is not 16 lowercase hex characters$",
+        ),
         (
             lambda t: ".".join([*t.split(".")[:2], t.split(".")[2] + "=", t.split(".")[3]]),
             r"^token payload is not unpadded base64url$",
@@ -356,7 +361,7 @@ def test_the_key_id_is_read_only_from_a_well_formed_token(token, kid):
             r"^token signature (is not canonical base64url|does not verify)",
         ),
     ],
-    ids=["parts", "version", "kid", "payload-b64", "signature-b64", "signature-bits"],
+    ids=["parts", "version", "kid", "long-kid", "payload-b64", "signature-b64", "signature-bits"],
 )
 def test_malformed_tokens_name_the_part_and_the_value(signer, trusted, mangle, message):
     with pytest.raises((TokenMalformed, BadSignature), match=message):
