@@ -170,7 +170,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     equivalents = load_equivalents()
-    names = [arg if "*" in arg else f"{arg}.*" for arg in args.modules]
+    # a module runs all its mutants; a pattern or a mutant's own name, those it names
+    names = [arg if "*" in arg or "__mutmut_" in arg else f"{arg}.*" for arg in args.modules]
     started = time.monotonic()
     if not args.report_only:
         run = subprocess.run(
@@ -178,11 +179,14 @@ def main() -> None:
             cwd=ROOT,
             # the same fuzz examples in every run, so that scores can be compared
             env={**os.environ, "WHOEXEC_HYPOTHESIS_PROFILE": "mutation"},
-            stdout=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
             check=False,
         )
         if run.returncode != 0:
-            sys.exit(f"mutmut run failed with status {run.returncode}")
+            # its progress is one long line of spinner frames: show the end of what it said
+            said = (run.stdout + run.stderr).replace("\r", "\n").splitlines()[-15:]
+            sys.exit("\n".join([*said, f"mutmut run failed with status {run.returncode}"]))
     elapsed = time.monotonic() - started
     by_module: dict[str, Counter[str]] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
