@@ -40,15 +40,17 @@ def test_peek_after_an_id_hands_out_only_later_items_and_takes_nothing(spool):
 @pytest.mark.parametrize(
     ("acked", "left"),
     [
-        ([0, 1], [b"c", b"d"]),  # a peeked batch: a contiguous run of ids
-        ([0, 2], [b"b", b"d"]),  # alerts retried on their own schedule: gaps
-        ([3], [b"a", b"b", b"c"]),
-        ([], [b"a", b"b", b"c", b"d"]),
+        ([0, 1], [b"c", b"d", b"e"]),  # a peeked batch: a contiguous run of ids
+        ([0, 2], [b"b", b"d", b"e"]),  # alerts retried on their own schedule: gaps
+        ([0, 1, 4], [b"c", b"d"]),  # two gaps: nothing between the ids may go
+        ([0, 4], [b"b", b"c", b"d"]),
+        ([3], [b"a", b"b", b"c", b"e"]),
+        ([], [b"a", b"b", b"c", b"d", b"e"]),
     ],
-    ids=["contiguous", "with-gaps", "last-only", "nothing"],
+    ids=["contiguous", "one-gap", "two-gaps", "ends", "one", "nothing"],
 )
 def test_only_the_items_acknowledged_leave(spool, acked, left):
-    spool.put_many([b"a", b"b", b"c", b"d"])
+    spool.put_many([b"a", b"b", b"c", b"d", b"e"])
     ids = [item_id for item_id, _ in spool.peek(10)]
     spool.ack([ids[i] for i in acked])
     assert bodies(spool.peek(10)) == left
@@ -97,6 +99,14 @@ def test_what_was_not_acknowledged_is_there_after_a_restart(tmp_path):
     ids = [item_id for item_id, _ in again.peek(10)]
     assert ids == sorted(ids) and ids[0] > done, "ids keep growing: none is handed out twice"
     again.close()
+
+
+def test_a_spool_is_made_with_its_folders_and_in_wal_mode(tmp_path):
+    # WAL: the intake's writers append while the forwarder reads and acks
+    spool = Spool(tmp_path / "state" / "forward" / "spool.db")
+    spool.put_many([b"a"])
+    assert spool._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    spool.close()
 
 
 def test_a_spool_that_cannot_be_opened_is_a_clear_error(tmp_path):
