@@ -381,3 +381,17 @@ def test_an_inbox_that_cannot_be_made_is_a_clear_error(tmp_path, cls):
     (tmp_path / "state").write_text("a file, not a folder")
     with pytest.raises(ConfigError, match=r"cannot open the inbox .*/state/inbox: "):
         cls(tmp_path / "state" / "inbox")
+
+
+def test_space_the_reader_freed_is_usable_to_the_last_byte(tmp_path):
+    writer = InboxWriter(tmp_path, max_bytes=36, segment_bytes=12)
+    for tag in ("a", "b", "c"):
+        writer.put_many(lines(tag, 1))  # 12 bytes each, a segment each: full
+    reader = InboxLogReader(tmp_path, save_every=0)
+    first, second, _ = read_all(reader)
+    reader.ack([first[0], second[0]])
+    assert len(segments(tmp_path)) == 1, "the reader deleted the segments it passed"
+    writer.put_many(lines("d", 2))  # 24 more: exactly 36 again
+    with pytest.raises(SpoolFull, match="holds 36 of 36 bytes: 12 more do not fit"):
+        writer.put_many(lines("e", 1))
+    assert [body for _, body in read_all(reader)] == lines("d", 2)
