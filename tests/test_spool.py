@@ -3,6 +3,8 @@ only when acknowledged, and when full gives up its oldest items, counted."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from webhook.errors import ConfigError
@@ -113,3 +115,45 @@ def test_a_spool_that_cannot_be_opened_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match=r"^cannot open spool .*/file/forward\.db: "):
         Spool(tmp_path / "file" / "forward.db")
+
+
+class LockedConnection:
+    """A connection whose switch to WAL answers "database is locked" ``times`` times, as
+    SQLite may at once, without its busy handler, while another process creates the
+    schema; or fails with ``error`` for good."""
+
+    def __init__(self, times: int = 1, error: str = "database is locked") -> None:
+        self.times, self.error = times, error
+        self.statements: list[str] = []
+        self.closed = False
+
+    def execute(self, statement: str, *args: object) -> None:
+        self.statements.append(statement)
+        if statement.startswith("PRAGMA journal_mode") and self.times:
+            self.times -= 1
+            raise sqlite3.OperationalError(self.error)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_locked_database_is_waited_for_not_taken_for_an_error(tmp_path, monkeypatch):
+    from webhook import spool as spool_module
+
+    fake = LockedConnection(times=2)
+    monkeypatch.setattr(spool_module.sqlite3, "connect", lambda *a, **k: fake)
+    assert spool_module.connect_wal(tmp_path / "forward.db") is fake
+    assert fake.statements == ["PRAGMA journal_mode=WAL"] * 3 + ["PRAGMA synchronous=NORMAL"]
+    assert not fake.closed
+
+
+def test_any_other_database_error_is_raised_at_once_and_the_connection_closed(
+    tmp_path, monkeypatch
+):
+    from webhook import spool as spool_module
+
+    fake = LockedConnection(times=5, error="disk I/O error")
+    monkeypatch.setattr(spool_module.sqlite3, "connect", lambda *a, **k: fake)
+    with pytest.raises(sqlite3.OperationalError, match=r"^disk I/O error$"):
+        spool_module.connect_wal(tmp_path / "forward.db")
+    assert fake.statements == ["PRAGMA journal_mode=WAL"] and fake.closed
