@@ -65,6 +65,27 @@ def _shape(line: str) -> str:
     return _STRING.sub(literal, line)
 
 
+#: an SQL statement with no quoted name or string in it: SQLite and PostgreSQL read its
+#: keywords and names alike in any letter case
+_SQL = re.compile(
+    r"""\s*(SELECT|INSERT|DELETE|UPDATE|CREATE|BEGIN|COMMIT|ROLLBACK|PRAGMA)\b[^'"`]*""", re.I
+)
+
+
+def _case_only(a: str, b: str) -> bool:
+    """Only the letter case of SQL statements or codec names (``.encode("ascii")``)
+    changed: the database and Python read both alike in any case."""
+    if a == b or a.lower() != b.lower() or _STRING.sub('""', a) != _STRING.sub('""', b):
+        return False
+    for left, right in zip(_STRING.finditer(a), _STRING.finditer(b), strict=True):
+        if left.group(0) == right.group(0):
+            continue
+        codec = a[: left.start()].rstrip().endswith(("encode(", "decode("))
+        if not (codec or _SQL.fullmatch(left.group(2)[1:-1])):
+            return False
+    return True
+
+
 _GET_DEFAULT = re.compile(r"\.get\(([^,()]+)(?:,[^()]*)?\)")
 
 
@@ -79,11 +100,11 @@ def changed_lines(name: str) -> tuple[list[str], list[str]]:
     return removed, added
 
 
-#: a literal used as a key, compared or matched, or a value (after or, else, return), is
-#: behaviour, not wording
+#: a literal used as a key, compared or matched, a value (after or, else, return), or an
+#: SQL statement, is behaviour, not wording
 _LITERAL_IS_DATA = re.compile(
     r"""(\.get\(|\[|==|!=|\bin\s*[(\[{]?|startswith\(|endswith\(|split\(|strip\(|join\("""
-    r"""|\bor\b|\belse\b|\breturn\b)\s*[rbf]?["']"""
+    r"""|\bor\b|\belse\b|\breturn\b|\bexecute(?:many)?\()\s*[rbf]?["']"""
 )
 
 
@@ -129,6 +150,7 @@ def classify(
     - timeout: the mutant makes the suite hang; CI's time limit catches that.
     - equivalent: a person reviewed it (``reviewed``, from tools/mutation-equivalents.json)
       and wrote down why no input can tell it from the original.
+    - case: only the letter case of an SQL statement or a codec name changed.
     - text: only the wording inside a string literal changed (a message, a log line),
       where the literal is not a key, a comparison or a pattern; no test spells the
       whole text out, and the behaviour is the same.
@@ -143,6 +165,8 @@ def classify(
     if status != "survived" or len(removed) != len(added) or not removed:
         return "unexplained"
     pairs = list(zip(removed, added, strict=True))
+    if all(_case_only(a, b) for a, b in pairs):
+        return "case"
     if all(_shape(a) == _shape(b) and not _LITERAL_IS_DATA.search(a) for a, b in pairs):
         return "text"
     if all(_GET_DEFAULT.sub(r".get(\1)", a) == _GET_DEFAULT.sub(r".get(\1)", b) for a, b in pairs):
