@@ -657,3 +657,102 @@ def test_the_consumer_s_metrics_live_in_its_state_dir_and_start_clean(tmp_path, 
     assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(directory)
     assert list(directory.iterdir()) == [], "what a killed run left is gone"
     assert directory.stat().st_mode & 0o077 == 0
+
+
+def test_a_line_is_done_only_once_every_alert_it_carried_is():
+    # an inbox body can carry several alerts: it may be forgotten only when the last of
+    # them, held back for a late root, has reached the sinks
+    now = [0.0]
+    done: list[object] = []
+    sink = MemorySink()
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    pipeline = Pipeline(
+        Attributor(verifier, hold_seconds=5), [sink], clock=lambda: now[0], on_done=done.extend
+    )
+    template = json.loads(rule_lines("x", 1)[0])
+    on_the_host = {**template, "rule": "on the host"}
+    on_the_host["output_fields"] = {**template["output_fields"], "container.id": "host"}
+    in_a_container = {**template, "rule": "in a container"}  # held: its root may come
+    pipeline.feed([json.dumps([on_the_host, in_a_container]).encode()], tags=["body-1"])
+    assert [a["rule"] for a in sink.alerts] == ["on the host"]
+    assert (done, pipeline.attributor.held) == ([], 1)
+    now[0] = 5.0
+    pipeline.tick()
+    assert [a["rule"] for a in sink.alerts] == ["on the host", "in a container"]
+    assert done == ["body-1"]
+
+
+def test_each_input_that_is_no_alert_is_dead_lettered_with_its_reason_and_place(tmp_path, caplog):
+    from prometheus_client import REGISTRY
+
+    def skipped(reason: str) -> float:
+        return (
+            REGISTRY.get_sample_value("whoexec_consumer_lines_skipped_total", {"reason": reason})
+            or 0
+        )
+
+    before = {reason: skipped(reason) for reason in ("not_json", "not_an_alert", "internal")}
+    good = json.loads(rule_lines("good", 1)[0])
+    internal = {**good, "source": "internal", "rule": "Falco internal: syscall event drop"}
+    pipeline, sink = pipeline_with_sink()
+    pipeline.dead_letters = DeadLetters(tmp_path / "dead.jsonl")
+    lines = [
+        b"not json",
+        b"\xff\xfe{",  # not even UTF-8: kept, with replacement characters
+        json.dumps([{"rule": 1}, good]).encode(),  # one bad item of two
+        json.dumps([internal, good]).encode(),  # Falco's own message, then an alert
+    ]
+    assert pipeline.feed(lines) == 2
+    assert [a["rule"] for a in sink.alerts] == ["good 0", "good 0"]
+    letters = dead_letters(tmp_path / "dead.jsonl")
+    assert all(isinstance(letter.pop("time"), float) for letter in letters)
+    details = [letter.pop("detail") for letter in letters]
+    assert letters == [
+        {"reason": "not_json", "where": "file line 1", "line": "not json"},
+        {"reason": "not_json", "where": "file line 2", "line": "\ufffd\ufffd{"},
+        {"reason": "not_an_alert", "where": "file line 3", "line": '{"rule":1}'},
+    ]
+    assert details[0] == "invalid literal, expected 'null': line 1 column 1 (char 0)"
+    assert details[2] == "field 'rule' must be str, got int"
+    assert (pipeline.stats["skipped_not_json"], pipeline.stats["skipped_not_an_alert"]) == (2, 1)
+    assert pipeline.stats["skipped_internal"] == 1, "counted, but no data to keep"
+    after = {reason: skipped(reason) - before[reason] for reason in before}
+    assert after == {"not_json": 2, "not_an_alert": 1, "internal": 1}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "skipped input: not_an_alert: file line 3: field 'rule' must be str, got int" in warned
+    assert (
+        "skipped input: internal: file line 4: Falco internal message " + repr(internal["rule"])
+        in warned
+    )
+
+
+def test_a_dead_letter_keeps_2000_characters_of_detail_and_rotates_past_its_bound(tmp_path):
+    path = tmp_path / "state" / "dead" / "letters.jsonl"  # its folders are made
+    letters = DeadLetters(path, max_bytes=10_000)
+    letters.add("error", "http line 1", "x", "d" * 5000)
+    (first,) = dead_letters(path)
+    assert first["detail"] == "d" * 2000
+    letters.max_bytes = path.stat().st_size + 100  # the next one does not fit
+    letters.add("error", "http line 1", "x", "d" * 5000)
+    assert len(dead_letters(path.with_name("letters.jsonl.1"))) == 1
+    assert len(dead_letters(path)) == 1
+    assert letters.written == 2
+
+
+def test_a_dead_letter_that_cannot_be_written_is_still_counted_and_logged(tmp_path, caplog):
+    from prometheus_client import REGISTRY
+
+    def dead(reason: str) -> float:
+        return (
+            REGISTRY.get_sample_value("whoexec_consumer_dead_letters_total", {"reason": reason})
+            or 0
+        )
+
+    path = tmp_path / "dead.jsonl"
+    path.mkdir()  # a folder where the file should be
+    before = dead("not_json")
+    letters = DeadLetters(path)
+    letters.add("not_json", "http line 1", b"x", "broken")
+    assert letters.written == 1 and dead("not_json") == before + 1
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.getMessage() == f"cannot write the dead-letter file {path}: Is a directory"
