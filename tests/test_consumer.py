@@ -756,3 +756,44 @@ def test_a_dead_letter_that_cannot_be_written_is_still_counted_and_logged(tmp_pa
     assert letters.written == 1 and dead("not_json") == before + 1
     (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
     assert record.getMessage() == f"cannot write the dead-letter file {path}: Is a directory"
+
+
+def test_a_line_whose_alert_failed_is_done_too_so_the_inbox_never_hands_it_out_again(tmp_path):
+    from prometheus_client import REGISTRY
+
+    def alerts_in() -> float:
+        return REGISTRY.get_sample_value("whoexec_consumer_alerts_in_total", {"input": "file"}) or 0
+
+    before = alerts_in()
+    done: list[object] = []
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    pipeline = Pipeline(
+        BuggyAttributor(verifier),
+        [MemorySink()],
+        dead_letters=DeadLetters(tmp_path / "dead.jsonl"),
+        on_done=done.extend,
+    )
+    lines = rule_lines("trigger", 3)
+    assert pipeline.feed(lines, tags=["a", "b", "c"]) == 3
+    assert sorted(done) == ["a", "b", "c"]
+    (letter,) = dead_letters(tmp_path / "dead.jsonl")
+    assert (letter["reason"], letter["where"], letter["detail"]) == (
+        "error",
+        "file line 2",
+        "KeyError: 'proc.pid'",
+    )
+    assert json.loads(letter["line"]) == json.loads(lines[1])
+    pipeline.feed(rule_lines("more", 2))
+    assert pipeline.stats["alerts_in"] == 5 and alerts_in() == before + 5
+
+
+def test_closing_hands_out_what_is_held_and_its_lines_are_done():
+    done: list[object] = []
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    sink = MemorySink()
+    pipeline = Pipeline(Attributor(verifier, hold_seconds=60), [sink], on_done=done.extend)
+    pipeline.feed(rule_lines("held", 2), tags=["one", "two"])
+    assert (done, sink.alerts) == ([], [])
+    pipeline.close()
+    assert [a["rule"] for a in sink.alerts] == ["held 0", "held 1"]
+    assert done == ["one", "two"]
