@@ -217,11 +217,13 @@ def main() -> None:
     reasons: dict[str, Counter[str]] = defaultdict(Counter)
     explained: dict[str, dict[str, str]] = defaultdict(dict)
     used: set[Equivalent] = set()
+    functions: set[str] = set()  # those whose mutants were looked at
     for name, status in results():
         module = module_of(name)
         if names and not any(fnmatch.fnmatchcase(name, pattern) for pattern in names):
             continue
         by_module[module][status] += 1
+        functions.add(function_of(name))
         if status != "killed":
             removed, added = changed_lines(name)
             reviewed = next((e for e in equivalents if e.matches(name, removed, added)), None)
@@ -247,11 +249,12 @@ def main() -> None:
             for module, counts in sorted(by_module.items())
         },
     }
-    # a reviewed entry that matches no survivor any more was killed or changed: drop it
+    # a reviewed entry of a function looked at that matches no survivor any more was
+    # killed or changed: drop it
     stale = [
         f"{e.function}: {' / '.join(e.removed)}"
         for e in equivalents
-        if e not in used and module_of(e.function + "__mutmut_0") in by_module
+        if e not in used and e.function in functions
     ]
     report["stale_equivalents"] = stale
     total = sum(m["mutants"] for m in report["modules"].values())
