@@ -201,7 +201,7 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(operations)
 def test_nothing_acknowledged_by_the_intake_is_lost_whatever_the_order(tmp_path_factory, ops):
     """Every line put and not acked by the pipeline is handed out again after a crash."""

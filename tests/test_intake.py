@@ -366,7 +366,7 @@ class FakeTransport:
         return ("127.0.0.1", 1234)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.lists(st.binary(max_size=300), max_size=6))
 def test_hostile_bytes_never_break_the_server_and_never_reach_the_inbox_unless_json(
     tmp_path_factory, pieces

@@ -879,10 +879,19 @@ def test_drain_hands_out_everything_still_held_as_well_as_it_can(trusted):
 START = T_ISSUED * 10**9
 
 
-def root_facts(pid: int, token: str, **fields):
-    """The env execve of a session: its own argv carries the token."""
+def _root_fields(token: str, fields: dict) -> dict:
     args = {"proc.args": f"WHOEXEC_IDENTITY={token} sh", "proc.pid.ts": START}
-    return facts_for(pid, **{**args, "proc.apid[1]": 30, **fields})
+    return {**args, "proc.apid[1]": 30, **fields}
+
+
+def root_alert(pid: int, token: str, **fields):
+    """The env execve of a session: its own argv carries the token."""
+    return alert_for(pid, **_root_fields(token, fields))
+
+
+def root_facts(pid: int, token: str, **fields):
+    """The facts of :func:`root_alert`."""
+    return facts_for(pid, **_root_fields(token, fields))
 
 
 def test_a_process_seen_again_without_a_parent_keeps_the_one_it_had(signer, trusted):
@@ -1057,24 +1066,17 @@ def test_each_late_root_releases_its_own_held_alerts_at_once(signer, trusted):
         assert attributor.submit(alert, now=0) == []
     assert attributor.held == 3
 
-    def root(pid: int, token: str):
-        return alert_for(
-            pid,
-            **{"proc.args": f"WHOEXEC_IDENTITY={token} sh", "proc.pid.ts": START,
-               "proc.apid[1]": 30},
-        )  # fmt: skip
-
     def seen(outcomes) -> list:
         return [
             (o.facts.pid, o.attribution.status, o.attribution.identity.session_id, o.is_root_event)
             for o in outcomes
         ]
 
-    assert seen(attributor.submit(root(40, first), now=1)) == [
+    assert seen(attributor.submit(root_alert(40, first), now=1)) == [
         (41, "verified", "s-1", False),  # the held child, before its deadline
         (40, "verified", "s-1", False),
     ]
-    assert seen(attributor.submit(root(50, second), now=2)) == [
+    assert seen(attributor.submit(root_alert(50, second), now=2)) == [
         (51, "verified", "s-2", False),
         (50, "verified", "s-2", False),
     ]
@@ -1213,10 +1215,7 @@ def test_a_held_alert_is_never_attributed_to_a_process_that_took_its_pid(signer,
     assert attributor.submit(orphan, now=0) == []
     token, _ = make_token(signer, issued_at=T_ISSUED + 20)
     later = START + 20 * 10**9
-    new_root = alert_for(
-        41, **{"proc.args": f"WHOEXEC_IDENTITY={token} sh", "proc.pid.ts": later,
-               "proc.apid[1]": 30},
-    )  # fmt: skip
+    new_root = root_alert(41, token, **{"proc.pid.ts": later})
     out = attributor.submit(new_root, now=1)
     assert [(o.facts.start_ts, o.attribution.status) for o in out] == [(later, "verified")]
     assert attributor.held == 1
