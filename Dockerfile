@@ -1,6 +1,17 @@
 # syntax=docker/dockerfile:1
 # whoexec: one image for the webhook (`serve`, the default) and the consumer (`consume`).
 
+# whoexec's static env (staticenv/env.c): a plain `env` that sets the assignments and
+# execs the command, statically linked, for pods whose images have none (distroless,
+# scratch). The pod CREATE mutation's init container copies it into the pod. The
+# compiler stays in this stage.
+FROM python:3.11-slim-bookworm AS staticenv
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY staticenv /src/staticenv
+RUN mkdir -p /opt/whoexec/static && CC=gcc sh /src/staticenv/build /opt/whoexec/static/env
+
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/whoexec
@@ -8,14 +19,6 @@ COPY pyproject.toml README.md /src/
 COPY webhook /src/webhook
 # every dependency ships wheels (cryptography, orjson, psycopg[binary]): nothing compiles
 RUN /opt/whoexec/bin/pip install --only-binary=:all: /src
-# A static `env` for pods whose images have none (distroless, scratch): Debian's
-# busybox-static, one statically linked binary that acts as `env` when called by that
-# name. The pod CREATE mutation's init container copies it into the pod.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends busybox-static \
- && mkdir -p /opt/whoexec/static \
- && cp /bin/busybox /opt/whoexec/static/env \
- && rm -rf /var/lib/apt/lists/*
 
 FROM python:3.11-slim-bookworm
 ARG VERSION=0.1.0
@@ -25,6 +28,7 @@ LABEL org.opencontainers.image.title="whoexec" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/whoexec/whoexec"
 COPY --from=build /opt/whoexec /opt/whoexec
+COPY --from=staticenv /opt/whoexec/static/env /opt/whoexec/static/env
 ENV PATH=/opt/whoexec/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
