@@ -252,3 +252,66 @@ def test_times_print_in_utc_whatever_the_machine_s_zone(monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+LABEL = "container.label[io.kubernetes.container.name]"
+
+
+@pytest.mark.parametrize(
+    ("fields", "name"),
+    [
+        # the CRI engine names a container by its Kubernetes name
+        ({"container.id": "7dafe0d0b51c", "container.name": "app"}, "app"),
+        # the containerd engine (containerd < 1.7, created after Falco started) by its id:
+        # that says nothing of the Kubernetes name
+        ({"container.id": "44d266bd8160", "container.name": "44d266bd8160"}, None),
+        ({"container.id": "44d266bd8160", "container.name": "44d266bd8160" + "ab" * 26}, None),
+        # the kubelet's label is the Kubernetes name, whatever container.name says
+        ({"container.id": "44d266bd8160", "container.name": "44d266bd8160", LABEL: "app"}, "app"),
+        ({"container.id": "7dafe0d0b51c", "container.name": "other", LABEL: "app"}, "app"),
+        # a Kubernetes name may look like hex: only the container's own id is unknown
+        ({"container.id": "7dafe0d0b51c", "container.name": "deadbeef0123"}, "deadbeef0123"),
+        # no worker in the container plugin: nothing at all
+        ({"container.id": "7dafe0d0b51c", "container.name": None, LABEL: None}, None),
+        ({"container.id": "7dafe0d0b51c", "container.name": "<NA>", LABEL: ""}, None),
+    ],
+    ids=["cri-name", "containerd-id", "full-id", "label-over-id", "label-wins", "hex-name",
+         "nulls", "na-and-empty"],
+)  # fmt: skip
+def test_the_kubernetes_container_name_is_the_label_or_a_name_that_is_not_the_id(fields, name):
+    facts = process_facts(check_alert(alert_with(**{"proc.pid": 10, **fields})), VARIABLE, PATTERN)
+    assert facts.container_name == name
+
+
+IN_A_CONTAINER = {"proc.pid": 1165, "proc.vpid": 106, "container.id": "7dafe0d0b51c"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "entry"),
+    [
+        ({"proc.pname": "runc"}, True),
+        ({"proc.pname": "containerd-shim"}, True),
+        ({"proc.pname": "runc:[2:INIT]"}, True),
+        # runc exited before Falco reported the process: Falco names no parent
+        ({"proc.pname": None, "proc.ppid": None}, True),
+        ({"proc.pname": "<NA>"}, True),
+        # runc re-executed through /proc/self/exe is named exe; so is a BusyBox applet
+        ({"proc.pname": "exe", "proc.pexepath": "/usr/bin/runc"}, True),
+        ({"proc.pname": "exe", "proc.pexepath": "/.whoexec/env"}, False),
+        ({"proc.pname": "exe", "proc.pexepath": "/bin/sh"}, False),
+        ({"proc.pname": "exe"}, False),
+        ({"proc.pname": "bash"}, False),
+        # an alert without proc.pname at all (an older append_output) says nothing of it
+        ({}, False),
+        # the container's pid 1 is no exec, and a process outside containers is none
+        ({"proc.pname": None, "proc.vpid": 1}, False),
+        ({"proc.pname": "runc", "container.id": "host"}, False),
+    ],
+    ids=["runc", "shim", "runc-init", "parent-exited", "parent-na", "exe-runc", "exe-busybox-env",
+         "exe-busybox-image", "exe-no-path", "shell", "no-pname-field", "pid-1", "host"],
+)  # fmt: skip
+def test_a_container_entry_is_started_by_the_runtime_named_or_not(fields, entry):
+    facts = process_facts(
+        check_alert(alert_with(**{**IN_A_CONTAINER, **fields})), VARIABLE, PATTERN
+    )
+    assert facts.is_container_entry is entry

@@ -91,3 +91,29 @@ def test_root_rules_fire_only_on_a_successful_exec():
     for rule in (i for i in load("whoexec_rules.yaml") if "rule" in i):
         assert "evt.res = SUCCESS" in rule["condition"], rule["rule"]
         assert "evt.dir" not in rule["condition"], rule["rule"]
+
+
+def test_an_entry_is_found_without_pid_1_and_without_a_parent_name():
+    # kubectl debug --target shares the target's PID namespace (no vpid 1), and runc has
+    # often exited by the time Falco reports the process (proc.pname null): the exec entry
+    # rule takes both, as the consumer's ProcessFacts.is_container_entry does
+    rules = {i.get("rule") or i.get("macro"): i for i in load("whoexec_rules.yaml")}
+    runtime = " ".join(rules["whoexec_started_by_runtime"]["condition"].split())
+    assert "not proc.pname exists" in runtime
+    assert "proc.pname in (whoexec_runtime_parents)" in runtime
+    entry = rules["Whoexec exec entry"]["condition"]
+    assert "whoexec_started_by_runtime" in entry and "proc.vpid != 1" in entry
+
+
+def test_exe_is_a_runtime_parent_only_when_its_executable_is_runc():
+    from webhook.falco import RUNTIME_PARENTS, is_runtime_parent
+
+    rules = {i.get("macro"): i for i in load("whoexec_rules.yaml") if "macro" in i}
+    runtime = " ".join(rules["whoexec_started_by_runtime"]["condition"].split())
+    assert "(proc.pname = exe and proc.pexepath contains runc)" in runtime
+    assert "exe" not in RUNTIME_PARENTS
+    assert is_runtime_parent("exe", "/usr/bin/runc")
+    assert is_runtime_parent("exe", "memfd:runc_cloned:/proc/self/exe (deleted)")
+    assert not is_runtime_parent("exe", "/.whoexec/env"), "the BusyBox static env's applets"
+    assert not is_runtime_parent("exe", "/bin/sh"), "a BusyBox image's shell"
+    assert not is_runtime_parent("exe", None), "an older append_output without proc.pexepath"

@@ -29,6 +29,9 @@ MAX_ANCESTORS = 8
 #: as Falco's ``proc.pname`` shows them: the kernel's comm, cut to 15 characters (so
 #: containerd-shim-runc-v2 appears as "containerd-shim"). The shipped rules' list
 #: ``whoexec_runtime_parents`` is the same (tests/test_falco_manifests.py checks it).
+#: ``exe`` is not in it: any program that re-executes itself through /proc/self/exe is
+#: named so (BusyBox's applets, whoexec's earlier BusyBox static env), and only
+#: runc's is a runtime (see :func:`is_runtime_parent`).
 RUNTIME_PARENTS = frozenset(
     {
         "conmon",
@@ -37,13 +40,17 @@ RUNTIME_PARENTS = frozenset(
         "crun",
         "docker-runc",
         "docker-runc-cur",
-        "exe",
         "runc",
         "runc:[0:PARENT]",
         "runc:[1:CHILD]",
         "runc:[2:INIT]",
     }
 )
+#: the label the kubelet puts on every container it asks the runtime for, holding the
+#: Kubernetes container name; the container plugin shows it as this field whatever
+#: engine named the container (``container.name`` may be the container id, see
+#: :func:`kubernetes_container_name`)
+CONTAINER_NAME_LABEL = "container.label[io.kubernetes.container.name]"
 #: tag of the shipped rules (``manifests/falco/whoexec_rules.yaml``): they teach the
 #: consumer about sessions and are not security alerts
 WHOEXEC_TAG = "whoexec"
@@ -58,6 +65,7 @@ LINEAGE_FIELDS = (
     "proc.pid.ts",
     "proc.name",
     "proc.pname",
+    "proc.pexepath",
     "proc.args",
     "proc.cmdline",
     *(f"proc.{kind}[{n}]" for n in range(1, MAX_ANCESTORS + 1) for kind in ("apid", "aname")),
@@ -65,6 +73,7 @@ LINEAGE_FIELDS = (
     "proc.aenv[{variable}]",
     "container.id",
     "container.name",
+    CONTAINER_NAME_LABEL,
     "k8s.ns.name",
     "k8s.pod.name",
     "k8s.pod.uid",
@@ -101,10 +110,17 @@ class ProcessFacts:
     start_ts: int | None
     name: str | None
     parent_name: str | None
+    #: ``proc.pexepath``: tells runc re-executed as ``exe`` from any other ``exe``
+    parent_exepath: str | None
+    #: Falco was asked for ``proc.pname`` and had no value: the parent exited before the
+    #: event (runc does, right after starting an exec's process) or was never seen
+    parent_unknown: bool
     cmdline: str | None
     #: the alert's own ancestors: (pid, name) for proc.apid[1..N], parent first
     ancestors: tuple[tuple[int, str | None], ...]
     container_id: str | None
+    #: the Kubernetes container name, None when Falco did not know it (see
+    #: :func:`kubernetes_container_name`)
     container_name: str | None
     namespace: str | None
     pod: str | None
@@ -121,13 +137,59 @@ class ProcessFacts:
 
     @property
     def is_container_entry(self) -> bool:
-        """Started by the container runtime and not the container's init: an exec."""
+        """Started by the container runtime and not the container's pid 1: an exec, or
+        the first process of a ``kubectl debug --target`` container (which shares the
+        target's PID namespace, so its vpid is not 1).
+
+        A parent Falco cannot name counts too: runc exits right after it started the
+        process, and libsinsp does not reparent a process to a reaper outside its PID
+        namespace (``thread_manager.cpp``, ``find_new_reaper``), so an exec's process soon
+        has no parent in Falco's eyes. A process whose parent inside the container exits
+        is given that namespace's reaper instead. The stock rules' ``container_entrypoint``
+        macro makes the same allowance (``not proc.pname exists``)."""
         return (
             self.in_container
-            and self.parent_name in RUNTIME_PARENTS
             and self.vpid is not None
             and self.vpid != 1
+            and (self.parent_unknown or is_runtime_parent(self.parent_name, self.parent_exepath))
         )
+
+
+def is_runtime_parent(name: str | None, exepath: str | None) -> bool:
+    """A container runtime's process, by Falco's name for it and its executable's path.
+    runc re-executes itself through /proc/self/exe, so Falco may name it ``exe``; so does
+    every BusyBox applet, and those are no runtime: an ``exe`` counts only when its path
+    is runc's (``/usr/bin/runc``, ``/usr/sbin/runc``, ``memfd:runc_cloned:...``)."""
+    if name in RUNTIME_PARENTS:
+        return True
+    return name == "exe" and exepath is not None and "runc" in exepath
+
+
+#: a container id: Falco's ``container.id`` is its first 12 hex digits
+_CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
+
+
+def kubernetes_container_name(fields: dict[str, Any]) -> str | None:
+    """The Kubernetes name of the alert's container, or None when Falco did not know it.
+
+    The kubelet's ``io.kubernetes.container.name`` label is the name wherever it is set.
+    Without it, ``container.name`` is the Kubernetes name only when the container
+    plugin's CRI engine named the container; its containerd engine names a container by
+    its 12-digit id, and on containerd < 1.7 the CRI engine gets no events, so every
+    container created after Falco started is named so (cluster-2026-12-03). A name that
+    is the container's id says nothing about the Kubernetes name: unknown."""
+    label = _str(fields, CONTAINER_NAME_LABEL)
+    if label is not None:
+        return label
+    name = _str(fields, "container.name")
+    if name is None:
+        return None
+    container_id = _str(fields, "container.id")
+    if _CONTAINER_ID.fullmatch(name) and (
+        container_id is None or name.startswith(container_id) or container_id.startswith(name)
+    ):
+        return None
+    return name
 
 
 def parse_alert(line: bytes | str) -> FalcoAlert:
@@ -230,6 +292,7 @@ def process_facts(alert: FalcoAlert, variable: str, pattern: re.Pattern[str]) ->
     env = _str(fields, "proc.env") if in_env is None else None
     if env and (match := pattern.search(env)):
         in_env = match.group(1)
+    parent_name = _str(fields, "proc.pname") or (ancestors[0][1] if ancestors else None)
     return ProcessFacts(
         host=alert.get("hostname", ""),
         time_ns=time_ns,
@@ -238,11 +301,13 @@ def process_facts(alert: FalcoAlert, variable: str, pattern: re.Pattern[str]) ->
         vpid=_int(fields, "proc.vpid"),
         start_ts=start_ts,
         name=_str(fields, "proc.name"),
-        parent_name=_str(fields, "proc.pname") or (ancestors[0][1] if ancestors else None),
+        parent_name=parent_name,
+        parent_exepath=_str(fields, "proc.pexepath"),
+        parent_unknown=parent_name is None and "proc.pname" in fields,
         cmdline=cmdline,
         ancestors=tuple(ancestors),
         container_id=_str(fields, "container.id"),
-        container_name=_str(fields, "container.name"),
+        container_name=kubernetes_container_name(fields),
         namespace=_str(fields, "k8s.ns.name"),
         pod=_str(fields, "k8s.pod.name"),
         pod_uid=_str(fields, "k8s.pod.uid"),
