@@ -1274,3 +1274,135 @@ def test_a_finding_about_an_alert_without_a_hostname_has_an_empty_one(signer, tr
     attribution = attributor_with(trusted).attribute(facts)
     ((_, finding),) = findings(Outcome(alert, attribution, facts, False))
     assert finding["hostname"] == ""
+
+
+# --- the binding: what is true of every container ---------------------------------------
+
+#: how the container plugin's containerd engine names a container: by its id
+BY_ID = {"container.id": "44d266bd8160", "container.name": "44d266bd8160"}
+NO_K8S = {
+    "container.name": None,
+    "container.label[io.kubernetes.container.name]": None,
+    "k8s.ns.name": None,
+    "k8s.pod.name": None,
+    "k8s.pod.uid": None,
+}
+BINDING_UNCHECKED = "Exec identity binding unchecked"
+
+
+def session_through_pipeline(signer, trusted, **where):
+    """A root and its child's alert, both in the container ``where`` describes."""
+    token, _ = make_token(signer, pod_uid="uid-A")
+    root = {**root_alert(40, token, **{"k8s.pod.uid": "uid-A", **where}), "tags": ["whoexec"]}
+    child = alert_for(
+        41,
+        **{"proc.apid[1]": 40, "proc.pid.ts": START + 1, "k8s.pod.uid": "uid-A", **where},
+    )
+    child = {**child, "rule": READ_SHADOW, "output": "Sensitive file opened"}
+    sink = MemorySink()
+    pipeline = Pipeline(Attributor(TokenVerifier(trusted)), [sink], clock=FakeClock())
+    pipeline.feed([json.dumps(root), json.dumps(child)])
+    pipeline.close()
+    (alert,) = [a for a in sink.alerts if a["source"] == "syscall"]
+    found = [a for a in sink.alerts if a["source"] == "whoexec"]
+    return alert, found
+
+
+def test_a_container_named_by_its_id_is_unknown_and_the_genuine_session_is_verified(
+    signer, trusted
+):
+    # cluster-2026-12-03: alice's exec into web2, created after Falco started, came out as
+    # a Critical replay "minted for container 'app' ... used in container '44d266bd8160'"
+    alert, found = session_through_pipeline(signer, trusted, **BY_ID)
+    fields = alert["output_fields"]
+    assert (fields["whoexec.attribution"], fields["whoexec.user.name"]) == ("verified", ALICE)
+    assert (fields["whoexec.binding"], fields["whoexec.binding.unchecked"]) == (
+        "unchecked",
+        ["container"],
+    )
+    assert alert["output"].endswith(" k8s_session=s-1 k8s_binding=unchecked(container)")
+    (finding,) = found
+    assert (finding["rule"], finding["priority"]) == (BINDING_UNCHECKED, "Warning")
+    assert finding["output_fields"]["whoexec.session.id"] == "s-1"
+    assert finding["output_fields"]["whoexec.user.name"] == ALICE
+    assert "does not show the container the token is bound to" in finding["output"]
+
+
+def test_the_kubelet_s_label_binds_a_container_named_by_its_id(signer, trusted):
+    label = "container.label[io.kubernetes.container.name]"
+    alert, found = session_through_pipeline(signer, trusted, **BY_ID, **{label: "app"})
+    assert alert["output_fields"]["whoexec.attribution"] == "verified"
+    assert alert["output_fields"]["whoexec.binding"] == "checked"
+    assert alert["output_fields"]["whoexec.binding.unchecked"] is None
+    assert "k8s_binding" not in alert["output"] and found == []
+    # and a label naming another container is a replay into it, as before
+    alert, found = session_through_pipeline(signer, trusted, **BY_ID, **{label: "sidecar"})
+    assert alert["output_fields"]["whoexec.attribution"] == "replayed"
+    assert alert["output_fields"]["whoexec.binding"] == "mismatch"
+    assert [f["rule"] for f in found] == [REPLAYED]
+
+
+def test_without_kubernetes_metadata_a_session_is_never_verified_in_silence(signer, trusted):
+    # the container plugin without its worker: container.name and k8s.* are null
+    alert, found = session_through_pipeline(signer, trusted, **NO_K8S)
+    fields = alert["output_fields"]
+    assert fields["whoexec.attribution"] == "verified"
+    assert fields["whoexec.binding.unchecked"] == ["namespace", "pod", "pod_uid", "container"]
+    assert "k8s_binding=unchecked(namespace,pod,pod_uid,container)" in alert["output"]
+    assert [(f["rule"], f["priority"]) for f in found] == [(BINDING_UNCHECKED, "Warning")]
+    assert all(f["priority"] != "Critical" for f in found)
+
+
+def test_a_fully_bound_session_says_checked_and_raises_nothing(signer, trusted):
+    alert, found = session_through_pipeline(signer, trusted)
+    assert alert["output_fields"]["whoexec.binding"] == "checked"
+    assert found == []
+
+
+def test_the_unchecked_binding_finding_is_raised_once_per_session_root(signer, trusted):
+    token, _ = make_token(signer)
+    lines = [json.dumps({**root_alert(40, token, **BY_ID), "tags": ["whoexec"]})]
+    for pid in (41, 42, 43):
+        child = alert_for(pid, **{"proc.apid[1]": 40, "proc.pid.ts": START + pid, **BY_ID})
+        lines.append(json.dumps({**child, "rule": READ_SHADOW}))
+    sink = MemorySink()
+    pipeline = Pipeline(Attributor(TokenVerifier(trusted)), [sink], clock=FakeClock())
+    pipeline.feed(lines)
+    pipeline.close()
+    assert [a["rule"] for a in sink.alerts if a["source"] == "whoexec"] == [BINDING_UNCHECKED]
+    assert {a["output_fields"]["whoexec.binding"] for a in sink.alerts} == {"unchecked"}
+
+
+@pytest.mark.parametrize(
+    ("seen", "status", "unchecked"),
+    [
+        ({}, "checked", ()),
+        ({"container_name": None}, "unchecked", ("container",)),
+        ({"pod_uid": None, "container_name": None}, "unchecked", ("pod_uid", "container")),
+        # what can be compared still counts: a pending pod UID does not hide another pod
+        ({"pod_uid": None, "pod": "db-0"}, "mismatch", ("pod_uid",)),
+        ({"namespace": None, "pod": None, "pod_uid": None, "container_name": None},
+         "unchecked", ("namespace", "pod", "pod_uid", "container")),
+    ],
+    ids=["all-known", "container-unknown", "two-unknown", "mismatch-beside-unknown", "nothing"],
+)  # fmt: skip
+def test_the_binding_says_what_it_could_not_compare(seen, status, unchecked):
+    import dataclasses
+
+    from webhook.identity import Identity
+    from webhook.lineage import check_binding
+
+    minted = Identity("s", ALICE, "u", (), "shop", "web-0", "app", 1, pod_uid="uid-A")
+    known = dict(namespace="shop", pod="web-0", container_name="app", pod_uid="uid-A")
+    facts = dataclasses.replace(facts_for(50), **{**known, **seen})
+    binding = check_binding(minted, facts)
+    assert (binding.status, binding.unchecked) == (status, unchecked)
+
+
+def test_a_token_without_a_pod_uid_binds_no_pod_uid_and_lists_none():
+    from webhook.identity import Identity
+    from webhook.lineage import check_binding
+
+    minted = Identity("s", ALICE, "u", (), "shop", "web-0", "app", 1)  # no pod look-up
+    binding = check_binding(minted, facts_for(50, **{"k8s.pod.uid": None}))
+    assert (binding.status, binding.unchecked) == ("checked", ())

@@ -207,21 +207,61 @@ def freshness_problem(issued_at: int, root_start_ns: int, policy: ReplayPolicy) 
     return ""
 
 
-def binding_problem(identity: Identity, facts: ProcessFacts) -> str:
-    """A token is bound to its namespace, pod, pod UID and container; elsewhere it is a
-    replay. A null field in the alert (k8s metadata still pending) cannot be compared."""
+BindingStatus = Literal["checked", "unchecked", "mismatch"]
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """How a token's binding compared with where its root's alert came from."""
+
+    #: why the token is bound elsewhere; "" when nothing that could be compared differs
+    mismatch: str = ""
+    #: what the token names and the alert could not show (Falco printed null): the
+    #: namespace, pod, pod_uid or container, in that order
+    unchecked: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> BindingStatus:
+        if self.mismatch:
+            return "mismatch"
+        return "unchecked" if self.unchecked else "checked"
+
+
+def check_binding(identity: Identity, facts: ProcessFacts) -> Binding:
+    """A token is bound to its namespace, pod, pod UID and Kubernetes container name;
+    elsewhere it is a replay. These are true of every container: the container's name is
+    the kubelet's label, or Falco's ``container.name`` when that is not the container's
+    id (``falco.kubernetes_container_name``). A fact the alert lacks (the container
+    plugin has no k8s metadata yet, or no worker at all) cannot be compared: it is
+    ``unchecked``, which is said in the alert, never taken for a match or a mismatch.
+    A field the token does not carry (a pod UID the webhook could not look up) binds
+    nothing and is not listed."""
     checks: list[tuple[str, str, str | None]] = [
         ("namespace", identity.namespace, facts.namespace),
         ("pod", identity.pod, facts.pod),
+        # a pod recreated under the same name (a StatefulSet's payments-0) has a new UID
+        ("pod_uid", identity.pod_uid or "", facts.pod_uid),
         ("container", identity.container, facts.container_name),
     ]
-    if identity.pod_uid is not None:
-        # a pod recreated under the same name (a StatefulSet's payments-0) has a new UID
-        checks.append(("pod uid", identity.pod_uid, facts.pod_uid))
+    unchecked: list[str] = []
+    mismatch = ""
     for what, minted, seen in checks:
-        if seen is not None and minted and minted != seen:
-            return f"bound elsewhere: token minted for {what} {minted!r} is used in {what} {seen!r}"
-    return ""
+        if not minted:
+            continue
+        if seen is None:
+            unchecked.append(what)
+        elif minted != seen and not mismatch:
+            label = what.replace("_", " ")
+            mismatch = (
+                f"bound elsewhere: token minted for {label} {minted!r} is used in {label} {seen!r}"
+            )
+    return Binding(mismatch, tuple(unchecked))
+
+
+def binding_problem(identity: Identity, facts: ProcessFacts) -> str:
+    """Why ``identity`` cannot be the token of a session in ``facts``' pod and container
+    ("" when nothing that can be compared differs)."""
+    return check_binding(identity, facts).mismatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +280,10 @@ class Attribution:
     #: the lineage seen so far cannot settle it (the root or its start time is missing):
     #: worth holding back for a late root event
     incomplete: bool = False
+    #: how the root's token compared with where the alert came from (None when no root
+    #: was judged), and what could not be compared
+    binding: BindingStatus | None = None
+    unchecked: tuple[str, ...] = ()
 
     @property
     def settled(self) -> bool:
@@ -439,9 +483,8 @@ class Attributor:
                 claimed=identity,
                 incomplete=True,
             )
-        problem = binding_problem(identity, facts) or self._root_problem(
-            identity, facts.host, root_pid, root
-        )
+        binding = check_binding(identity, facts)
+        problem = binding.mismatch or self._root_problem(identity, facts.host, root_pid, root)
         if problem:
             return Attribution(
                 "replayed",
@@ -452,9 +495,18 @@ class Attributor:
                 token=root_token,
                 claimed=identity,
                 root_start_ns=root.start_ts,
+                binding=binding.status,
+                unchecked=binding.unchecked,
             )
         attribution = Attribution(
-            "verified", identity, root_pid, via, token=root_token, root_start_ns=root.start_ts
+            "verified",
+            identity,
+            root_pid,
+            via,
+            token=root_token,
+            root_start_ns=root.start_ts,
+            binding=binding.status,
+            unchecked=binding.unchecked,
         )
         # inside a genuine session, a different token below the root, in the process's own
         # env, or in the nearest ancestor's env (proc.aenv) means someone set the variable:
@@ -580,11 +632,16 @@ def enrichment(attribution: Attribution, host: str) -> dict[str, Any]:
     Only ``verified`` and ``tampered`` name a user. What a replayed (or unverifiable)
     token claims goes under ``whoexec.claimed.*``, which never means "this person"; a
     replayed root's alerts share its ``whoexec.replay.id`` (``host`` is the alert's).
+    ``whoexec.binding`` says whether the token's namespace, pod, pod UID and container
+    were compared with the alert's (``checked``), could not all be (``unchecked``, with
+    what in ``whoexec.binding.unchecked``), or differ (``mismatch``, a replay).
     """
     identity = attribution.identity if attribution.status in ATTRIBUTED else None
     claimed = attribution.claimed if identity is None else None
     return {
         "whoexec.attribution": attribution.status,
+        "whoexec.binding": attribution.binding,
+        "whoexec.binding.unchecked": list(attribution.unchecked) if attribution.unchecked else None,
         "whoexec.claimed.session.id": claimed.session_id if claimed else None,
         "whoexec.claimed.user.name": claimed.user if claimed else None,
         "whoexec.replay.id": replay_id(attribution, host),
@@ -609,9 +666,15 @@ def enrich(outcome: Outcome) -> FalcoAlert:
     identity = attribution.identity
     if identity is not None and attribution.status in ATTRIBUTED:
         marker = f" {TAMPERED_MARKER}" if attribution.status == "tampered" else ""
+        # never "verified" in silence: a reader of the text alone learns it too
+        unchecked = (
+            f" k8s_binding=unchecked({','.join(attribution.unchecked)})"
+            if attribution.unchecked
+            else ""
+        )
         enriched["output"] = (
             f"{alert.get('output', '')}{marker} k8s_user={identity.user} "
-            f"k8s_session={identity.session_id}"
+            f"k8s_session={identity.session_id}{unchecked}"
         )
     return enriched
 
@@ -621,6 +684,7 @@ FINDING_INVALID = "Exec identity token invalid"
 FINDING_REPLAYED = "Exec identity replayed"
 FINDING_UNVERIFIABLE = "Exec identity not verifiable"
 FINDING_NO_IDENTITY = "Exec session without identity"
+FINDING_BINDING_UNCHECKED = "Exec identity binding unchecked"
 
 
 def findings(outcome: Outcome) -> list[tuple[tuple[object, ...], FalcoAlert]]:
@@ -649,6 +713,8 @@ def findings(outcome: Outcome) -> list[tuple[tuple[object, ...], FalcoAlert]]:
     }
     found: list[tuple[tuple[object, ...], FalcoAlert]] = []
     identity = attribution.identity
+    if attribution.status in ATTRIBUTED and identity is not None and attribution.unchecked:
+        found.append(_binding_unchecked(outcome, identity, base, where))
     if attribution.status == "tampered" and identity is not None:
         found.append(
             (
@@ -708,12 +774,42 @@ def findings(outcome: Outcome) -> list[tuple[tuple[object, ...], FalcoAlert]]:
                     "Notice",
                     "Exec session without identity: a process started by the container "
                     "runtime carries no WHOEXEC_IDENTITY; the webhook was bypassed, down or "
-                    f"excluded ({where} parent={facts.parent_name})",
+                    f"excluded ({where} parent={facts.parent_name or 'unknown'})",
                     base,
                 ),
             )
         )
     return found
+
+
+def _binding_unchecked(
+    outcome: Outcome, identity: Identity, base: dict[str, Any], where: str
+) -> tuple[tuple[object, ...], FalcoAlert]:
+    """Attributed all the same (the token is genuine, fresh and first), and said so: once
+    per session root, on the first alert whose binding could not all be checked."""
+    attribution = outcome.attribution
+    what = ", ".join(attribution.unchecked)
+    key = (
+        outcome.facts.host,
+        attribution.root_pid,
+        attribution.root_start_ns,
+        FINDING_BINDING_UNCHECKED,
+    )
+    return key, _finding(
+        outcome,
+        FINDING_BINDING_UNCHECKED,
+        "Warning",
+        f"Exec identity binding unchecked: the alert does not show the {what} the token "
+        "is bound to, so a replay into another pod or container cannot be ruled out "
+        f"(session={identity.session_id} k8s_user={identity.user} {where})",
+        {
+            **base,
+            "whoexec.binding": attribution.binding,
+            "whoexec.binding.unchecked": list(attribution.unchecked),
+            "whoexec.session.id": identity.session_id,
+            "whoexec.user.name": identity.user,
+        },
+    )
 
 
 def _claim_finding(
