@@ -231,3 +231,78 @@ def test_an_alert_from_another_node_is_never_looked_up_in_this_node_s_proc(spawn
     facts = process_facts(alert, "WHOEXEC_IDENTITY", token_pattern("WHOEXEC_IDENTITY"))
     assert elsewhere.learn(facts, ProcessTable()) == 0, "node-b's /proc says nothing of node-a"
     assert here.learn(facts, ProcessTable()) > 0
+
+
+def gone_pid() -> int:
+    return max(int(p.name) for p in PROC.iterdir() if p.name.isdigit()) + 100_000
+
+
+def alert_of_an_exited_child(pid: int, start_ns: int, *ancestors: int) -> dict:
+    """Falco's alert of ``cat /etc/shadow`` in a session, read after cat has exited:
+    only its own proc.apid[N] name the shell above it."""
+    alert = synthetic_alert(pid, start_ns, WEB_0)
+    fields = alert["output_fields"]
+    fields["proc.pname"] = "sh"
+    for n, ancestor in enumerate(ancestors, 1):
+        fields[f"proc.apid[{n}]"] = ancestor
+        fields[f"proc.aname[{n}]"] = "sh"
+    return alert
+
+
+def test_an_exited_command_is_attributed_through_its_nearest_living_ancestor(
+    spawn, signer, trusted
+):
+    # kubectl debug --target: the alerting `cat` is gone, its shell (and so the token in
+    # its whole environment) still runs
+    token = token_for(signer, "alice@corp.example")
+    root, shell, _ = innermost(spawn_root(spawn, token), 3)
+    procfs = ProcFS(PROC)
+    attributor = Attributor(TokenVerifier(trusted), ProcessTable(), lineage_source=procfs.learn)
+    alert = alert_of_an_exited_child(gone_pid(), time.time_ns(), shell, root)
+    (outcome,) = attributor.submit(alert, now=0)
+    assert outcome.attribution.status == "verified"
+    assert (outcome.attribution.identity.user, outcome.attribution.root_pid) == (
+        "alice@corp.example",
+        root,
+    )
+
+
+def test_a_living_ancestor_younger_than_the_exited_command_is_a_reused_pid(spawn, signer, trusted):
+    token = token_for(signer, "alice@corp.example")
+    root, shell, _ = innermost(spawn_root(spawn, token), 3)
+    procfs = ProcFS(PROC)
+    attributor = Attributor(TokenVerifier(trusted), ProcessTable(), lineage_source=procfs.learn)
+    # the alert's process started a minute before these pids' processes did: whatever
+    # runs under them now is not its parent
+    started = procfs.read(root).start_ns - 60 * 1_000_000_000
+    alert = alert_of_an_exited_child(gone_pid(), started, shell, root)
+    (outcome,) = attributor.submit(alert, now=0)
+    assert outcome.attribution.status == "none"
+    assert (
+        procfs.learn(
+            process_facts(alert, "WHOEXEC_IDENTITY", token_pattern("WHOEXEC_IDENTITY")),
+            ProcessTable(),
+        )
+        == 0
+    )
+
+
+def test_a_living_ancestor_at_another_start_than_the_table_knows_is_a_reused_pid(
+    spawn, signer, trusted
+):
+    from webhook.lineage import ProcessRecord
+
+    token = token_for(signer, "alice@corp.example")
+    _, shell, _ = innermost(spawn_root(spawn, token), 3)
+    procfs = ProcFS(PROC)
+    table = ProcessTable()
+    earlier = procfs.read(shell).start_ns - 60 * 1_000_000_000
+    table.put(("node-a", shell), ProcessRecord(None, earlier, None))  # another process, once
+    alert = alert_of_an_exited_child(gone_pid(), time.time_ns(), shell)
+    facts = process_facts(alert, "WHOEXEC_IDENTITY", token_pattern("WHOEXEC_IDENTITY"))
+    assert procfs.learn(facts, table) == 0
+
+
+def spawn_root(spawn, token: str) -> int:
+    """``env VAR=<token> sh`` whose shell runs a shell that sleeps; the root's pid."""
+    return spawn("env", f"WHOEXEC_IDENTITY={token}", "sh", "-c", 'sh -c "sleep 30; true"; true').pid

@@ -68,15 +68,48 @@ class ProcFS:
                 token = entry[len(self.marker) :].decode("utf-8", "replace")
         return ProcInfo(pid, ppid, start_ns, token)
 
+    def _nearest_living(self, facts: ProcessFacts, table: ProcessTable) -> ProcInfo | None:
+        """The alert's process if it still runs, else its nearest ancestor that does.
+
+        A short-lived command (``cat /etc/shadow``) has often exited by the time its alert
+        is read, while the shell above it, which holds the session's token, still runs:
+        the alert's own ``proc.apid[N]`` name those ancestors. A pid is believed only for
+        the process the alert meant: the alert's process by its start time, an ancestor
+        by having started before it (and at the start time the table knows, if any)."""
+        assert facts.pid is not None
+        info = self.read(facts.pid)
+        if info is not None:
+            if (
+                facts.start_ts is not None
+                and abs(info.start_ns - facts.start_ts) > START_TOLERANCE_NS
+            ):
+                return None  # a different process holds this pid now
+            return info
+        # no later than the alerting process (or, for a thread's alert, than the event)
+        latest = (facts.start_ts or facts.time_ns) + START_TOLERANCE_NS
+        for pid, _ in facts.ancestors:
+            if pid <= 1:
+                break
+            info = self.read(pid)
+            if info is None:
+                continue  # gone too: try the next one up
+            known = table.get((facts.host, pid))
+            table_start = known.start_ts if known is not None else None
+            if info.start_ns > latest or (
+                table_start is not None and abs(info.start_ns - table_start) > START_TOLERANCE_NS
+            ):
+                continue  # the pid was reused by a younger process
+            return info
+        return None
+
     def learn(self, facts: ProcessFacts, table: ProcessTable) -> int:
-        """Walk from the alert's process up through ``/proc``; returns processes learnt."""
+        """Walk up through ``/proc`` from the alert's process, or from its nearest living
+        ancestor when it has exited; returns processes learnt."""
         if facts.pid is None or (self.node and facts.host != self.node):
             return 0
-        info = self.read(facts.pid)
+        info = self._nearest_living(facts, table)
         if info is None:
             return 0
-        if facts.start_ts is not None and abs(info.start_ns - facts.start_ts) > START_TOLERANCE_NS:
-            return 0  # a different process holds this pid now
         learnt = 0
         seen: set[int] = set()
         below: ProcessRecord | None = None
