@@ -1406,3 +1406,99 @@ def test_a_token_without_a_pod_uid_binds_no_pod_uid_and_lists_none():
     minted = Identity("s", ALICE, "u", (), "shop", "web-0", "app", 1)  # no pod look-up
     binding = check_binding(minted, facts_for(50, **{"k8s.pod.uid": None}))
     assert (binding.status, binding.unchecked) == ("checked", ())
+
+
+# --- entries Falco cannot name the parent of ----------------------------------------------
+
+
+def test_a_debug_container_sharing_the_target_s_pid_namespace_is_attributed(signer, trusted):
+    # kubectl debug --target=app: no process of the debug container has vpid 1, and its
+    # first process's parent (the runtime) is gone from Falco's view: proc.pname is null
+    token, identity = make_token(signer, container="debugger-x7k")
+    debug = {"container.id": "5e1f00d2a9b3", "container.name": "debugger-x7k"}
+    first = alert_for(
+        500,
+        **{
+            **debug,
+            "proc.vpid": 9,
+            "proc.pname": None,
+            "proc.ppid": None,
+            "proc.pid.ts": START,
+            "proc.env[WHOEXEC_IDENTITY]": token,
+            "proc.aenv[WHOEXEC_IDENTITY]": "",
+        },
+    )
+    first = {**first, "rule": "Whoexec exec entry", "tags": ["whoexec", "whoexec_entry"]}
+    cat = alert_for(
+        501,
+        **{
+            **debug,
+            "proc.vpid": 12,
+            "proc.apid[1]": 500,
+            "proc.pname": "sh",
+            "proc.pid.ts": START + 1,
+            "proc.env[WHOEXEC_IDENTITY]": token,
+            "proc.aenv[WHOEXEC_IDENTITY]": token,
+        },
+    )
+    sink = MemorySink()
+    pipeline = Pipeline(Attributor(TokenVerifier(trusted)), [sink], clock=FakeClock())
+    pipeline.feed([json.dumps(first), json.dumps({**cat, "rule": READ_SHADOW})])
+    pipeline.close()
+    (alert,) = sink.alerts
+    fields = alert["output_fields"]
+    assert (fields["whoexec.attribution"], fields["whoexec.user.name"]) == ("verified", ALICE)
+    assert fields["whoexec.session.id"] == identity.session_id
+    assert fields["whoexec.binding"] == "checked"
+
+
+def test_an_exec_without_identity_is_found_when_falco_names_no_parent(trusted):
+    # the webhook down, bob's `kubectl exec -it web -- sh`: runc was gone before Falco
+    # reported the shell
+    shell = alert_for(
+        600,
+        **{
+            "proc.vpid": 12,
+            "proc.pname": None,
+            "proc.ppid": None,
+            "proc.pid.ts": START,
+            "proc.env[WHOEXEC_IDENTITY]": "",
+            "proc.aenv[WHOEXEC_IDENTITY]": "",
+        },
+    )
+    sink = MemorySink()
+    pipeline = Pipeline(Attributor(TokenVerifier(trusted)), [sink], clock=FakeClock())
+    pipeline.feed([json.dumps({**shell, "rule": "Terminal shell in container"})])
+    pipeline.close()
+    alert, finding = sink.alerts
+    assert alert["output_fields"]["whoexec.attribution"] == "none"
+    assert (finding["rule"], finding["priority"]) == (NO_IDENTITY, "Notice")
+    assert finding["output"].endswith("parent=unknown)")
+
+
+def test_a_child_of_a_busybox_shell_named_exe_is_not_taken_for_a_session_entry(signer, trusted):
+    # cluster-2026-12-03, consumer restarted mid-session: BusyBox's `cat` (exe) under
+    # BusyBox's `sh` (exe, exe path /.whoexec/env) carries the session's token. Taken for
+    # an entry, it was judged as a root, stale: a Critical replay of a genuine session
+    token, identity = make_token(signer)
+    cat = alert_for(
+        41,
+        **{
+            "proc.vpid": 113,
+            "proc.name": "exe",
+            "proc.pname": "exe",
+            "proc.pexepath": "/.whoexec/env",
+            "proc.apid[1]": 40,
+            "proc.pid.ts": START + 3600 * 10**9,  # an hour into the session
+            "proc.env[WHOEXEC_IDENTITY]": token,
+            "proc.aenv[WHOEXEC_IDENTITY]": token,
+        },
+    )
+    sink = MemorySink()
+    pipeline = Pipeline(Attributor(TokenVerifier(trusted)), [sink], clock=FakeClock())
+    pipeline.feed([json.dumps({**cat, "rule": READ_SHADOW})])
+    pipeline.close()
+    alert, finding = sink.alerts
+    assert alert["output_fields"]["whoexec.attribution"] == "unverified"
+    assert alert["output_fields"]["whoexec.claimed.user.name"] == identity.user
+    assert (finding["rule"], finding["priority"]) == ("Exec identity not verifiable", "Warning")
