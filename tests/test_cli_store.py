@@ -47,7 +47,7 @@ def db(store_url: str) -> str:
     result = run("audit", "ingest", str(AUDIT_LOG), "--db", store_url)
     assert result.exit_code == 0, result.output
     assert "2 malformed lines skipped" in result.stderr
-    assert "1 exec not attributed by the webhook" in result.stderr
+    assert "1 exec or debug not attributed by the webhook" in result.stderr
     return store_url
 
 

@@ -1,4 +1,4 @@
-"""Kubernetes audit events of exec and attach (pure core).
+"""Kubernetes audit events of exec, attach and kubectl debug (pure core).
 
 kube-apiserver writes ``audit.k8s.io/v1`` ``Event`` objects, one JSON line each with
 ``--audit-log-path``, or as an ``EventList`` POSTed by the audit webhook backend. For
@@ -12,6 +12,12 @@ kube-apiserver writes ``audit.k8s.io/v1`` ``Event`` objects, one JSON line each 
   ``<webhook-name>/<key>``, but only from the ``ResponseStarted``/``ResponseComplete``
   stages: at ``RequestReceived`` admission has not run yet;
 * ``user`` is the authenticated user; ``impersonatedUser`` is set when it impersonated.
+
+``kubectl debug`` adds an ephemeral container: a ``patch`` (``update`` from older
+clients) of ``pods/ephemeralcontainers``, answered 200. It carries the webhook's
+annotations like an exec; at the ``Metadata`` level its ``requestURI`` names neither the
+container nor the command (they are in the request body). A ``get`` of that subresource
+only reads.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from typing import Any, TypedDict
 
 from webhook.errors import MalformedAuditEvent
 
+#: the pod subresources whose events are sessions: exec, attach, and kubectl debug's
+SUBRESOURCES = ("exec", "attach", "ephemeralcontainers")
 #: stages at which admission has run, so a missing annotation means something
 ADMITTED_STAGES = frozenset({"ResponseStarted", "ResponseComplete", "Panic"})
 
@@ -52,7 +60,7 @@ class ExecAudit:
 
     audit_id: str
     stage: str
-    subresource: str  # exec | attach
+    subresource: str  # exec | attach | ephemeralcontainers
     verb: str
     time_ns: int
     namespace: str
@@ -76,8 +84,13 @@ class ExecAudit:
 
     @property
     def unattributed(self) -> bool:
-        """An admitted exec that the webhook did not tag with a session id."""
-        return self.admitted and self.subresource == "exec" and not self.session_id
+        """An admitted exec, or debug container, that the webhook did not tag with a
+        session id (an update that adds no container has nothing to tag)."""
+        if not self.admitted or self.session_id:
+            return False
+        if self.subresource == "ephemeralcontainers":
+            return self.outcome != "skipped-no-new-container"
+        return self.subresource == "exec"
 
 
 def parse_time_ns(text: str, field: str) -> int:
@@ -118,10 +131,12 @@ def events_in_list(data: object) -> list[tuple[int, object]]:
 
 
 def exec_audit(event: AuditEvent, webhook_name: str, where: str = "event") -> ExecAudit | None:
-    """The exec/attach facts of an event, or None for any other request."""
+    """The exec, attach or debug facts of an event, or None for any other request."""
     ref = event.get("objectRef") or {}
     subresource = ref.get("subresource")
-    if ref.get("resource") != "pods" or subresource not in ("exec", "attach"):
+    if ref.get("resource") != "pods" or subresource not in SUBRESOURCES:
+        return None
+    if subresource == "ephemeralcontainers" and event["verb"] not in ("patch", "update"):
         return None
     parsed = urllib.parse.urlsplit(event["requestURI"])
     query = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)

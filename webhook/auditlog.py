@@ -1,4 +1,4 @@
-"""Kubernetes audit events into the session store (adapter).
+"""Kubernetes audit events (exec, attach, kubectl debug) into the session store (adapter).
 
 ``whoexec audit ingest FILE`` reads the JSON-lines file kube-apiserver writes with
 ``--audit-log-path`` (optionally following it); ``POST /k8s-audit`` takes the audit

@@ -680,7 +680,7 @@ def _grace_option(func: F) -> F:
 
 @main.group()
 def audit() -> None:
-    """Kubernetes audit events (exec and attach) into the session store."""
+    """Kubernetes audit events (exec, attach, kubectl debug) into the session store."""
 
 
 @audit.command("ingest")
@@ -708,9 +708,10 @@ def audit_ingest(
 ) -> None:
     """Read kube-apiserver's JSON-lines audit log (--audit-log-path) into the store.
 
-    Exec and attach events are linked to sessions by the webhook's
-    <webhook-name>/session-id annotation; an exec without it is a finding. Malformed
-    lines are reported by number and skipped; the rest is ingested.
+    Exec, attach and kubectl debug (pods/ephemeralcontainers) events are linked to
+    sessions by the webhook's <webhook-name>/session-id annotation; an exec or debug
+    container without it is a finding. Malformed lines are reported by number and
+    skipped; the rest is ingested.
     """
     from webhook.auditlog import AuditIngestor
     from webhook.consumer import FileFollower
@@ -739,9 +740,10 @@ def audit_ingest(
         ingestor.close()
     stats = ingestor.stats
     click.echo(
-        f"whoexec: {stats['exec']} exec and {stats['attach']} attach events ingested, "
-        f"{stats['unattributed']} exec not attributed by the webhook, {stats['other']} other "
-        f"events ignored, {stats['malformed']} malformed lines skipped",
+        f"whoexec: {stats['exec']} exec, {stats['attach']} attach and "
+        f"{stats['ephemeralcontainers']} debug events ingested, "
+        f"{stats['unattributed']} exec or debug not attributed by the webhook, "
+        f"{stats['other']} other events ignored, {stats['malformed']} malformed lines skipped",
         err=True,
     )
     with _reader(db) as store:
@@ -757,7 +759,7 @@ def audit_crosscheck(db: str, grace_seconds: int) -> None:
     """Late findings from the audit log against the sessions seen through tokens.
 
     A session whose audit event names another user than its token is a finding; so is a
-    session root whose id is in no exec audit event once the audit log has moved
+    session root whose id is in no exec or debug audit event once the audit log has moved
     GRACE past it (the audit log lags, so these findings come late). Idempotent.
     """
     with _reader(db) as store:

@@ -383,9 +383,10 @@ class SqlStore:
         """Late findings from joining sessions seen through tokens with the audit log.
 
         * the audit event of a session names another user than its token: Critical;
-        * a session root whose id is in no exec audit event, although the audit log has
-          moved ``grace_ns`` past the session's start: Warning (the apiserver never
-          audited that exec: an audit policy gap, or a token used outside kubectl exec).
+        * a session root whose id is in no exec or debug (``pods/ephemeralcontainers``)
+          audit event, although the audit log has moved ``grace_ns`` past the session's
+          start: Warning (the apiserver never audited that exec: an audit policy gap, or
+          a token used outside kubectl exec and kubectl debug).
 
         Idempotent (one finding per session and kind); returns the findings added.
         """
@@ -427,7 +428,7 @@ class SqlStore:
                 r["namespace"],
                 r["pod"],
                 f"session {r['session_id']} (token of {r['token_user']}) has a session root "
-                "but no exec event in the audit log, which has moved on past it",
+                "but no exec or debug event in the audit log, which has moved on past it",
             )
             for r in unaudited
         ]

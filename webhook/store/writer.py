@@ -197,7 +197,8 @@ FINDING_UNATTRIBUTED = "Exec not attributed by the webhook"
 
 
 def facts_from_audit(audit: ExecAudit, event_json: str) -> Batch:
-    """An exec/attach audit event, the session it names, or the finding it raises."""
+    """An exec, attach or debug audit event, the session it names, or the finding it
+    raises."""
     batch = Batch()
     batch.audits.append(
         AuditFact(
@@ -228,8 +229,9 @@ def facts_from_audit(audit: ExecAudit, event_json: str) -> Batch:
                 user=audit.effective_user,
                 namespace=audit.namespace,
                 pod=audit.pod,
-                container=audit.container,
-                command=audit.command,
+                # a debug container's event names neither (they are in the request body)
+                container=audit.container or None,
+                command=audit.command or None,
                 audit_id=audit.audit_id,
                 started_ns=audit.time_ns,
             )
@@ -240,15 +242,20 @@ def facts_from_audit(audit: ExecAudit, event_json: str) -> Batch:
             if audit.outcome
             else "no whoexec annotation: the webhook was bypassed, down or not called"
         )
+        what = (
+            f"added a debug container to {audit.namespace}/{audit.pod}"
+            if audit.subresource == "ephemeralcontainers"
+            else f"ran exec {list(audit.command)} in {audit.namespace}/{audit.pod} "
+            f"({audit.container or 'default container'})"
+        )
         batch.findings.append(
             FindingFact(
                 key=f"audit:{audit.audit_id}",
                 kind=FINDING_UNATTRIBUTED,
                 time_ns=audit.time_ns,
                 detail=(
-                    f"{audit.effective_user} ran exec {list(audit.command)} in "
-                    f"{audit.namespace}/{audit.pod} ({audit.container or 'default container'}) "
-                    f"without a whoexec identity: {why} (auditID {audit.audit_id})"
+                    f"{audit.effective_user} {what} without a whoexec identity: {why} "
+                    f"(auditID {audit.audit_id})"
                 ),
                 user=audit.effective_user,
                 namespace=audit.namespace,
