@@ -25,8 +25,8 @@ EVER = -(2**62)
 
 def debug_event(**changes) -> dict:
     """What kube-apiserver writes at the Metadata level for `kubectl debug -n shop web-0
-    --image=debian --target=app -- sh` (checked against the e2e cluster's audit log by
-    tests/e2e/test_audit_and_chain.py)."""
+    --image=debian --target=app -- sh` (the e2e cluster's own event is checked by
+    tests/e2e/test_debug_target.py)."""
     event = {
         "kind": "Event",
         "apiVersion": "audit.k8s.io/v1",

@@ -78,8 +78,8 @@ def test_kubectl_cp_runs_the_tar_found_on_the_image_s_path_both_ways(
     cluster.kubectl("cp", "programs/debian-0:/tmp/blob.bin", str(back), user=dave)
     assert back.read_bytes() == blob.read_bytes()
     calls = run(cluster, dave, "cat", "/tmp/tar-calls").stdout.decode().splitlines()
-    # kubectl cp execs `tar xmf - -C /tmp` into the pod, `tar cf - /tmp/blob.bin` out of it
-    assert [call.split()[1:3] for call in calls] == [["tar", "xmf"], ["tar", "cf"]]
+    # kubectl cp execs `tar -xmf - -C /tmp` into the pod, `tar cf - /tmp/blob.bin` out of it
+    assert [call.split()[1:3] for call in calls] == [["tar", "-xmf"], ["tar", "cf"]]
 
 
 def test_a_distroless_image_runs_its_own_shell_not_one_of_the_static_env(cluster, webhook, dave):
