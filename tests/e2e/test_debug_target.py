@@ -51,7 +51,8 @@ def debugged(cluster: Cluster, webhook: Webhook, erin: Path) -> dict:
         "--",
         "/bin/sh",
         "-c",
-        f'echo "pid $$"; sleep {MARKER}000; true',
+        # the apiserver expands $(VAR) in a container's command: $$ is its escape for $
+        f'echo "pid $$$$"; sleep {MARKER}000; true',
         user=erin,
     )
     shell = host_pid_of(f"sleep\0{MARKER}000\0".encode(), 90)
