@@ -4,6 +4,7 @@ webhook's session id, is linked to the debug session, and a debug session is not
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -17,46 +18,21 @@ from webhook.store import SessionQuery, open_store
 from webhook.store.sql import FINDING_NOT_IN_AUDIT_LOG
 from webhook.store.writer import FINDING_UNATTRIBUTED, StoreWriter
 
+from .conftest import DATA
+
 WEBHOOK = "exec.whoexec.io"
-SID = "4f7c2b1e-9d3a-4e8f-a1b2-c3d4e5f60718"
-ISSUED = 1795341600  # 2026-11-22T10:00:00Z
+#: the real event of `kubectl debug -n shop web-0 --image=... -c debugger --target=app
+#: --attach=false -- sh -c 'sleep 1000'` by alice on the e2e cluster (Kubernetes 1.37.2,
+#: audit level Metadata), as its audit log wrote it
+REAL = json.loads((DATA / "audit" / "kubectl-debug-target.json").read_text())
+SID = REAL["annotations"][f"{WEBHOOK}/session-id"]
+ISSUED = 1796326954  # the event's own second: the webhook minted the token then
 EVER = -(2**62)
 
 
 def debug_event(**changes) -> dict:
-    """What kube-apiserver writes at the Metadata level for `kubectl debug -n shop web-0
-    --image=debian --target=app -- sh` (the e2e cluster's own event is checked by
-    tests/e2e/test_debug_target.py)."""
-    event = {
-        "kind": "Event",
-        "apiVersion": "audit.k8s.io/v1",
-        "level": "Metadata",
-        "auditID": "a0d1e2b3-0000-4000-8000-0000000000db",
-        "stage": "ResponseComplete",
-        "requestURI": "/api/v1/namespaces/shop/pods/web-0/ephemeralcontainers",
-        "verb": "patch",
-        "user": {"username": "alice", "groups": ["devs", "system:authenticated"]},
-        "sourceIPs": ["127.0.0.1"],
-        "userAgent": "kubectl/v1.37.2 (linux/amd64) kubernetes/$Format",
-        "objectRef": {
-            "resource": "pods",
-            "namespace": "shop",
-            "name": "web-0",
-            "apiVersion": "v1",
-            "subresource": "ephemeralcontainers",
-        },
-        "responseStatus": {"metadata": {}, "code": 200},
-        "requestReceivedTimestamp": "2026-11-22T09:59:59.900000Z",
-        "stageTimestamp": "2026-11-22T09:59:59.950000Z",
-        "annotations": {
-            "authorization.k8s.io/decision": "allow",
-            f"{WEBHOOK}/outcome": "injected",
-            f"{WEBHOOK}/session-id": SID,
-            f"{WEBHOOK}/user": "alice",
-        },
-    }
-    event.update(changes)
-    return event
+    """The real event, with ``changes``."""
+    return {**copy.deepcopy(REAL), **changes}
 
 
 def test_a_debug_container_s_event_is_a_session_event_with_the_webhook_s_session_id():
@@ -84,7 +60,7 @@ def test_reading_the_ephemeral_containers_is_no_session():
 
 
 def test_a_debug_container_the_webhook_did_not_tag_is_unattributed_unless_none_was_added():
-    bare = debug_event(annotations={"authorization.k8s.io/decision": "allow"})
+    bare = debug_event(annotations={"authorization.k8s.io/decision": "allow"})  # webhook down
     audit = exec_audit(check_event(bare), WEBHOOK)
     assert audit is not None and audit.unattributed
     same = debug_event(annotations={f"{WEBHOOK}/outcome": "skipped-no-new-container"})
@@ -113,7 +89,7 @@ def debug_session_alerts(signer) -> list[bytes]:
                 "rule": rule,
                 "source": "syscall",
                 "tags": ["whoexec"] if rule.startswith("Whoexec") else [],
-                "time": "2026-11-22T10:00:00.500000000Z",
+                "time": "2026-12-03T19:42:35.000000000Z",
                 "output_fields": {
                     "container.id": "5e1f00d2a9b3",
                     "container.name": "debugger-x7k",
@@ -160,7 +136,7 @@ def ingest(url: str, *events: dict) -> AuditIngestor:
 LATER_EXEC = {
     **debug_event(
         auditID="a0d1e2b3-0000-4000-8000-0000000000ee",
-        stageTimestamp="2026-11-22T11:00:00.000000Z",
+        stageTimestamp="2026-12-03T20:42:35.000000Z",
         requestURI="/api/v1/namespaces/shop/pods/web-0/exec?command=true&container=app",
         verb="create",
         annotations={f"{WEBHOOK}/session-id": "another", f"{WEBHOOK}/outcome": "injected"},
