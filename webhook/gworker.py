@@ -15,9 +15,10 @@ client controls ends at a deadline:
   waits on a client, and each answer's write.
 
 A connection past a deadline is counted in ``whoexec_webhook_connections_closed`` and
-closed. When a worker's connections near its cap (``worker_connections``), the longest
-idle kept-alive ones are closed to make room: a client of the apiserver's kind
-(Go's ``net/http``) opens a new one, and nothing in flight is touched.
+closed (a late request is answered 408 first). When a worker's connections near its cap
+(``worker_connections``), the connections that have waited longest on their client with
+no request under way give way to new ones (Go's ``net/http``, the apiserver's client,
+opens a new one when an idle one is closed). Nothing in flight is touched.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from gevent import socket as gsocket
 from gevent.pool import Pool
 from gevent.server import StreamServer
 from gunicorn import http, util
-from gunicorn.http.body import Body
+from gunicorn.http.body import Body, LengthReader
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 from prometheus_client import Counter
@@ -50,7 +51,14 @@ CLOSED = Counter(
     "Client connections the webhook closed before the client did, by reason.",
     ["reason"],
 )
-for _reason in ("handshake_timeout", "header_timeout", "body_timeout", "write_timeout", "idle"):
+for _reason in (
+    "handshake_timeout",
+    "header_timeout",
+    "body_timeout",
+    "write_timeout",
+    "keepalive",
+    "made_room",
+):
     CLOSED.labels(_reason)
 
 
@@ -69,22 +77,31 @@ _TIMED_OUT = (
 )
 
 
+#: phases in which a connection has no request under way: it may give way near the cap
+_WAITING = ("handshake", "header", "idle")
+
+
 class _Connection:
     """A client socket whose reads and writes end at the deadline of the current phase.
 
     gunicorn's parser and response call ``recv`` and ``sendall`` on it; everything else
-    goes to the socket."""
+    goes to the socket. The worker knows which connections wait on their client."""
 
-    def __init__(self, sock: ssl.SSLSocket, worker: DeadlineWorker) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket, worker: DeadlineWorker) -> None:
+        self.sock: socket.socket = sock
         self.worker = worker
-        self.phase = "header"
-        self.deadline = time.monotonic() + worker.header_timeout
-        self.idle_since: float | None = None
+        self.phase = ""
+        self.deadline = 0.0
+        self.expect("handshake", worker.handshake_timeout)
 
     def expect(self, phase: str, seconds: float) -> None:
         self.phase, self.deadline = phase, time.monotonic() + seconds
-        self.idle_since = time.monotonic() if phase == "idle" else None
+        waiting = self.worker.waiting
+        if phase not in _WAITING:
+            waiting.pop(self, None)
+        elif phase != "header" or self not in waiting:
+            waiting.pop(self, None)
+            waiting[self] = None  # to the end: the dict is ordered by the wait's start
 
     def recv(self, size: int) -> bytes:
         remaining = self.deadline - time.monotonic()
@@ -111,6 +128,13 @@ class _Connection:
         self.sendall(data)
         return len(data)
 
+    def give_way(self) -> None:
+        """Closed to make room: the greenlet blocked on it sees the end of the stream."""
+        self.worker.waiting.pop(self, None)
+        CLOSED.labels("made_room").inc()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sock, name)
 
@@ -125,7 +149,8 @@ class DeadlineWorker(GeventWorker):  # type: ignore[misc]
         self.body_timeout = app.settings.body_timeout
         self.max_body_bytes = app.settings.max_body_bytes
         self.keepalive = float(self.cfg.keepalive)
-        self.idle: dict[_Connection, None] = {}  # insertion order: the longest idle first
+        #: connections waiting on their client (no request under way), longest first
+        self.waiting: dict[_Connection, None] = {}
         self.pool: Pool | None = None
         super().init_process()  # monkey-patches, then runs: never returns
 
@@ -161,8 +186,8 @@ class DeadlineWorker(GeventWorker):  # type: ignore[misc]
         while time.monotonic() < stop_at and any(
             s.pool.free_count() != s.pool.size for s in servers
         ):
-            for connection in list(self.idle):  # no request under way: close now
-                self._close_idle(connection)
+            for connection in list(self.waiting):  # no request under way: close now
+                connection.give_way()
             self.notify()
             gevent.sleep(0.2)
         for server in servers:
@@ -170,16 +195,17 @@ class DeadlineWorker(GeventWorker):  # type: ignore[misc]
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         client.setblocking(True)
+        connection = _Connection(client, self)
         self._make_room()
         req = None
-        connection: _Connection | None = None
         try:
             with gevent.Timeout(self.handshake_timeout, _Late("handshake")):
-                sock = self.tls.current().wrap_socket(
+                connection.sock = self.tls.current().wrap_socket(
                     client, server_side=True, do_handshake_on_connect=False
                 )
-                sock.do_handshake()
-            connection = _Connection(sock, self)
+                connection.sock.do_handshake()  # type: ignore[attr-defined]
+            # the first request's headers: Go's client sends them with the handshake
+            connection.expect("header", self.header_timeout)
             parser = http.get_parser(self.cfg, connection, addr)
             listener_name = listener.getsockname()
             while True:
@@ -192,13 +218,11 @@ class DeadlineWorker(GeventWorker):  # type: ignore[misc]
                 if not self.handle_request(listener_name, req, connection, addr):
                     break
                 connection.expect("idle", self.keepalive)
-                self.idle[connection] = None
                 req = None
         except _Late as late:
-            phase = "idle" if late.phase == "idle" else f"{late.phase}_timeout"
-            CLOSED.labels(phase).inc()
-            if late.phase in ("header", "body") and connection is not None:
-                with contextlib.suppress(OSError, _Late):
+            CLOSED.labels("keepalive" if late.phase == "idle" else f"{late.phase}_timeout").inc()
+            if late.phase in ("header", "body"):
+                with contextlib.suppress(OSError):
                     connection.sendall(_TIMED_OUT)
         except (StopIteration, http.errors.NoMoreData, gevent.GreenletExit):
             pass
@@ -206,25 +230,28 @@ class DeadlineWorker(GeventWorker):  # type: ignore[misc]
             log.debug("connection from %s closed: %s", addr, exc)
         except Exception as exc:
             # a request gunicorn's parser refuses (smuggling, bad chunks): its 4xx
-            self.handle_error(req, connection or client, addr, exc)
+            self.handle_error(req, connection, addr, exc)
         finally:
-            if connection is not None:
-                self.idle.pop(connection, None)
-            util.close(client)
+            self.waiting.pop(connection, None)
+            util.close(connection.sock)
 
     def _read_body(self, req: Any, connection: _Connection) -> None:
         """The whole body, before the app runs, within the body deadline; over the
         limit, the app answers 413 from what was read and the connection is closed."""
-        if req._expected_100_continue:  # gunicorn would send it once the app runs
-            connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-            req._expected_100_continue = False
-        data = req.body.read(self.max_body_bytes + 1)
-        if len(data) > self.max_body_bytes:
-            req.must_close = True  # the rest of the body is never read
+        reader = req.body.reader
+        if isinstance(reader, LengthReader) and reader.length > self.max_body_bytes:
+            data = b""  # the app answers 413 on the declared length alone
+            req.must_close = True  # and the body is never read
+        else:
+            if req._expected_100_continue:  # gunicorn would send it once the app runs
+                connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                req._expected_100_continue = False
+            data = req.body.read(self.max_body_bytes + 1)
+            if len(data) > self.max_body_bytes:
+                req.must_close = True  # the rest of the body is never read
         req.body = Body(io.BytesIO(data))
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
-        self.idle.pop(sock, None)
         try:
             # AsyncWorker's: GeventWorker's would hide that the connection must close
             return bool(AsyncWorker.handle_request(self, listener_name, req, sock, addr))
@@ -232,21 +259,15 @@ class DeadlineWorker(GeventWorker):  # type: ignore[misc]
             return False
 
     def _make_room(self) -> None:
-        """Near the cap, the longest idle kept-alive connections give way to new ones."""
+        """Near the cap, the connections that have waited longest on their client with no
+        request under way give way to new ones: stalled handshakes and headers (a real
+        client is through them in milliseconds), or the longest idle."""
         pool = self.pool
-        if pool is None:
+        reserve = max(1, pool.size // 10) if pool is not None else 0
+        if pool is None or pool.free_count() >= reserve:
             return
-        reserve = max(1, pool.size // 10)
-        while pool.free_count() < reserve and self.idle:
-            self._close_idle(next(iter(self.idle)))
-
-    def _close_idle(self, connection: _Connection) -> None:
-        self.idle.pop(connection, None)
-        CLOSED.labels("idle").inc()
-        # the reader sees the end of the stream between two requests; an answer being
-        # written still goes out
-        with contextlib.suppress(OSError):
-            connection.sock.shutdown(socket.SHUT_RD)
+        for connection in list(self.waiting)[: reserve - pool.free_count()]:
+            connection.give_way()
 
 
 def raise_open_files_limit(wanted: int) -> int:
