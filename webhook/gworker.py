@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import resource
 import socket
 import ssl
 import time
@@ -268,15 +267,3 @@ class DeadlineWorker(GeventWorker):  # type: ignore[misc]
             return
         for connection in list(self.waiting)[: reserve - pool.free_count()]:
             connection.give_way()
-
-
-def raise_open_files_limit(wanted: int) -> int:
-    """Raise this process's soft limit of open files towards ``wanted`` (at most the
-    hard limit); the limit now in force. Containers often start with 1024."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-    return soft

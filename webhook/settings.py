@@ -35,6 +35,9 @@ class Settings:
     body_timeout: float = 10.0
     #: open connections per webhook worker process; near it, idle ones are closed
     worker_connections: int = 1000
+    #: the consumer's intake: open connections in all, and from one address
+    max_connections: int = 1024
+    max_connections_per_peer: int = 64
     log_level: str = "info"
     # injection policy
     identity_variable: str = "WHOEXEC_IDENTITY"
@@ -147,6 +150,11 @@ class Settings:
                 raise ConfigError(f"{name} {getattr(self, name)} must be in (0, 60] seconds")
         if self.worker_connections < 10:
             raise ConfigError(f"worker_connections {self.worker_connections} is below 10")
+        if not 1 <= self.max_connections_per_peer <= self.max_connections:
+            raise ConfigError(
+                f"max_connections_per_peer {self.max_connections_per_peer} must be in "
+                f"[1, max_connections {self.max_connections}]"
+            )
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes {self.max_body_bytes} is below 1024")
 

@@ -11,7 +11,9 @@ apiserver is about to reuse.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,6 +52,18 @@ def prepare_metrics_dir(workers: int, directory: Path | None = None) -> Path | N
         atexit.register(remove)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     return directory
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise this process's soft limit of open files towards ``wanted`` (at most the
+    hard limit); the limit now in force. Containers often start with 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+    return soft
 
 
 def multiprocess_registry() -> Any:
@@ -158,8 +172,6 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
                 shutil.rmtree(metrics_dir, ignore_errors=True)
 
         s = self.settings
-        from webhook.gworker import raise_open_files_limit
-
         # a connection is a descriptor: the cap of every worker, and some to spare
         raise_open_files_limit(s.workers * s.worker_connections + 256)
         config = {
