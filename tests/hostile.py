@@ -60,11 +60,14 @@ class Hostile:
         drip: float = 1.0,
         seconds: float = 120.0,
         reopen: bool = True,
+        source: str = "127.0.0.1",
     ) -> None:
         unknown = set(counts) - set(ATTACKS)
         assert not unknown, f"unknown attacks {unknown}"
         self.port, self.counts, self.tls, self.path = port, counts, tls, path
         self.drip, self.seconds, self.reopen = drip, seconds, reopen
+        #: the address the connections come from (any of 127.0.0.0/8: another peer)
+        self.source = source
         self.closed = {attack: Closed() for attack in counts}
         self._open: set[str] = set()
         self._lock = threading.Lock()
@@ -148,11 +151,12 @@ class Hostile:
             await asyncio.sleep(0.05)  # not a hot loop when the server refuses at once
 
     async def _connect(self, attack: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        local = (self.source, 0)
         if self.tls is not None and attack not in ("tls_stall", "silent"):
             return await asyncio.open_connection(
-                "127.0.0.1", self.port, ssl=self.tls, server_hostname="localhost"
+                "127.0.0.1", self.port, ssl=self.tls, server_hostname="localhost", local_addr=local
             )
-        return await asyncio.open_connection("127.0.0.1", self.port)
+        return await asyncio.open_connection("127.0.0.1", self.port, local_addr=local)
 
     async def _attack(
         self, attack: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
