@@ -165,6 +165,7 @@ def run_wrk(port: int, concurrency: int, seconds: int, keepalive: bool, body: Pa
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
         "p50_ms": _ms(p50.group(1)) if p50 else float("nan"),
         "p99_ms": _ms(p99.group(1)) if p99 else float("nan"),
         # an admission that failed or took over 3 s: the apiserver gave up on it
@@ -219,11 +220,27 @@ def run_python(
     latencies.sort() if latencies else latencies.append(float("nan"))
     return {
         "rps": len(latencies) / elapsed,
+        "requests": len(latencies),
         "p50_ms": latencies[len(latencies) // 2],
         "p99_ms": latencies[int(len(latencies) * 0.99)],
         "failed": failed[0],
         "non_2xx": 0,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a server and every process below it: on a shared,
+    busy machine the CPU an admission costs is steadier than admissions/s."""
+    from tests.hostile import _tree
+
+    total = 0.0
+    for proc in _tree(pid):
+        try:
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 LOADS = (
@@ -285,10 +302,15 @@ def main() -> None:
         ca = ssl.create_default_context(cafile=str(certs / "ca.crt"))
         ca.check_hostname = False
 
-        def measure(port: int, c: int, keepalive: bool) -> dict:
+        def measure(proc: subprocess.Popen[bytes], port: int, c: int, keepalive: bool) -> dict:
+            cpu = cpu_seconds(proc.pid)
             if client == "wrk":  # wrk checks no certificate; the handshake is the same
-                return run_wrk(port, c, args.seconds, keepalive, args.review)
-            return run_python(port, c, args.seconds, keepalive, args.review, certs / "ca.crt")
+                result = run_wrk(port, c, args.seconds, keepalive, args.review)
+            else:
+                result = run_python(port, c, args.seconds, keepalive, args.review, certs / "ca.crt")
+            cpu = cpu_seconds(proc.pid) - cpu
+            result["cpu_ms"] = 1000 * cpu / result["requests"] if result["requests"] else 0.0
+            return result
 
         try:
             for _ in range(args.repeats):
@@ -300,20 +322,20 @@ def main() -> None:
                     try:
                         if args.pod_cache:
                             check_pod_cache(port, certs, args.review)
-                        measure(port, 8, True)  # warm up: imports, caches, connections
+                        measure(proc, port, 8, True)  # warm up: imports, caches, connections
                         for label, c, keepalive, hostile in LOADS:
                             if not hostile:
-                                runs[variant][label].append(measure(port, c, keepalive))
+                                runs[variant][label].append(measure(proc, port, c, keepalive))
                                 continue
                             attack = Hostile(port, HOSTILE, tls=ca, seconds=3 * args.seconds)
                             try:
                                 attack.start()
                                 time.sleep(0.5)
-                                runs[variant][label].append(measure(port, c, keepalive))
+                                runs[variant][label].append(measure(proc, port, c, keepalive))
                             except AssertionError:  # the server could not even take them
                                 runs[variant][label].append(
                                     {"rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"),
-                                     "failed": -1, "non_2xx": 0}
+                                     "failed": -1, "non_2xx": 0, "cpu_ms": float("nan")}
                                 )  # fmt: skip
                             finally:
                                 attack.stop()
@@ -334,6 +356,7 @@ def main() -> None:
                 "rps": round(statistics.median(r["rps"] for r in rows), 1),
                 "p50_ms": round(statistics.median(r["p50_ms"] for r in rows), 2),
                 "p99_ms": round(statistics.median(r["p99_ms"] for r in rows), 2),
+                "cpu_ms_per_admission": round(statistics.median(r["cpu_ms"] for r in rows), 3),
                 "failed_or_over_3s": [r["failed"] for r in rows],
                 "non_2xx": [r["non_2xx"] for r in rows],
             }
@@ -364,6 +387,11 @@ def main() -> None:
                 for label in ("c32", "c32-close"):
                     ratios[f"gevent/{other} {label} rps"] = round(
                         ours[label]["rps"] / results[other][label]["rps"], 2
+                    )
+                    ratios[f"gevent/{other} {label} cpu per admission"] = round(
+                        ours[label]["cpu_ms_per_admission"]
+                        / results[other][label]["cpu_ms_per_admission"],
+                        2,
                     )
         report["ratios"] = ratios
         report["goals"] = {
