@@ -231,10 +231,10 @@ def run_python(
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of a server and every process below it: on a shared,
     busy machine the CPU an admission costs is steadier than admissions/s."""
-    from tests.hostile import _tree
+    from tests.hostile import process_tree
 
     total = 0.0
-    for proc in _tree(pid):
+    for proc in process_tree(pid):
         try:
             fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

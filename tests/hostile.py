@@ -226,13 +226,13 @@ def rss_bytes(pid: int) -> int:
 def tree_rss(pid: int) -> int:
     """RSS of ``pid`` and every process below it (a gunicorn master and its workers)."""
     total = 0
-    for child in _tree(pid):
+    for child in process_tree(pid):
         with contextlib.suppress(OSError, AssertionError):
             total += rss_bytes(child)
     return total
 
 
-def _tree(root: int) -> Iterator[int]:
+def process_tree(root: int) -> Iterator[int]:
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
