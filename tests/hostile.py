@@ -233,6 +233,7 @@ def tree_rss(pid: int) -> int:
 
 
 def process_tree(root: int) -> Iterator[int]:
+    """``root`` and every live process below it, from /proc."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
