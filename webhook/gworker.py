@@ -131,8 +131,10 @@ class _Connection:
         """Closed to make room: the greenlet blocked on it sees the end of the stream."""
         self.worker.waiting.pop(self, None)
         CLOSED.labels("made_room").inc()
+        # the socket's, not TLS's: SSLSocket.shutdown drops the TLS state under the
+        # greenlet reading it; this wakes that greenlet with an OSError
         with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
+            gsocket.socket.shutdown(self.sock, socket.SHUT_RDWR)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sock, name)
