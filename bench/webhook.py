@@ -14,7 +14,8 @@ every server is measured in turn (so they share the machine's noise):
 Loads: concurrency 1 and 32 with keep-alive, 32 with ``Connection: close`` (every
 admission pays a TLS handshake), and the keep-alive and close loads again while 200
 hostile connections are held open (tests/hostile.py: stalled ClientHellos, silent
-connects, partial headers, slow bodies; each reopened as soon as the server closes it).
+connects, partial headers and slow bodies of POST /mutate; each reopened as soon as the
+server closes it).
 The load generator is `wrk` (C, so it does not take the server's CPU away on a 2-core
 machine; `apt-get install wrk`); a pure-Python client is the fallback.
 
@@ -327,7 +328,9 @@ def main() -> None:
                             if not hostile:
                                 runs[variant][label].append(measure(proc, port, c, keepalive))
                                 continue
-                            attack = Hostile(port, HOSTILE, tls=ca, seconds=3 * args.seconds)
+                            attack = Hostile(
+                                port, HOSTILE, tls=ca, path="/mutate", seconds=3 * args.seconds
+                            )
                             try:
                                 attack.start()
                                 time.sleep(0.5)

@@ -202,7 +202,9 @@ def wait_all_closed(hostile: Hostile, seconds: float = 15.0) -> None:
 )
 def test_admissions_are_answered_in_time_while_clients_stall(webhook, attack, count, reason):
     before = webhook.metric("whoexec_webhook_connections_closed_total", f'reason="{reason}"')
-    with Hostile(webhook.port, {attack: count}, tls=webhook.ctx, drip=0.3) as hostile:
+    with Hostile(
+        webhook.port, {attack: count}, tls=webhook.ctx, path="/mutate", drip=0.3
+    ) as hostile:
         took = webhook.admissions_during(3 * DEADLINE)
         assert max(took) < BOUND, sorted(took)[-5:]
         wait_all_closed(hostile)
@@ -211,7 +213,8 @@ def test_admissions_are_answered_in_time_while_clients_stall(webhook, attack, co
 
 
 def test_a_client_past_its_header_or_body_deadline_is_told_408(webhook):
-    with Hostile(webhook.port, {"partial_headers": 2, "slow_body": 2}, tls=webhook.ctx) as h:
+    attacks = {"partial_headers": 2, "slow_body": 2}
+    with Hostile(webhook.port, attacks, tls=webhook.ctx, path="/mutate") as h:
         wait_all_closed(h)
     for attack in ("partial_headers", "slow_body"):
         assert h.closed[attack].answers[0].startswith(b"HTTP/1.1 408 "), h.closed[attack].answers
@@ -220,7 +223,7 @@ def test_a_client_past_its_header_or_body_deadline_is_told_408(webhook):
 def test_two_hundred_hostile_connections_at_once_delay_no_admission(webhook):
     attacks = {"tls_stall": 80, "silent": 40, "partial_headers": 40, "slow_body": 40}
     rss_before = tree_rss(webhook.server.pid)
-    with Hostile(webhook.port, attacks, tls=webhook.ctx, drip=0.3) as hostile:
+    with Hostile(webhook.port, attacks, tls=webhook.ctx, path="/mutate", drip=0.3) as hostile:
         took = webhook.admissions_during(4 * DEADLINE)
         assert max(took) < BOUND, sorted(took)[-5:]
         # each of the 200 was opened, closed by the server and opened again meanwhile
