@@ -142,9 +142,7 @@ def serve_candidate(name: str, port: int) -> None:
         # granian imports its target by name in a new process, where bench/ is not on
         # the path (and must not be: bench/webhook.py would hide the package)
         module = Path(os.environ["BENCH_INBOX"]).parent / "bench_intake_asgi.py"
-        module.write_text(
-            "import os\nfrom pathlib import Path\n\n" + inspect.getsource(asgi_app)
-        )
+        module.write_text("import os\nfrom pathlib import Path\n\n" + inspect.getsource(asgi_app))
         Granian(
             "bench_intake_asgi:asgi_app",
             working_dir=module.parent,
