@@ -15,6 +15,8 @@ import http.client
 import json
 import os
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -38,12 +40,14 @@ MiB = 1024 * 1024
 
 
 class Consumer:
-    def __init__(self, server: ServerProcess, output: Path) -> None:
-        self.server, self.port, self.output = server, server.port, output
+    def __init__(self, server: ServerProcess, output: Path, tls: ssl.SSLContext | None) -> None:
+        self.server, self.port, self.output, self.tls = server, server.port, output, tls
         self.acknowledged: list[str] = []
         self.sent = 0
 
     def connection(self) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.tls, timeout=10)
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
 
     def post_alert(self, conn: http.client.HTTPConnection | None = None) -> tuple[int, float]:
@@ -113,7 +117,7 @@ class Consumer:
 def start_consumer(tmp_path_factory) -> Iterator[Callable[..., Consumer]]:
     started: list[ServerProcess] = []
 
-    def start(**env_extra: str) -> Consumer:
+    def start(*args: str, tls: ssl.SSLContext | None = None, **env_extra: str) -> Consumer:
         tmp = tmp_path_factory.mktemp("hostile-consume")
         env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
         env.update(
@@ -129,13 +133,13 @@ def start_consumer(tmp_path_factory) -> Iterator[Callable[..., Consumer]]:
             [
                 sys.executable, "-m", "webhook.cli", "consume", "--listen", "127.0.0.1:0",
                 "--identity-pub", str(FALCO / "identity.pub"), "--output", str(output),
-                "--no-stdout", "--hold", "0", "--state-dir", str(tmp / "state"),
+                "--no-stdout", "--hold", "0", "--state-dir", str(tmp / "state"), *args,
             ],
             tmp / "consumer.log",
             env,
         )  # fmt: skip
         started.append(server)
-        consumer = Consumer(server, output)
+        consumer = Consumer(server, output, tls)
         server.wait_until(lambda: http_ok(consumer.connection, "/healthz"), "the consumer")
         conn = consumer.connection()
         conn.request("POST", "/falco", body=ROOT, headers=HEADERS)  # the session's root
@@ -307,3 +311,39 @@ def test_pipelined_requests_are_answered_in_order(consumer):
     statuses = [part[:3] for part in answer.split(b"HTTP/1.1 ")[1:]]
     assert statuses == [b"200"] * 3, answer
     assert answer.index(b'"ok"') < answer.index(b'"accepted":1') < answer.index(b'"ready"')
+
+
+def test_a_tls_intake_closes_stalled_handshakes_and_serves_falco(start_consumer, tmp_path):
+    certs = tmp_path / "certs"
+    subprocess.run(
+        [sys.executable, "-m", "webhook.cli", "certs", "--out", str(certs)],
+        check=True,
+        capture_output=True,
+    )
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    ctx.check_hostname = False  # the certificate names localhost; we dial 127.0.0.1
+    consumer = start_consumer(
+        "--tls-cert",
+        str(certs / "tls.crt"),
+        "--tls-key",
+        str(certs / "tls.key"),
+        tls=ctx,
+        WHOEXEC_MAX_CONNECTIONS_PER_PEER="500",  # 160 stalled from one address: no refusal
+    )
+    before = consumer.metric(
+        "whoexec_consumer_intake_connections_closed_total", 'reason="handshake_timeout"'
+    )
+    attacks = {"tls_stall": 120, "silent": 40}
+    with Hostile(consumer.port, attacks, tls=ctx, source="127.0.0.2") as hostile:
+        took = consumer.falco_during(3 * DEADLINE)
+        assert max(took) < BOUND, sorted(took)[-5:]
+        hostile.reopen = False
+        deadline = time.monotonic() + 15
+        while hostile.open_now() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert hostile.open_now() == 0, "the server closes them itself"
+    after = consumer.metric(
+        "whoexec_consumer_intake_connections_closed_total", 'reason="handshake_timeout"'
+    )
+    assert after - before >= 160
+    consumer.nothing_acknowledged_is_lost()

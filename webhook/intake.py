@@ -734,7 +734,8 @@ class _TlsGate(asyncio.Protocol):
                 ssl_handshake_timeout=self.server.handshake_timeout,
             )
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
-            if isinstance(exc, TimeoutError):
+            # asyncio's loop aborts a handshake past its timeout with this error
+            if isinstance(exc, (TimeoutError, ConnectionAbortedError)):
                 CONNECTIONS_CLOSED.labels("handshake_timeout").inc()
             log.debug("TLS handshake failed: %s", exc)
             transport.close()
