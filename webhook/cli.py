@@ -188,6 +188,13 @@ def serve(
         env_trusted_images=env_trusted_image,
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    # gevent's cooperative sockets and TLS before anything imports them: the pod cache's
+    # client (urllib3) binds ssl's names at import, in the master, before gunicorn's
+    # worker would patch (after the fork). Threads stay threads (webhook/gworker.py);
+    # the master's signals stay gunicorn's own
+    from gevent import monkey
+
+    monkey.patch_all(thread=False, signal=False)
     # before anything imports prometheus_client (see prepare_metrics_dir)
     from webhook.wsgi import WebhookApplication, prepare_metrics_dir
 

@@ -157,8 +157,10 @@ class DeadlineWorker(GeventWorker):  # type: ignore[misc]
 
     def patch(self) -> None:
         # threads stay threads: the pod cache's list+watch runs in one, with Events and
-        # locks made before the fork; gevent's sockets work in any thread (a hub each)
-        monkey.patch_all(thread=False)
+        # locks made before the fork; gevent's sockets work in any thread (a hub each).
+        # `whoexec serve` patches in the master already (webhook/cli.py): not twice
+        if not monkey.is_module_patched("socket"):
+            monkey.patch_all(thread=False)
         listeners: list[Any] = getattr(self, "sockets")  # noqa: B009 (gunicorn's, untyped)
         self.sockets = [
             gsocket.socket(s.FAMILY, socket.SOCK_STREAM, fileno=s.sock.detach()) for s in listeners
