@@ -8,18 +8,25 @@ alerts to every receiver in turn, in both connection modes:
 - ``sink``: ``falcohttp sink``, a Go HTTP server that reads the body and answers 200;
 - ``whoexec``: the real ``whoexec consume --listen`` (intake, inbox, pipeline process
   attributing every alert and writing it to ``--output``);
-- ``falcosidekick`` (with ``--falcosidekick PATH``): real falcosidekick with no output.
+- ``falcosidekick`` (with ``--falcosidekick PATH``): real falcosidekick with no output;
+- with ``--candidates uvicorn,granian``: the well-kept servers issue #21 asked to weigh
+  against the hand-written intake, each serving ``POST /falco`` through the same
+  ``FalcoEndpoint`` into an inbox (an ASGI app; uvicorn with uvloop and httptools,
+  granian's Rust HTTP server). They run without the pipeline process, which whoexec's
+  figure pays for on the same 2 cores: an advantage to them.
 
 Reported: the median alerts/s of each over the rounds, and whoexec's ratio to the sink
 and to falcosidekick. After the rounds, nothing acknowledged may be missing: every alert
 answered 200 must come out of the pipeline (roots are learnt, not passed on).
 
     python bench/intake.py [--alerts 20000] [--rounds 5] [--falcosidekick PATH]
+                           [--candidates uvicorn,granian]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -85,12 +92,81 @@ def post(falcohttp: Path, url: str, alerts: Path, keepalive: bool) -> dict:
     return result
 
 
+def asgi_app() -> object:
+    """``POST /falco`` as an ASGI app: the intake's FalcoEndpoint into an inbox in
+    ``$BENCH_INBOX`` (a candidate server runs it)."""
+    from webhook.inbox import InboxWriter
+    from webhook.intake import FalcoEndpoint
+
+    falco = FalcoEndpoint(InboxWriter(Path(os.environ["BENCH_INBOX"])), 8 * 1024 * 1024)
+    headers = [(b"content-type", b"application/json")]
+
+    async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        status, reply = falco.accept(b"".join(chunks))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply})
+
+    return app
+
+
+def serve_candidate(name: str, port: int) -> None:
+    if name == "uvicorn":
+        import uvicorn
+
+        print(f"candidate listening on 127.0.0.1:{port}", flush=True)
+        uvicorn.run(
+            asgi_app(),  # type: ignore[arg-type]
+            host="127.0.0.1",
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+        )
+    elif name == "granian":
+        from granian import Granian
+        from granian.constants import Interfaces
+
+        print(f"candidate listening on 127.0.0.1:{port}", flush=True)
+        # granian imports its target by name in a new process, where bench/ is not on
+        # the path (and must not be: bench/webhook.py would hide the package)
+        module = Path(os.environ["BENCH_INBOX"]).parent / "bench_intake_asgi.py"
+        module.write_text("import os\nfrom pathlib import Path\n\n" + inspect.getsource(asgi_app))
+        Granian(
+            "bench_intake_asgi:asgi_app",
+            working_dir=module.parent,
+            address="127.0.0.1",
+            port=port,
+            interface=Interfaces.ASGI,
+            factory=True,
+            workers=1,
+            log_level="warning",  # type: ignore[arg-type]
+        ).serve()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alerts", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--falcosidekick", type=Path, help="a falcosidekick binary")
+    parser.add_argument("--candidates", default="", help="uvicorn,granian")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve_candidate(args.serve, args.port)
+        return
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         falcohttp = build_falcohttp(tmp)
@@ -134,6 +210,23 @@ def main() -> None:
                 procs.append(start([str(args.falcosidekick)], fsk_log, env))
                 wait_for(rb"[Ll]istening on", fsk_log, procs[-1], "falcosidekick")
                 urls["falcosidekick"] = f"http://127.0.0.1:{port}/"
+            for name in filter(None, args.candidates.split(",")):
+                port = free_port()
+                cand_log = tmp / f"{name}.log"
+                env = {**os.environ, "BENCH_INBOX": str(tmp / f"inbox-{name}")}
+                argv = [sys.executable, __file__, "--serve", name, "--port", str(port)]
+                procs.append(start(argv, cand_log, env))
+                wait_for(rb"candidate listening", cand_log, procs[-1], name)
+                deadline = time.monotonic() + 30
+                while True:  # listening once it accepts a connection
+                    try:
+                        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise SystemExit(f"{name} did not listen") from None
+                        time.sleep(0.1)
+                urls[name] = f"http://127.0.0.1:{port}/falco"
             rates: dict[str, list[float]] = {}
             acked = 0
             for _ in range(args.rounds):
@@ -173,6 +266,10 @@ def main() -> None:
         for mode in ("new_connection", "keep_alive"):
             ours = medians[f"whoexec/{mode}"]
             ratios[f"whoexec/sink {mode}"] = round(ours / medians[f"sink/{mode}"], 2)
+            for name in filter(None, args.candidates.split(",")):
+                ratios[f"{name}/sink {mode}"] = round(
+                    medians[f"{name}/{mode}"] / medians[f"sink/{mode}"], 2
+                )
             if f"falcosidekick/{mode}" in medians:
                 ratios[f"whoexec/falcosidekick {mode}"] = round(
                     ours / medians[f"falcosidekick/{mode}"], 2

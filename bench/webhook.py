@@ -1,13 +1,25 @@
-"""Admission throughput and latency of `whoexec serve` over TLS with keep-alive.
+"""Admission throughput and latency of `whoexec serve` over TLS with keep-alive, beside the
+servers it could have been, with and without hostile clients.
 
-Starts the real webhook (gunicorn, gthread, TLS) with fresh certificates on 127.0.0.1,
-drives it with exec AdmissionReviews, and prints admissions/s with p50 and p99 at
-concurrency 1 and 32, as medians over several runs. The load generator is `wrk` (C, so
-it does not take the server's CPU away on a 2-core machine; `apt-get install wrk`); a
-pure-Python client is the fallback. A third figure, concurrency 32 with
-`Connection: close`, shows what keep-alive saves (every request pays a TLS handshake).
+Starts each server with fresh certificates on 127.0.0.1, drives it with exec
+AdmissionReviews, and prints admissions/s with p50 and p99, as medians over rounds in which
+every server is measured in turn (so they share the machine's noise):
 
-    python bench/webhook.py [--repeats 5] [--seconds 5] [--client wrk|python]
+- ``gevent``: the real `whoexec serve` (gunicorn, webhook.gworker.DeadlineWorker, TLS);
+- ``gthread``: the same app under gunicorn's gthread worker (what `whoexec serve` ran
+  before issue #21);
+- ``uvicorn``: the same app under gunicorn with uvicorn-worker, through a2wsgi;
+- ``bare-flask``: the same app under Flask's own server (werkzeug, threaded, one process).
+
+Loads: concurrency 1 and 32 with keep-alive, 32 with ``Connection: close`` (every
+admission pays a TLS handshake), and the keep-alive and close loads again while 200
+hostile connections are held open (tests/hostile.py: stalled ClientHellos, silent
+connects, partial headers and slow bodies of POST /mutate; each reopened as soon as the
+server closes it).
+The load generator is `wrk` (C, so it does not take the server's CPU away on a 2-core
+machine; `apt-get install wrk`); a pure-Python client is the fallback.
+
+    python bench/webhook.py [--repeats 3] [--seconds 4] [--variants gevent,gthread,...]
 """
 
 from __future__ import annotations
@@ -27,8 +39,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-REVIEW = Path(__file__).resolve().parent.parent / "tests/data/admission/exec_interactive_shell.json"
+ROOT = Path(__file__).resolve().parent.parent
+# this file is bench/webhook.py: the package of the same name must win
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+REVIEW = ROOT / "tests/data/admission/exec_interactive_shell.json"
+VARIANTS = ("gevent", "gthread", "uvicorn", "bare-flask")
+#: the hostile connections held open during the "+hostile" loads (200 in all)
+HOSTILE = {"tls_stall": 80, "silent": 40, "partial_headers": 40, "slow_body": 40}
 
 
 def free_port() -> int:
@@ -37,26 +56,62 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(certs: Path, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
-    whoexec = [sys.executable, "-m", "webhook.cli"]
-    subprocess.run([*whoexec, "certs", "--out", str(certs)], check=True, capture_output=True)
-    proc = subprocess.Popen(
-        [
-            *whoexec,
-            "serve",
-            "--certs",
-            str(certs),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def serve_variant(variant: str, certs: Path, port: int) -> None:
+    """Run one of the reference servers in this process (``--serve``)."""
+    os.environ["WHOEXEC_CERTS"] = str(certs)
+    from webhook.settings import Settings
+
+    settings = Settings.from_env(
+        os.environ, bind=f"127.0.0.1:{port}", log_level="warning", env_trusted_namespaces=("*",)
     )
+    from webhook.wsgi import WebhookApplication, prepare_metrics_dir
+
+    if variant == "bare-flask":
+        from werkzeug.serving import make_server
+
+        from webhook.tls import server_context
+
+        app = WebhookApplication(settings, None).application
+        context = server_context(certs / "tls.crt", certs / "tls.key")
+        # threaded: HTTP/1.1 with keep-alive, a thread per connection
+        make_server("127.0.0.1", port, app, threaded=True, ssl_context=context).serve_forever()
+        return
+
+    class Variant(WebhookApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            super().load_config()
+            if variant == "gthread":
+                self.cfg.set("worker_class", "gthread")
+                self.cfg.set("threads", 8)
+            elif variant == "uvicorn":
+                self.cfg.set("worker_class", "uvicorn_worker.UvicornWorker")
+
+        def load(self) -> Any:
+            if variant == "uvicorn":
+                from a2wsgi import WSGIMiddleware
+
+                return WSGIMiddleware(self.application)
+            return self.application
+
+    Variant(settings, prepare_metrics_dir(settings.workers)).run()
+
+
+def start_server(
+    variant: str, certs: Path, port: int, extra: list[str], log: Path
+) -> subprocess.Popen[bytes]:
+    if variant == "gevent":  # the real thing, as a user starts it
+        argv = [
+            sys.executable, "-m", "webhook.cli", "serve", "--certs", str(certs),
+            "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
+            "--env-trusted-namespace", "*", *extra,
+        ]  # fmt: skip
+    else:
+        argv = [sys.executable, __file__, "--serve", variant, "--certs", str(certs)]
+        argv += ["--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=2)
         try:
@@ -68,7 +123,7 @@ def start_server(certs: Path, port: int, extra: list[str]) -> subprocess.Popen[b
         finally:
             conn.close()
     proc.kill()
-    raise SystemExit("whoexec serve did not become ready")
+    raise SystemExit(f"{variant} did not become ready:\n{log.read_text(errors='replace')}")
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -93,6 +148,8 @@ def run_wrk(port: int, concurrency: int, seconds: int, keepalive: bool, body: Pa
             f"-t{threads}",
             f"-c{concurrency}",
             f"-d{seconds}s",
+            "--timeout",
+            "3s",  # the apiserver's timeoutSeconds for whoexec
             "--latency",
             "-s",
             str(script),
@@ -103,12 +160,18 @@ def run_wrk(port: int, concurrency: int, seconds: int, keepalive: bool, body: Pa
         text=True,
     ).stdout
     script.unlink()
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise SystemExit(f"wrk saw errors:\n{out}")
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50_ms": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
-        "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": _ms(p50.group(1)) if p50 else float("nan"),
+        "p99_ms": _ms(p99.group(1)) if p99 else float("nan"),
+        # an admission that failed or took over 3 s: the apiserver gave up on it
+        "failed": sum(map(int, errors.groups())) if errors else 0,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
     }
 
 
@@ -118,22 +181,29 @@ def run_python(
     payload = body.read_bytes()
     context = ssl.create_default_context(cafile=str(ca))
     latencies: list[float] = []
+    failed = [0]
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
     def worker() -> None:
         mine: list[float] = []
-        conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=10)
+        conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=3)
         headers = {"Content-Type": "application/json"}
         if not keepalive:
             headers["Connection"] = "close"
         while time.monotonic() < stop:
             started = time.perf_counter()
-            conn.request("POST", "/mutate", body=payload, headers=headers)
-            reply = conn.getresponse()
-            reply.read()
-            if reply.status != 200:
-                raise SystemExit(f"status {reply.status}")
+            try:
+                conn.request("POST", "/mutate", body=payload, headers=headers)
+                reply = conn.getresponse()
+                reply.read()
+                if reply.status != 200:
+                    raise OSError(f"status {reply.status}")
+            except OSError:
+                conn.close()
+                with lock:
+                    failed[0] += 1
+                continue
             mine.append((time.perf_counter() - started) * 1000)
             if not keepalive:
                 conn.close()
@@ -148,32 +218,70 @@ def run_python(
     for thread in threads:
         thread.join()
     elapsed = time.monotonic() - began
-    latencies.sort()
+    latencies.sort() if latencies else latencies.append(float("nan"))
     return {
         "rps": len(latencies) / elapsed,
+        "requests": len(latencies),
         "p50_ms": latencies[len(latencies) // 2],
         "p99_ms": latencies[int(len(latencies) * 0.99)],
+        "failed": failed[0],
+        "non_2xx": 0,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a server and every process below it: on a shared,
+    busy machine the CPU an admission costs is steadier than admissions/s."""
+    from tests.hostile import process_tree
+
+    total = 0.0
+    for proc in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+LOADS = (
+    ("c1", 1, True, False),
+    ("c32", 32, True, False),
+    ("c32+hostile", 32, True, True),
+    ("c32-close", 32, False, False),
+    ("c32-close+hostile", 32, False, True),
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over every variant")
+    parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--review", type=Path, default=REVIEW)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument(
         "--pod-cache",
         action="store_true",
-        help="serve with a warm pod cache, fed by the tests' fake apiserver",
+        help="serve with a warm pod cache, fed by the tests' fake apiserver (gevent only)",
     )
+    parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--certs", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("serve_args", nargs="*", help="extra `whoexec serve` flags")
     args = parser.parse_args()
+    if args.serve:
+        serve_variant(args.serve, args.certs, args.port)
+        return
+    sys.path.append(str(ROOT))  # tests/ holds the fake apiserver and the hostile clients
+    from tests.hostile import Hostile
+
+    variants = args.variants.split(",")
     apiserver = None
     if args.pod_cache:
-        sys.path.append(str(REVIEW.parent.parent.parent))  # tests/ holds the fake
-        from fake_apiserver import FakeApiserver, make_pod  # type: ignore[import-not-found]
+        from tests.fake_apiserver import FakeApiserver, make_pod
 
+        variants = ["gevent"]
         review = json.loads(args.review.read_text())["request"]
         apiserver = FakeApiserver()
         apiserver.add(make_pod(review["namespace"], review["name"], "uid-bench", 0), False)
@@ -182,73 +290,136 @@ def main() -> None:
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "python"
 
+    runs: dict[str, dict[str, list[dict]]] = {
+        v: {label: [] for label, *_ in LOADS} for v in variants
+    }
     with tempfile.TemporaryDirectory() as tmp:
         certs = Path(tmp) / "certs"
-        port = free_port()
-        proc = start_server(certs, port, args.serve_args)
-        try:
-            if client == "wrk":
-                # wrk checks no certificate; the TLS handshake and cipher are the same
-                def measure(c: int, keepalive: bool) -> dict:
-                    return run_wrk(port, c, args.seconds, keepalive, args.review)
+        subprocess.run(
+            [sys.executable, "-m", "webhook.cli", "certs", "--out", str(certs)],
+            check=True,
+            capture_output=True,
+        )
+        ca = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        ca.check_hostname = False
+
+        def measure(proc: subprocess.Popen[bytes], port: int, c: int, keepalive: bool) -> dict:
+            cpu = cpu_seconds(proc.pid)
+            if client == "wrk":  # wrk checks no certificate; the handshake is the same
+                result = run_wrk(port, c, args.seconds, keepalive, args.review)
             else:
+                result = run_python(port, c, args.seconds, keepalive, args.review, certs / "ca.crt")
+            cpu = cpu_seconds(proc.pid) - cpu
+            result["cpu_ms"] = 1000 * cpu / result["requests"] if result["requests"] else 0.0
+            return result
 
-                def measure(c: int, keepalive: bool) -> dict:
-                    return run_python(
-                        port, c, args.seconds, keepalive, args.review, certs / "ca.crt"
+        try:
+            for _ in range(args.repeats):
+                for variant in variants:
+                    port = free_port()
+                    proc = start_server(
+                        variant, certs, port, args.serve_args, Path(tmp) / f"{variant}.log"
                     )
-
-            if args.pod_cache:  # make sure the figures are for the cached path
-                conn = http.client.HTTPSConnection(
-                    "localhost",
-                    port,
-                    timeout=5,
-                    context=ssl.create_default_context(cafile=str(certs / "ca.crt")),
-                )
-                conn.request(
-                    "POST",
-                    "/mutate",
-                    body=args.review.read_bytes(),
-                    headers={"Content-Type": "application/json"},
-                )
-                answer = json.loads(conn.getresponse().read())["response"]
-                conn.close()
-                lookup = answer["auditAnnotations"].get("pod-lookup")
-                if lookup not in ("cached", "fetched"):
-                    raise SystemExit(f"the pod cache was not used: pod-lookup={lookup}")
-            measure(8, True)  # warm up: imports, JIT-free but caches and connections
-            results = {}
-            for label, c, keepalive in (
-                ("c1", 1, True),
-                ("c32", 32, True),
-                ("c32-no-keepalive", 32, False),
-            ):
-                runs = [measure(c, keepalive) for _ in range(args.repeats)]
-                results[label] = {
-                    key: round(statistics.median(run[key] for run in runs), 3)
-                    for key in ("rps", "p50_ms", "p99_ms")
-                }
+                    try:
+                        if args.pod_cache:
+                            check_pod_cache(port, certs, args.review)
+                        measure(proc, port, 8, True)  # warm up: imports, caches, connections
+                        for label, c, keepalive, hostile in LOADS:
+                            if not hostile:
+                                runs[variant][label].append(measure(proc, port, c, keepalive))
+                                continue
+                            attack = Hostile(
+                                port, HOSTILE, tls=ca, path="/mutate", seconds=3 * args.seconds
+                            )
+                            try:
+                                attack.start()
+                                time.sleep(0.5)
+                                runs[variant][label].append(measure(proc, port, c, keepalive))
+                            except AssertionError:  # the server could not even take them
+                                runs[variant][label].append(
+                                    {"rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"),
+                                     "failed": -1, "non_2xx": 0, "cpu_ms": float("nan")}
+                                )  # fmt: skip
+                            finally:
+                                attack.stop()
+                    finally:
+                        proc.terminate()
+                        try:
+                            proc.wait(timeout=30)
+                        except subprocess.TimeoutExpired:
+                            proc.kill()
+                            proc.wait()
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
             if apiserver is not None:
                 apiserver.close()
 
-    ratio = results["c32"]["rps"] / results["c32-no-keepalive"]["rps"]
-    report = {
+    results = {
+        variant: {
+            label: {
+                "rps": round(statistics.median(r["rps"] for r in rows), 1),
+                "p50_ms": round(statistics.median(r["p50_ms"] for r in rows), 2),
+                "p99_ms": round(statistics.median(r["p99_ms"] for r in rows), 2),
+                "cpu_ms_per_admission": round(statistics.median(r["cpu_ms"] for r in rows), 3),
+                "failed_or_over_3s": [r["failed"] for r in rows],
+                "non_2xx": [r["non_2xx"] for r in rows],
+            }
+            for label, rows in by_load.items()
+        }
+        for variant, by_load in runs.items()
+    }
+    report: dict[str, Any] = {
         "pod_cache": bool(args.pod_cache),
         "client": client,
         "cpus": os.cpu_count(),
         "repeats": args.repeats,
         "seconds_per_run": args.seconds,
+        "hostile": HOSTILE,
         "results": results,
-        "keepalive_speedup_c32": round(ratio, 2),
-        "targets": {
-            "c32_rps>=1500": results["c32"]["rps"] >= 1500,
-            "c1_p50_ms<=2": results["c1"]["p50_ms"] <= 2.0,
-        },
     }
+    if "gevent" in results:
+        ours = results["gevent"]
+        ratios: dict[str, float] = {
+            "keepalive_speedup_c32": round(ours["c32"]["rps"] / ours["c32-close"]["rps"], 2),
+            "p99_hostile/p99_c32": round(ours["c32+hostile"]["p99_ms"] / ours["c32"]["p99_ms"], 2),
+            "p99_close_hostile/p99_close": round(
+                ours["c32-close+hostile"]["p99_ms"] / ours["c32-close"]["p99_ms"], 2
+            ),
+        }
+        for other in ("bare-flask", "gthread", "uvicorn"):
+            if other in results:
+                for label in ("c32", "c32-close"):
+                    ratios[f"gevent/{other} {label} rps"] = round(
+                        ours[label]["rps"] / results[other][label]["rps"], 2
+                    )
+                    ratios[f"gevent/{other} {label} cpu per admission"] = round(
+                        ours[label]["cpu_ms_per_admission"]
+                        / results[other][label]["cpu_ms_per_admission"],
+                        2,
+                    )
+        report["ratios"] = ratios
+        report["goals"] = {
+            "c32 rps >= 0.9x bare Flask": ratios.get("gevent/bare-flask c32 rps", 0) >= 0.9,
+            "p99 under hostile load <= 2x p99 without": ratios["p99_hostile/p99_c32"] <= 2,
+        }
     print(json.dumps(report, indent=2))
+
+
+def check_pod_cache(port: int, certs: Path, review: Path) -> None:
+    """Make sure the figures are for the cached path."""
+    conn = http.client.HTTPSConnection(
+        "localhost",
+        port,
+        timeout=5,
+        context=ssl.create_default_context(cafile=str(certs / "ca.crt")),
+    )
+    conn.request(
+        "POST", "/mutate", body=review.read_bytes(), headers={"Content-Type": "application/json"}
+    )
+    answer = json.loads(conn.getresponse().read())["response"]
+    conn.close()
+    lookup = answer["auditAnnotations"].get("pod-lookup")
+    if lookup not in ("cached", "fetched"):
+        raise SystemExit(f"the pod cache was not used: pod-lookup={lookup}")
 
 
 if __name__ == "__main__":

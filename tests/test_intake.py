@@ -365,6 +365,15 @@ class FakeTransport:
     def get_extra_info(self, name: str) -> object:
         return ("127.0.0.1", 1234)
 
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
 
 @settings(max_examples=200)
 @given(st.lists(st.binary(max_size=300), max_size=6))

@@ -52,6 +52,13 @@ def test_settings_are_frozen():
         ({"WHOEXEC_ENV_PATH": "env"}, "absolute path"),
         ({"WHOEXEC_IDENTITY_VARIABLE": "WHO EXEC"}, "not a valid name"),
         ({"WHOEXEC_LOG_LEVEL": "chatty"}, "log_level 'chatty'"),
+        ({"WHOEXEC_HEADER_TIMEOUT": "0"}, r"header_timeout 0.0 must be in \(0, 60\]"),
+        ({"WHOEXEC_BODY_TIMEOUT": "600"}, r"body_timeout 600.0 must be in \(0, 60\]"),
+        ({"WHOEXEC_WORKER_CONNECTIONS": "5"}, "worker_connections 5 is below 10"),
+        (
+            {"WHOEXEC_MAX_CONNECTIONS": "10", "WHOEXEC_MAX_CONNECTIONS_PER_PEER": "20"},
+            r"max_connections_per_peer 20 must be in \[1, max_connections 10\]",
+        ),
     ],
 )
 def test_bad_values_name_the_variable_and_value(env, message):

@@ -92,7 +92,19 @@ def certs(service: str, namespace: str, out: Path, days: int, force: bool) -> No
 )
 @click.option("--bind", default=None, help="Address to listen on [WHOEXEC_BIND; 0.0.0.0:8443].")
 @click.option("--workers", type=click.IntRange(1, 64), default=None, help="[WHOEXEC_WORKERS; 2]")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="[WHOEXEC_THREADS; 8]")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Unused since the gevent worker (kept so that existing flags still work).",
+)
+@click.option(
+    "--worker-connections",
+    type=click.IntRange(10, 100_000),
+    default=None,
+    help="Open connections per worker; near it, idle ones are closed "
+    "[WHOEXEC_WORKER_CONNECTIONS; 1000].",
+)
 @click.option("--exclude-namespace", multiple=True, help="Glob; repeatable.")
 @click.option("--exclude-user", multiple=True, help="Glob; repeatable.")
 @click.option("--exclude-group", multiple=True, help="Glob; repeatable.")
@@ -134,6 +146,7 @@ def serve(
     bind: str | None,
     workers: int | None,
     threads: int | None,
+    worker_connections: int | None,
     exclude_namespace: tuple[str, ...],
     exclude_user: tuple[str, ...],
     exclude_group: tuple[str, ...],
@@ -145,7 +158,10 @@ def serve(
     env_trusted_namespace: tuple[str, ...],
     env_trusted_image: tuple[str, ...],
 ) -> None:
-    """Run the admission webhook over TLS under gunicorn (gthread, keep-alive).
+    """Run the admission webhook over TLS under gunicorn (gevent, keep-alive).
+
+    Slow or stalled clients meet deadlines (WHOEXEC_HANDSHAKE_TIMEOUT, _HEADER_TIMEOUT,
+    _BODY_TIMEOUT) and never hold up another admission.
 
     An exec is rewritten only where the env binary is known to exist in its container:
     the static env in pods created after install, or /usr/bin/env in namespaces and
@@ -159,6 +175,7 @@ def serve(
         bind=bind,
         workers=workers,
         threads=threads,
+        worker_connections=worker_connections,
         exclude_namespaces=exclude_namespace,
         exclude_users=exclude_user,
         exclude_groups=exclude_group,
@@ -171,6 +188,13 @@ def serve(
         env_trusted_images=env_trusted_image,
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    # gevent's cooperative sockets and TLS before anything imports them: the pod cache's
+    # client (urllib3) binds ssl's names at import, in the master, before gunicorn's
+    # worker would patch (after the fork). Threads stay threads (webhook/gworker.py);
+    # the master's signals stay gunicorn's own
+    from gevent import monkey
+
+    monkey.patch_all(thread=False, signal=False)
     # before anything imports prometheus_client (see prepare_metrics_dir)
     from webhook.wsgi import WebhookApplication, prepare_metrics_dir
 

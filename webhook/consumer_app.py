@@ -318,7 +318,7 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
     forked and supervised, reads it. The process table is state, so attribution runs in
     exactly one process; the intake is an event loop (:mod:`webhook.intake`)."""
     from webhook.intake import FalcoEndpoint, IntakeServer, bind, run_intake
-    from webhook.wsgi import multiprocess_registry
+    from webhook.wsgi import multiprocess_registry, raise_open_files_limit
 
     load_key_ring(settings.identity_pub)  # fail before forking if the keys are unusable
     if settings.db:
@@ -374,8 +374,15 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
         app,
         threads=settings.threads,
         max_body_bytes=CONSUMER_MAX_BODY_BYTES,
+        max_connections=settings.max_connections,
+        max_connections_per_peer=settings.max_connections_per_peer,
+        handshake_timeout=settings.handshake_timeout,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
         tls=tls.current if tls is not None else None,
     )
+    # a connection is a descriptor: the cap, the inbox, the store and some to spare
+    raise_open_files_limit(settings.max_connections + 256)
     try:
         run_intake(server, sock)
     finally:

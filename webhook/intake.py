@@ -47,8 +47,34 @@ INTAKE_REFUSED = Counter(
     "POST /falco bodies refused, by reason: nothing of them was accepted.",
     ["reason"],
 )
+CONNECTIONS_REFUSED = Counter(
+    "whoexec_consumer_intake_connections_refused",
+    "Connections refused at once, by cap: global or per_peer (answered 503 without TLS).",
+    ["cap"],
+)
+CONNECTIONS_CLOSED = Counter(
+    "whoexec_consumer_intake_connections_closed",
+    "Connections the intake closed before the client did, by reason.",
+    ["reason"],
+)
+for _cap in ("global", "per_peer"):
+    CONNECTIONS_REFUSED.labels(_cap)
+for _reason in (
+    "handshake_timeout",
+    "header_timeout",
+    "body_timeout",
+    "write_timeout",
+    "keepalive",
+    "made_room",
+):
+    CONNECTIONS_CLOSED.labels(_reason)
 #: rejected bodies are logged at most once per reason per 10 s, with the count skipped
 _intake_log = RateLimitedLog(topic="intake")
+#: a connection stops being read while this much of its answers waits to be sent, or
+#: this many of its pipelined requests wait to be answered (issue #21: a client that
+#: pipelined GET /healthz and read nothing took the intake from 51 MB to 1.24 GB)
+WRITE_BUFFER_HIGH = 256 * 1024
+MAX_QUEUED = 32
 
 _REASONS = {
     100: "Continue",
@@ -229,6 +255,12 @@ def _json_response(status: int, reply: bytes, keep_alive: bool) -> bytes:
 
 
 _OK: dict[tuple[bytes, bool], bytes] = {}
+_TIMED_OUT = _json_response(
+    408, orjson.dumps({"error": "the request did not arrive in time"}), keep_alive=False
+)
+_CONNECTIONS_FULL = _json_response(
+    503, orjson.dumps({"error": "too many open connections; retry later"}), keep_alive=False
+)
 
 
 class _Connection(asyncio.Protocol):
@@ -248,30 +280,89 @@ class _Connection(asyncio.Protocol):
         #: bytes that came before connection_made: under TLS, asyncio's start_tls hands the
         #: first request (sent with the client's Finished) over before it returns
         self.early_data: list[bytes] = []
-        #: the loop's time of the last bytes received: the server closes connections
-        #: idle for ``keepalive`` seconds (one sweep for all, no timer per request)
-        self.active = 0.0
+        #: what the client owes and by when (loop time): "header" (the first request's
+        #: first byte, or a request's headers once begun), "body", "idle" (between
+        #: requests, the keep-alive), "write" (its answers unread); "" while the app
+        #: runs. One sweep for all connections, no timer per request
+        self.phase = ""
+        self.deadline = self.since = 0.0
+        self.writing_paused = False
+        self.reading_paused = False
 
     # --- connection ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.active = self.server.loop_or_fail().time()
-        self.server.connections.add(self)
-        if len(self.server.connections) > self.server.max_connections:
-            transport.close()
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        server = self.server
+        if server.tls is None and not server.admit(self, self.peer, self.transport):
             return
+        server.connections.add(self)
+        # Falco sends its request as soon as it is connected
+        self.expect("header", server.header_timeout)
         early, self.early_data = self.early_data, []
         for data in early:
             self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self.server.release(self)
         self.closing = True
+
+    def expect(self, phase: str, seconds: float) -> None:
+        now = self.server.loop_or_fail().time()
+        if phase != self.phase:
+            self.since = now
+        self.phase, self.deadline = phase, now + seconds
+
+    @property
+    def waiting(self) -> bool:
+        """Waits on its client with no request under way: may give way near the cap."""
+        return self.phase in ("header", "idle") and not self.running and not self.queue
+
+    # --- backpressure: answers not read, requests piling up -----------------------------
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self.expect("write", self.server.body_timeout)
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.phase == "write":
+            self.expect("idle", self.server.keepalive)
+        self._run_queue()
+        self._maybe_resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            with contextlib.suppress(RuntimeError):
+                self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if (
+            self.reading_paused
+            and not self.writing_paused
+            and len(self.queue) < MAX_QUEUED
+            and self.transport is not None
+            and not self.closing
+        ):
+            self.reading_paused = False
+            with contextlib.suppress(RuntimeError):
+                self.transport.resume_reading()
 
     @property
     def peer(self) -> str:
         peer = self.transport.get_extra_info("peername") if self.transport else None
         return str(peer[0]) if isinstance(peer, tuple) else ""
+
+    def timed_out(self) -> None:
+        """Past the deadline of its phase: a late request is told 408, then closed."""
+        reason = "keepalive" if self.phase == "idle" else f"{self.phase}_timeout"
+        CONNECTIONS_CLOSED.labels(reason).inc()
+        if self.phase in ("header", "body") and self.transport is not None:
+            with contextlib.suppress(RuntimeError):
+                self.transport.write(_TIMED_OUT)
+        self._close()
 
     def _close(self) -> None:
         self.closing = True
@@ -284,7 +375,6 @@ class _Connection(asyncio.Protocol):
             return
         if self.closing or self.refusing:
             return
-        self.active = self.server.loop_or_fail().time()
         try:
             self.parser.feed_data(data)
         except _Abort as abort:
@@ -304,6 +394,8 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._abort(400, f"malformed HTTP request: {exc}")
             return
+        if len(self.queue) >= MAX_QUEUED:
+            self._pause_reading()
         self._run_queue()
 
     def _abort(self, status: int, message: str) -> None:
@@ -320,6 +412,8 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.parsing = _Parsing()
+        if self.phase != "header":  # the first request's deadline runs from the connect
+            self.expect("header", self.server.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.parsing.target += url
@@ -357,6 +451,7 @@ class _Connection(asyncio.Protocol):
             )
             self.refusing = True
             raise _Abort(0, "refused on its headers")
+        self.expect("body", self.server.body_timeout)
         if parsing.expect_continue and self.transport is not None:
             # curl sends "Expect: 100-continue" for bodies over 1 KiB and waits for this
             # line (up to 1 s) before sending the body: a Falco alert is over 1 KiB
@@ -374,6 +469,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         parsing = self.parsing
+        self.expect("idle", self.server.keepalive)
         self.queue.append(
             _Request(
                 self.parser.get_method().decode("latin-1"),
@@ -386,7 +482,7 @@ class _Connection(asyncio.Protocol):
 
     # --- answering ----------------------------------------------------------------------
     def _run_queue(self) -> None:
-        while self.queue and not self.running and not self.closing:
+        while self.queue and not self.running and not self.closing and not self.writing_paused:
             request = self.queue.pop(0)
             if request.early is not None:
                 status, reply = request.early
@@ -403,6 +499,7 @@ class _Connection(asyncio.Protocol):
             else:
                 self.running = True
                 self.server.loop_or_fail().create_task(self._run_wsgi(request))
+        self._maybe_resume_reading()
 
     async def _run_wsgi(self, request: _Request) -> None:
         loop = self.server.loop_or_fail()
@@ -438,6 +535,10 @@ class IntakeServer:
         max_header_bytes: int = 64 * 1024,
         keepalive: float = 120.0,
         max_connections: int = 1024,
+        max_connections_per_peer: int = 64,
+        handshake_timeout: float = 5.0,
+        header_timeout: float = 5.0,
+        body_timeout: float = 10.0,
         tls: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         self.falco = falco
@@ -446,7 +547,14 @@ class IntakeServer:
         self.max_header_bytes = max_header_bytes
         self.keepalive = keepalive
         self.max_connections = max_connections
+        self.max_connections_per_peer = max_connections_per_peer
+        self.handshake_timeout = handshake_timeout
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
         self.tls = tls
+        #: every open TCP connection (a TLS one from its accept) and its peer's address
+        self.slots: dict[asyncio.Protocol, str] = {}
+        self.per_peer: dict[str, int] = {}
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="whoexec-http")
         self.connections: set[_Connection] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -513,14 +621,67 @@ class IntakeServer:
         keep = [(k, v) for k, v in headers if k.lower() not in ("content-length", "connection")]
         return _response(int(status_line.split()[0]), keep, b"".join(chunks), request.keep_alive)
 
-    async def _close_idle(self) -> None:
+    # --- the caps ---------------------------------------------------------------------
+    def admit(self, protocol: asyncio.Protocol, peer: str, transport: asyncio.Transport) -> bool:
+        """Take a new TCP connection, or refuse it: past the peer's cap always, past the
+        global cap unless a connection waiting on its client gives way. A refusal is
+        answered 503 (without TLS), counted and logged, never silent."""
+        cap = ""
+        if self.per_peer.get(peer, 0) >= self.max_connections_per_peer:
+            cap = "per_peer"
+        elif len(self.slots) >= self.max_connections and not self._make_room():
+            cap = "global"
+        if cap:
+            CONNECTIONS_REFUSED.labels(cap).inc()
+            limit = self.max_connections_per_peer if cap == "per_peer" else self.max_connections
+            _intake_log.warn(
+                f"connection_cap_{cap}",
+                f"connection from {peer} refused: {cap.replace('_', ' ')} cap of {limit} "
+                "open connections reached",
+            )
+            if self.tls is None:
+                transport.write(_CONNECTIONS_FULL)
+            transport.close()
+            return False
+        self.slots[protocol] = peer
+        self.per_peer[peer] = self.per_peer.get(peer, 0) + 1
+        return True
+
+    def release(self, protocol: asyncio.Protocol) -> None:
+        peer = self.slots.pop(protocol, None)
+        if peer is not None:
+            left = self.per_peer[peer] - 1
+            if left:
+                self.per_peer[peer] = left
+            else:
+                del self.per_peer[peer]
+
+    def hand_over(self, gate: asyncio.Protocol, connection: asyncio.Protocol) -> None:
+        """A TLS connection's slot passes from its handshake to its HTTP connection."""
+        self.slots[connection] = self.slots.pop(gate)
+
+    def _make_room(self) -> bool:
+        """At the global cap, the connection that has waited longest on its client with
+        no request under way is closed for the new one."""
+        waiting = [c for c in self.connections if c.waiting and not c.closing]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c.since)
+        CONNECTIONS_CLOSED.labels("made_room").inc()
+        oldest._close()
+        self.release(oldest)  # its slot is free now, not when the loop reports it closed
+        return True
+
+    async def _sweep(self) -> None:
+        """Closes every connection past the deadline of its phase (see _Connection)."""
         loop = self.loop_or_fail()
+        interval = min(max(min(self.header_timeout, self.body_timeout) / 4, 0.05), 1.0)
         while True:
-            await asyncio.sleep(min(self.keepalive / 4, 5.0))
-            idle_since = loop.time() - self.keepalive
+            await asyncio.sleep(interval)
+            now = loop.time()
             for connection in list(self.connections):
-                if connection.active < idle_since and not connection.running:
-                    connection._close()
+                if connection.deadline < now and not connection.running and connection.phase:
+                    connection.timed_out()
 
     async def serve(self, sock: socket.socket, stop: asyncio.Event) -> None:
         """Serve on a bound listening socket until ``stop``, then finish open requests."""
@@ -529,7 +690,7 @@ class IntakeServer:
         server = await self.loop.create_server(self._protocol, sock=sock, backlog=1024)
         host = sock.getsockname()[0]
         log.warning("Listening at: %s://%s:%d", self.scheme, host, self.port)
-        sweeper = self.loop.create_task(self._close_idle())
+        sweeper = self.loop.create_task(self._sweep())
         await stop.wait()
         sweeper.cancel()
         server.close()
@@ -551,9 +712,15 @@ class _TlsGate(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         raw = cast(asyncio.Transport, transport)
+        peer = raw.get_extra_info("peername")
+        if not self.server.admit(self, str(peer[0]) if isinstance(peer, tuple) else "", raw):
+            return
         # not a byte read until start_tls takes over: the ClientHello must reach TLS
         raw.pause_reading()
         self.server.loop_or_fail().create_task(self._handshake(raw))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.release(self)  # before the handshake ended (refused, reset)
 
     async def _handshake(self, transport: asyncio.Transport) -> None:
         assert self.server.tls is not None
@@ -564,14 +731,20 @@ class _TlsGate(asyncio.Protocol):
                 connection,
                 self.server.tls(),
                 server_side=True,
-                ssl_handshake_timeout=10,
+                ssl_handshake_timeout=self.server.handshake_timeout,
             )
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
+            # asyncio's loop aborts a handshake past its timeout with this error
+            if isinstance(exc, (TimeoutError, ConnectionAbortedError)):
+                CONNECTIONS_CLOSED.labels("handshake_timeout").inc()
             log.debug("TLS handshake failed: %s", exc)
             transport.close()
+            self.server.release(self)
             return
         if secured is None:
+            self.server.release(self)
             return
+        self.server.hand_over(self, connection)
         connection.connection_made(secured)
 
 

@@ -28,6 +28,16 @@ class Settings:
     workers: int = 2
     threads: int = 8
     max_body_bytes: int = 3 * 1024 * 1024  # kube-apiserver's own request limit is 3 MiB
+    #: deadlines on what a client controls (issue #21): the TLS handshake, a request's
+    #: headers (from its first byte), its body; the webhook's answer is due in 3 s
+    handshake_timeout: float = 5.0
+    header_timeout: float = 5.0
+    body_timeout: float = 10.0
+    #: open connections per webhook worker process; near it, idle ones are closed
+    worker_connections: int = 1000
+    #: the consumer's intake: open connections in all, and from one address
+    max_connections: int = 1024
+    max_connections_per_peer: int = 64
     log_level: str = "info"
     # injection policy
     identity_variable: str = "WHOEXEC_IDENTITY"
@@ -135,6 +145,16 @@ class Settings:
             raise ConfigError("tls_cert and tls_key go together")
         if self.ui_token and len(self.ui_token) < 16:
             raise ConfigError("ui_token must be at least 16 characters (try: openssl rand -hex 24)")
+        for name in ("handshake_timeout", "header_timeout", "body_timeout"):
+            if not 0 < getattr(self, name) <= 60:
+                raise ConfigError(f"{name} {getattr(self, name)} must be in (0, 60] seconds")
+        if self.worker_connections < 10:
+            raise ConfigError(f"worker_connections {self.worker_connections} is below 10")
+        if not 1 <= self.max_connections_per_peer <= self.max_connections:
+            raise ConfigError(
+                f"max_connections_per_peer {self.max_connections_per_peer} must be in "
+                f"[1, max_connections {self.max_connections}]"
+            )
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes {self.max_body_bytes} is below 1024")
 

@@ -1,20 +1,21 @@
 """Running the webhook under gunicorn (adapter behind ``whoexec serve``).
 
 kube-apiserver talks HTTP/1.1 with keep-alive to webhooks. gunicorn's default ``sync``
-worker closes every connection, so every admission would pay a full TLS handshake; the
-``gthread`` worker keeps connections open. The idle keep-alive outlasts Go's default
-``IdleConnTimeout`` (90 s) so the server never closes a connection the apiserver is
-about to reuse.
+worker closes every connection, so every admission would pay a full TLS handshake. The
+worker is :class:`webhook.gworker.DeadlineWorker` (gevent: a slow client holds a
+greenlet, not a thread, and meets a deadline; issue #21). The idle keep-alive outlasts
+Go's default ``IdleConnTimeout`` (90 s) so the server never closes a connection the
+apiserver is about to reuse.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import resource
 import shutil
-import ssl
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,18 @@ def prepare_metrics_dir(workers: int, directory: Path | None = None) -> Path | N
     return directory
 
 
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise this process's soft limit of open files towards ``wanted`` (at most the
+    hard limit); the limit now in force. Containers often start with 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+    return soft
+
+
 def multiprocess_registry() -> Any:
     """A /metrics registry that sums the metrics of every gunicorn worker process."""
     from prometheus_client import CollectorRegistry, multiprocess
@@ -86,7 +99,12 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
                 )
         from webhook.tls import ReloadingContext
 
-        self.tls = ReloadingContext(certs / TLS_CERT, certs / TLS_KEY)
+        def tls_factory() -> ReloadingContext:
+            return ReloadingContext(certs / TLS_CERT, certs / TLS_KEY)
+
+        #: the worker makes its own after gevent has patched ``ssl`` (DeadlineWorker.patch)
+        self.tls_factory = tls_factory
+        self.tls = tls_factory()
         self.application = self._build_app()
         super().__init__()
 
@@ -133,11 +151,7 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
         return create_app(state)
 
     def load_config(self) -> None:
-        tls = self.tls
         metrics_dir = self.metrics_dir
-
-        def ssl_context(_conf: Any, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-            return tls.current()
 
         def child_exit(_server: Any, worker: Any) -> None:
             if metrics_dir is not None:
@@ -147,7 +161,9 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
 
         pods = self.pods
 
-        def post_fork(_server: Any, _worker: Any) -> None:
+        def post_worker_init(_worker: Any) -> None:
+            # in each worker, once gevent has patched sockets (threads do not survive
+            # fork, and a socket made before the patch would block the worker)
             if pods is not None:
                 pods.start()
 
@@ -156,17 +172,18 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
                 shutil.rmtree(metrics_dir, ignore_errors=True)
 
         s = self.settings
+        # a connection is a descriptor: the cap of every worker, and some to spare
+        raise_open_files_limit(s.workers * s.worker_connections + 256)
         config = {
             "bind": [s.bind],
             "workers": s.workers,
-            "worker_class": "gthread",
-            "threads": s.threads,
+            "worker_class": "webhook.gworker.DeadlineWorker",
+            "worker_connections": s.worker_connections,
             "keepalive": KEEPALIVE_SECONDS,
             "certfile": str(s.certs / TLS_CERT),
             "keyfile": str(s.certs / TLS_KEY),
-            "ssl_context": ssl_context,
             "child_exit": child_exit,
-            "post_fork": post_fork,
+            "post_worker_init": post_worker_init,
             "on_exit": on_exit,
             "accesslog": None,
             "errorlog": "-",
