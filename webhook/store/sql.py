@@ -175,6 +175,12 @@ FINDING_AUDIT_USER_MISMATCH = "Exec identity differs from the audit log"
 FINDING_NOT_IN_AUDIT_LOG = "Exec session missing from the audit log"
 
 
+def _holdable(value: object) -> bool:
+    """Whether a text could be in the store at all: a NUL never is (the writer refuses it,
+    and PostgreSQL would fail the query), so a filter holding one matches nothing."""
+    return not (isinstance(value, str) and "\x00" in value)
+
+
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(list(value) if isinstance(value, tuple) else value)
 
@@ -464,6 +470,9 @@ class SqlStore:
         return row
 
     def sessions(self, query: SessionQuery) -> list[dict[str, Any]]:
+        filters = (query.user, query.namespace, query.pod, query.after and query.after[1])
+        if not all(_holdable(value) for value in filters):
+            return []
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         for column, value in (
@@ -507,6 +516,8 @@ class SqlStore:
         return out
 
     def session(self, session_id: str) -> dict[str, Any] | None:
+        if not _holdable(session_id):
+            return None
         rows = self._query("SELECT * FROM sessions WHERE session_id = ?", [session_id])
         if not rows:
             return None
@@ -567,6 +578,8 @@ class SqlStore:
 
     def audit_event(self, audit_id: str) -> dict[str, Any] | None:
         """One audit event, as kube-apiserver wrote it (``event``) and as read."""
+        if not _holdable(audit_id):
+            return None
         rows = self._query(
             "SELECT audit_id, stage, time_ns, verb, subresource, namespace, pod, container, "
             "command, user_name, impersonated_user, request_uri, response_code, session_id, "
