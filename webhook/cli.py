@@ -246,6 +246,13 @@ def serve(
     default=None,
     help="Require client certificates signed by this CA (mTLS).",
 )
+@click.option(
+    "--api-token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Bearer token that POST /k8s-audit and /api/* ask for (a mounted Secret) "
+    "[WHOEXEC_API_TOKEN_FILE; without it they answer loopback only].",
+)
 @click.option("--log-level", default=None, help="[WHOEXEC_LOG_LEVEL; info]")
 @_friendly
 def consume(
@@ -265,6 +272,7 @@ def consume(
     tls_cert: Path | None,
     tls_key: Path | None,
     client_ca: Path | None,
+    api_token_file: Path | None,
     log_level: str | None,
 ) -> None:
     """Attribute Falco alerts to the Kubernetes user of their exec session.
@@ -289,6 +297,7 @@ def consume(
         tls_cert=tls_cert,
         tls_key=tls_key,
         client_ca=client_ca,
+        api_token_file=api_token_file,
         log_level=log_level,
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stderr)

@@ -8,11 +8,10 @@ Each list page is also JSON and CSV (``?format=json``/``csv``), the same rows as
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from typing import Any, NoReturn
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 from flask import Flask, Response, abort, redirect, render_template, request
@@ -32,7 +31,8 @@ from webhook.report import (
     with_utc,
 )
 from webhook.store.model import ATTRIBUTION_RANK, SessionQuery, Store
-from webhook.times import format_utc, parse_time_ns
+from webhook.times import MAX_NS, MIN_NS, format_utc, parse_time_ns
+from webhook.ui.sessions import UiSessions
 from webhook.ui.timeline import build_timeline, priority_class
 
 #: no script, no inline style, nothing from elsewhere, never framed
@@ -45,13 +45,17 @@ PAGE_SIZE = 50
 ATTRIBUTION_FILTERS = (*ATTRIBUTION_RANK, "unattributed")
 
 
-def cookie_value(token: str) -> str:
-    """What the browser keeps after a login: derived from the token, never the token."""
-    return hmac.new(token.encode(), b"whoexec-ui-session", hashlib.sha256).hexdigest()
+#: how long a browser stays signed in (``WHOEXEC_UI_SESSION_SECONDS``)
+SESSION_SECONDS = 8 * 3600
 
 
-def create_ui_app(store: Store, auth_token: str = "") -> Flask:
+def create_ui_app(store: Store, auth_token: str = "", signed_in: UiSessions | None = None) -> Flask:
+    """The app; with ``auth_token``, every page but sign-in asks for it. ``signed_in``
+    holds the browsers that signed in (kept in this process when not given)."""
     app = Flask("whoexec-ui", root_path=__file__.rsplit("/", 1)[0])
+    browsers = signed_in
+    if auth_token and browsers is None:
+        browsers = UiSessions(None, auth_token, SESSION_SECONDS)
     app.jinja_env.globals.update(
         utc=format_utc,
         priority_class=priority_class,
@@ -59,7 +63,6 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
         cell=cell,
         PRIORITIES=PRIORITIES,
     )
-    expected_cookie = cookie_value(auth_token) if auth_token else ""
 
     def _signed_in() -> bool:
         if not auth_token:
@@ -69,9 +72,25 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
             header.removeprefix("Bearer ").encode(), auth_token.encode()
         ):
             return True
-        return hmac.compare_digest(
-            request.cookies.get(COOKIE, "").encode(), expected_cookie.encode()
-        )
+        return browsers is not None and browsers.valid(request.cookies.get(COOKIE, ""))
+
+    def _page_of_this_app(target: str) -> str:
+        """``target`` when it is a page this app serves, else ``/``: never an open redirect.
+
+        Browsers drop tabs and newlines from a URL and read ``\\`` as ``/``, so
+        ``/<TAB>/evil.example`` would go to another site as ``//evil.example``."""
+        if not target.startswith("/") or any(
+            char.isspace() or not char.isprintable() or char == "\\" for char in target
+        ):
+            return "/"
+        parts = urlsplit(target)
+        if parts.scheme or parts.netloc or target.startswith("//"):
+            return "/"
+        try:
+            app.url_map.bind("localhost").match(parts.path, method="GET")
+        except HTTPException:  # no such page (or a redirect to another)
+            return "/"
+        return target
 
     @app.before_request
     def require_token() -> BaseResponse | None:
@@ -156,23 +175,31 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
 
     @app.route("/login", methods=["GET", "POST"])
     def login() -> BaseResponse | str:
-        target = request.values.get("next", "/")
-        # only a path of this app: never an open redirect to another site
-        if not target.startswith("/") or target.startswith(("//", "/\\")):
-            target = "/"
+        target = _page_of_this_app(request.values.get("next", "/"))
         if request.method == "GET":
             return render_template("login.html", next=target, wrong=False)
         given = request.form.get("token", "")
-        if not auth_token or not hmac.compare_digest(given.encode(), auth_token.encode()):
+        if (
+            not auth_token
+            or browsers is None
+            or not hmac.compare_digest(given.encode(), auth_token.encode())
+        ):
             return Response(render_template("login.html", next=target, wrong=True), 401)
         response = redirect(target, 303)
         response.set_cookie(
-            COOKIE, expected_cookie, httponly=True, samesite="Strict", secure=request.is_secure
+            COOKIE,
+            browsers.create(),
+            max_age=int(browsers.lifetime),
+            httponly=True,
+            samesite="Strict",
+            secure=request.is_secure,
         )
         return response
 
     @app.post("/logout")
     def logout() -> BaseResponse:
+        if browsers is not None and (cookie := request.cookies.get(COOKIE)):
+            browsers.revoke(cookie)  # a copy of the cookie is no good either
         response = redirect("/login", 303)
         response.delete_cookie(COOKIE)
         return response
@@ -201,12 +228,15 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
         try:
             limit = min(max(int(request.args.get("limit") or PAGE_SIZE), 1), 1000)
         except ValueError:
-            _fail(400, f"limit: {request.args.get('limit')!r} is not a number")
+            _fail(400, f"limit: {request.args.get('limit', '')[:40]!r} is not a number")
         after = None
         if request.args.get("after"):
             stamp, _, sid = request.args["after"].partition(":")
-            if not stamp.lstrip("-").isdigit() or not sid:
+            digits = stamp.removeprefix("-")
+            if not (digits.isascii() and digits.isdigit() and len(digits) <= 19 and sid):
                 _fail(400, "after: expected <started_ns>:<session id> from the Older link")
+            if not MIN_NS <= int(stamp) <= MAX_NS:
+                _fail(400, "after: the time is out of range (1677 to 2262)")
             after = (int(stamp), sid)
         query = SessionQuery(
             user=request.args.get("user") or None,
