@@ -66,7 +66,8 @@ def main() -> None:
 def certs(service: str, namespace: str, out: Path, days: int, force: bool) -> None:
     """Write a dev CA, the webhook's TLS certificate and the identity key pair.
 
-    Private keys (ca.key, tls.key, identity.key) are written with mode 0600. The base64
+    Private keys (ca.key, tls.key, identity.key) and api-token (the bearer token of the
+    consumer's POST /k8s-audit and /api/*) are written with mode 0600. The base64
     caBundle for the MutatingWebhookConfiguration is printed on stdout.
     """
     from webhook.certs import generate_certs
