@@ -305,7 +305,7 @@ class OneSessionStore:
     def __init__(self, session: dict) -> None:
         self.one = session
 
-    def session(self, session_id: str) -> dict | None:
+    def session(self, session_id: str, **_page) -> dict | None:
         return self.one if session_id == self.one["session_id"] else None
 
 

@@ -175,7 +175,13 @@ class Store(Protocol):
 
     def sessions(self, query: SessionQuery) -> list[dict[str, Any]]: ...
 
-    def session(self, session_id: str) -> dict[str, Any] | None: ...
+    def session(
+        self,
+        session_id: str,
+        alerts_limit: int | None = None,
+        alerts_after: tuple[int, str] | None = None,
+        processes_limit: int | None = None,
+    ) -> dict[str, Any] | None: ...
 
     def audit_event(self, audit_id: str) -> dict[str, Any] | None: ...
 

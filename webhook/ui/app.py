@@ -42,6 +42,10 @@ CONTENT_SECURITY_POLICY = (
 )
 COOKIE = "whoexec_ui"
 PAGE_SIZE = 50
+#: alerts shown on one page of a session
+ALERT_PAGE = 500
+#: processes shown in a session's tree and table (the first by start; the CLI has all)
+PROCESS_ROWS = 1000
 ATTRIBUTION_FILTERS = (*ATTRIBUTION_RANK, "unattributed")
 
 
@@ -229,15 +233,7 @@ def create_ui_app(store: Store, auth_token: str = "", signed_in: UiSessions | No
             limit = min(max(int(request.args.get("limit") or PAGE_SIZE), 1), 1000)
         except ValueError:
             _fail(400, f"limit: {request.args.get('limit', '')[:40]!r} is not a number")
-        after = None
-        if request.args.get("after"):
-            stamp, _, sid = request.args["after"].partition(":")
-            digits = stamp.removeprefix("-")
-            if not (digits.isascii() and digits.isdigit() and len(digits) <= 19 and sid):
-                _fail(400, "after: expected <started_ns>:<session id> from the Older link")
-            if not MIN_NS <= int(stamp) <= MAX_NS:
-                _fail(400, "after: the time is out of range (1677 to 2262)")
-            after = (int(stamp), sid)
+        after = _cursor("after", "session id")
         query = SessionQuery(
             user=request.args.get("user") or None,
             namespace=request.args.get("namespace") or None,
@@ -265,14 +261,45 @@ def create_ui_app(store: Store, auth_token: str = "", signed_in: UiSessions | No
             attributions=ATTRIBUTION_FILTERS,
         )
 
+    def _cursor(name: str, what: str) -> tuple[int, str] | None:
+        """A keyset cursor ``<time_ns>:<id>`` (from a Later/Older link), or None."""
+        text = request.args.get(name)
+        if not text:
+            return None
+        stamp, _, key = text.partition(":")
+        digits = stamp.removeprefix("-")
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 19 and key):
+            _fail(400, f"{name}: expected <time_ns>:<{what}> from the link")
+        if not MIN_NS <= int(stamp) <= MAX_NS:
+            _fail(400, f"{name}: the time is out of range (1677 to 2262)")
+        return int(stamp), key
+
     @app.get("/sessions/<session_id>")
     def session(session_id: str) -> Response | str:
-        found = store.session(session_id)
+        # a session can hold 100,000 alerts (9 s and 41 MB of page once): a page at a time
+        after = _cursor("alerts_after", "alert key")
+        found = store.session(
+            session_id,
+            alerts_limit=ALERT_PAGE + 1,
+            alerts_after=after,
+            processes_limit=PROCESS_ROWS,
+        )
         if found is None:
             _fail(404, f"no session {session_id!r}")
+        later = None
+        if len(found["alerts"]) > ALERT_PAGE:
+            found["alerts"] = found["alerts"][:ALERT_PAGE]
+            last = found["alerts"][-1]
+            later = f"{last['time_ns']}:{last['key']}"
         if request.args.get("format") == "json":
-            return _json(found)
-        return render_template("session.html", s=found, timeline=build_timeline(found))
+            return _json({**found, "later_alerts": later})
+        return render_template(
+            "session.html",
+            s=found,
+            timeline=build_timeline(found),
+            later=later,
+            paged=after is not None,
+        )
 
     @app.get("/findings")
     def findings() -> Response | str:
