@@ -499,3 +499,23 @@ def test_a_database_lost_while_writing_apart_keeps_what_was_not_written(tmp_path
     writer.flush()
     assert count_rows(tmp_path, "processes", "w.db") == 39
     writer.close()
+
+
+def test_a_store_that_stays_down_stops_a_batch_run_and_dead_letters_nothing(keys, tmp_path):
+    from webhook.consumer import DeadLetters, Pipeline
+    from webhook.errors import StoreUnavailable
+    from webhook.keyfiles import load_key_ring
+    from webhook.lineage import Attributor, TokenVerifier
+    from webhook.store.writer import StoreWriter
+
+    store = Refusing(f"sqlite:///{tmp_path}/w.db", down_after=0)
+    writer = StoreWriter(store, max_wait=0.0, sleep=lambda _: None)  # type: ignore[arg-type]
+    letters = DeadLetters(tmp_path / "dead.jsonl")
+    verifier = TokenVerifier(load_key_ring([keys.pub]))
+    pipeline = Pipeline(Attributor(verifier), [writer], dead_letters=letters)
+    pipeline.observe(writer.record)
+    _, _, alerts = good_session(keys, 1)
+    with pytest.raises(StoreUnavailable):
+        pipeline.feed([json.dumps(a).encode() for a in alerts])
+    assert letters.written == 0, "the database is away: no alert is to blame"
+    assert len(writer.pending) > 0, "and what was learnt is kept for the next flush"

@@ -23,7 +23,7 @@ import orjson
 import urllib3
 from prometheus_client import Counter, Gauge
 
-from webhook.errors import MalformedAlert, StoreRejected
+from webhook.errors import MalformedAlert, StoreRejected, StoreUnavailable
 from webhook.falco import (
     FINDING_SOURCE,
     MAX_DEPTH,
@@ -572,12 +572,12 @@ class Pipeline:
 
     def _write(self, sink: Sink, out: list[FalcoAlert], sources: list[FalcoAlert]) -> None:
         """A sink takes the batch; if it fails on the data (not on its disk or network:
-        an OSError propagates, and the inbox keeps the batch), each alert is tried alone
-        and the one it cannot take goes to the dead letters."""
+        an OSError or an unreachable store propagates, and the inbox keeps the batch), each
+        alert is tried alone and the one it cannot take goes to the dead letters."""
         try:
             sink.write(out)
             return
-        except OSError:
+        except (OSError, StoreUnavailable):
             raise
         except Exception as exc:
             if len(out) <= 1:
