@@ -185,16 +185,18 @@ def hostile_lines(draw: st.DrawFn, keys: Keys) -> tuple[bytes, bool]:
         )
     alert["hostname"] = HOSTILE_HOST  # its process table entries are never a good one's
     alert["output_fields"]["test.marker"] = marker
-    certain = False
     for _ in range(draw(st.integers(1, 3))):
         value = draw(wrong_values())
         if draw(st.booleans()):
-            key = draw(st.sampled_from(TOP_FIELDS))
-            alert[key] = value
-            certain |= key == "time" and value in OUT_OF_RANGE_TIMES
+            alert[draw(st.sampled_from(TOP_FIELDS))] = value
         elif isinstance(alert.get("output_fields"), dict):
             alert["output_fields"][draw(st.sampled_from(READ_FIELDS))] = value
-        certain |= isinstance(value, Deep)
+    if isinstance(alert.get("output_fields"), dict):  # replaced by another object, too
+        alert["output_fields"]["test.marker"] = marker
+    # what is left after every change (a later one may undo an earlier one)
+    fields = alert["output_fields"]
+    values = [*alert.values(), *(fields.values() if isinstance(fields, dict) else ())]
+    certain = any(isinstance(v, Deep) for v in values) or alert.get("time") in OUT_OF_RANGE_TIMES
     return encode(alert), certain
 
 
