@@ -341,7 +341,7 @@ def test_json_nested_300_deep_is_dead_lettered_as_it_came_and_the_batch_goes_on(
     assert [a["output_fields"]["whoexec.user.name"] for a in sink.alerts] == [user]
     (letter,) = letters(tmp_path)
     assert (letter["reason"], letter["where"], letter["line"]) == (
-        "too_deep",
+        "not_an_alert",
         "file line 2",
         deep.decode(),
     )
@@ -521,3 +521,30 @@ def test_a_store_that_stays_down_stops_a_batch_run_and_dead_letters_nothing(keys
         pipeline.feed([json.dumps(a).encode() for a in alerts])
     assert letters.written == 0, "the database is away: no alert is to blame"
     assert len(writer.pending) > 0, "and what was learnt is kept for the next flush"
+
+
+def depth_of(value: object) -> int:
+    """The nesting depth, recursively (the reference the loop is checked against)."""
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    return 0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet="[]{}ab", max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+@given(value=json_values, limit=st.integers(0, 12))
+def test_the_depth_check_is_exact_and_the_bracket_count_never_lets_a_deep_one_by(value, limit):
+    from webhook.falco import MAX_DEPTH, nests_deeper, shallow_text
+
+    assert nests_deeper(value, limit) == (depth_of(value) > limit)
+    if shallow_text(json.dumps(value)):
+        assert depth_of(value) <= MAX_DEPTH

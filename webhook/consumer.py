@@ -26,12 +26,11 @@ from prometheus_client import Counter, Gauge
 from webhook.errors import MalformedAlert, StoreRejected, StoreUnavailable
 from webhook.falco import (
     FINDING_SOURCE,
-    MAX_DEPTH,
     FalcoAlert,
     check_alert,
     is_internal,
-    nests_deeper,
     render_json,
+    shallow_text,
 )
 from webhook.inbox import InboxLogReader
 from webhook.lineage import Attributor, Outcome, enrich, findings
@@ -361,6 +360,15 @@ class DeadLetters:
         DEAD_LETTERS.labels(reason).inc()
 
 
+def _as_received(item: object, line: bytes | str) -> bytes | str:
+    """One item of a line, for its dead letter; the whole line when orjson cannot write
+    the item back (it reads 1,024 levels of nesting and writes 254)."""
+    try:
+        return orjson.dumps(item)
+    except TypeError:
+        return line
+
+
 class _StepFailed(Exception):
     """A step of one outcome's way out failed (``step`` names it)."""
 
@@ -428,15 +436,12 @@ class Pipeline:
         except orjson.JSONDecodeError as exc:
             self._skip("not_json", where, str(exc), line)
             return
-        # a batch (a JSON array of alerts) is one level more
-        if nests_deeper(data, MAX_DEPTH + isinstance(data, list)):
-            self._skip("too_deep", where, f"JSON nested more than {MAX_DEPTH} levels", line)
-            return
+        shallow = shallow_text(text)
         for item in data if isinstance(data, list) else [data]:
             try:
-                alert = check_alert(item)
+                alert = check_alert(item, shallow=shallow)  # nested past MAX_DEPTH too
             except MalformedAlert as exc:
-                self._skip("not_an_alert", where, str(exc), orjson.dumps(item))
+                self._skip("not_an_alert", where, str(exc), _as_received(item, line))
                 continue
             if is_internal(alert):
                 self._skip("internal", where, f"Falco internal message {alert['rule']!r}")
