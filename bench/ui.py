@@ -5,6 +5,7 @@ a reference in the same run: a bare Flask route that runs the same store query a
 returns its rows as JSON, so the ratio is what rendering the page costs on top.
 
     python bench/ui.py [--alerts 1000000] [--sessions 20000] [--repeats 15] [--postgres URL]
+    python bench/ui.py --huge-only    # a 100,000-alert session, a 1,000-deep chain
 """
 
 from __future__ import annotations
@@ -58,9 +59,87 @@ def reference_app(store: Any) -> Flask:
 
     @app.get("/session/<sid>")
     def session(sid: str) -> Response:
-        return Response(orjson.dumps(store.session(sid)), mimetype="application/json")
+        from flask import request
+
+        # the UI's page: its first 500 alerts (one more tells there are later ones)
+        limit = None if request.args.get("all") else 501
+        found = store.session(sid, alerts_limit=limit)
+        return Response(orjson.dumps(found), mimetype="application/json")
 
     return app
+
+
+HUGE_ALERTS = "huge-0000-4000-8000-000000000001"
+DEEP_CHAIN = "deep-0000-4000-8000-000000000002"
+
+
+def huge_sessions(store: Any, alerts: int = 100_000, depth: int = 1_000) -> None:
+    """What an attacker can make of their own session: ``alerts`` alerts on 200 processes,
+    and a chain of ``depth`` processes, each the parent of the next, one alert each."""
+    from webhook.store import AlertFact, Batch, ProcessFact, SessionFact
+
+    started = time.time_ns() - DAY
+    for sid, processes, count in ((HUGE_ALERTS, 200, alerts), (DEEP_CHAIN, depth, depth)):
+        batch = Batch()
+        batch.sessions.append(
+            SessionFact(sid, started, "token", user="mallory@corp.example", root_pid=1000)
+        )
+        for n in range(processes):
+            parent = 1000 + n - 1 if sid == DEEP_CHAIN else 1000
+            pid = 1000 + n
+            batch.processes.append(
+                ProcessFact(sid, "node-1", pid, started + n, parent, f"sh -c {n}", started + n)
+            )
+        for a in range(count):
+            pid = 1000 + a % processes
+            batch.alerts.append(
+                AlertFact(
+                    key=f"sha256:{sid}-{a}",
+                    time_ns=started + processes + a * 1000,
+                    rule="Read sensitive file untrusted",
+                    priority=PRIORITIES[a % len(PRIORITIES)],
+                    source="syscall",
+                    output="10:00:00.000000000: Warning Sensitive file opened for reading",
+                    output_fields=json.dumps({"proc.pid": pid}),
+                    attribution="verified",
+                    hostname="node-1",
+                    session_id=sid,
+                    user="mallory@corp.example",
+                )
+            )
+            if len(batch) >= 5000:
+                store.ingest(batch)
+                batch = Batch()
+        store.ingest(batch)
+
+
+PRIORITIES = ["Warning", "Notice", "Error", "Critical", "Informational"]
+
+
+def run_huge(url: str, repeats: int) -> dict[str, Any]:
+    """The first page of a 100,000-alert session and of a 1,000-deep chain."""
+    store = open_store(url)
+    huge_sessions(store)
+    ui = create_ui_app(store).test_client()
+    ref = reference_app(store).test_client()
+    report: dict[str, Any] = {}
+    for name, sid in (
+        ("one session, 100,000 alerts: first page", HUGE_ALERTS),
+        ("one session, a 1,000-deep chain", DEEP_CHAIN),
+    ):
+        ms, size = median_ms(ui, f"/sessions/{sid}", repeats)
+        ref_ms, _ = median_ms(ref, f"/session/{sid}", repeats)
+        all_ms, all_size = median_ms(ref, f"/session/{sid}?all=1", max(3, repeats // 5))
+        report[name] = {
+            "ui_ms": ms,
+            "bytes": size,
+            "bare_flask_ms": ref_ms,
+            "ratio": round(ms / ref_ms, 2),
+            "every_alert_as_json_ms": all_ms,
+            "every_alert_bytes": all_size,
+        }
+    store.close()
+    return report
 
 
 def median_ms(client: Any, path: str, repeats: int) -> tuple[float, int]:
@@ -132,10 +211,18 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--postgres", default=None, help="a database URL to fill and read")
+    parser.add_argument(
+        "--huge-only",
+        action="store_true",
+        help="only the huge sessions (100,000 alerts; a 1,000-deep chain), not the 1M store",
+    )
     args = parser.parse_args()
     report: dict[str, Any] = {"alerts": args.alerts, "sessions": args.sessions}
     with tempfile.TemporaryDirectory() as tmp:
-        report["sqlite"] = run(f"sqlite:///{tmp}/ui.db", args.alerts, args.sessions, args.repeats)
+        if not args.huge_only:
+            url = f"sqlite:///{tmp}/ui.db"
+            report["sqlite"] = run(url, args.alerts, args.sessions, args.repeats)
+        report["huge sessions, sqlite"] = run_huge(f"sqlite:///{tmp}/huge.db", args.repeats)
         if args.postgres:
             report["postgres"] = run(args.postgres, args.alerts, args.sessions, args.repeats)
     print(json.dumps(report, indent=2))

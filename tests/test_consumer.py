@@ -520,7 +520,7 @@ def test_a_sink_failing_on_one_alert_costs_that_alert_alone(tmp_path):
     assert [a["rule"] for a in fussy.alerts] == ["poison 0", "poison 2"]
     assert [a["rule"] for a in other.alerts] == ["poison 0", "poison 1", "poison 2"]
     (letter,) = dead_letters(tmp_path / "dead-letters.jsonl")
-    assert (letter["reason"], letter["where"]) == ("sink_error", "Fussy")
+    assert (letter["reason"], letter["where"]) == ("sink_error", "file line 2 (Fussy)")
     assert "ValueError: cannot store this one" in letter["detail"]
 
 

@@ -185,13 +185,47 @@ def test_consumer_daemonset_walks_proc_read_only_and_listens_where_falco_posts(t
 
 
 def test_network_policies_admit_only_the_api_server_port_and_falco(tree):
+    import ipaddress
+
     objects = render(tree, "self-signed")
     webhook = one(objects, "NetworkPolicy", "whoexec-webhook")["spec"]["ingress"]
     assert [p["port"] for rule in webhook for p in rule["ports"]] == [8443]
+    sources = [source for rule in webhook for source in rule["from"]]
+    assert all(set(source) == {"ipBlock"} for source in sources), "no pod is selected"
+    for source in sources:
+        # the operator sets the API server's address; shipped is a documentation address
+        # (RFC 5737) that admits nothing: 10.0.0.0/8 held the pod network of many clusters
+        shipped = ipaddress.ip_network(source["ipBlock"]["cidr"])
+        assert shipped.subnet_of(ipaddress.ip_network("192.0.2.0/24"))
     consumer = one(objects, "NetworkPolicy", "whoexec-consumer")["spec"]["ingress"]
-    (source,) = consumer[0]["from"]
-    assert source["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "falco"}
-    assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "falco"}
+    (rule,) = consumer
+    assert [p["port"] for p in rule["ports"]] == [2802]
+    assert [set(source) for source in rule["from"]] == [{"namespaceSelector", "podSelector"}] * 2
+    assert {
+        (
+            source["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            source["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        )
+        for source in rule["from"]
+    } == {("falco", "falco"), ("falco", "falcosidekick")}
+
+
+def test_the_consumer_api_token_comes_from_a_secret_that_may_not_exist_yet(tree):
+    objects = render(tree, "self-signed")
+    spec = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    path = Path(env["WHOEXEC_API_TOKEN_FILE"])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    # optional: without the Secret, Falco's intake starts all the same
+    assert volume["secret"]["optional"] is True
+    secret = one(objects, "Secret", volume["secret"]["secretName"])
+    assert set(secret["data"]) == {path.name}
+    written = (tree / "overlays" / "self-signed" / "certs" / "api-token").read_bytes()
+    assert base64.b64decode(secret["data"][path.name]) == written
+    assert len(written.strip()) == 64, "whoexec certs wrote 32 random bytes, hex"
 
 
 def test_least_privilege_only_the_webhook_reads_pods(tree):

@@ -30,6 +30,7 @@ TOKEN = "browser-test-token-0123456789abcdef"
 def ui_server(db: str, log: Path, token: str = "") -> ServerProcess:
     """``whoexec ui --bind 127.0.0.1:0``, answering once its worker has booted."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
+    env["WHOEXEC_STATE_DIR"] = str(log.parent / "ui-state")  # who signed in, with a token
     if token:
         env["WHOEXEC_UI_TOKEN"] = token
     server = ServerProcess(

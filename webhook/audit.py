@@ -93,14 +93,30 @@ class ExecAudit:
         return self.subresource == "exec"
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+#: what the store holds: a signed 64-bit count of ns since the epoch (1677 to 2262)
+_MIN_NS, _MAX_NS = -(2**63), 2**63 - 1
+
+
 def parse_time_ns(text: str, field: str) -> int:
     try:
         stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (ValueError, AttributeError):
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=datetime.UTC)
+        seconds = (stamp - _EPOCH) // datetime.timedelta(seconds=1)
+    except (ValueError, AttributeError, OverflowError):
         raise MalformedAuditEvent(f"{field} {str(text)[:40]!r} is not an RFC 3339 time") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=datetime.UTC)
-    return int(stamp.timestamp() * 1_000_000) * 1000
+    ns = seconds * 1_000_000_000 + stamp.microsecond * 1000
+    if not _MIN_NS <= ns <= _MAX_NS:
+        raise MalformedAuditEvent(f"{field} {text[:40]!r} is out of range (1677 to 2262)")
+    return ns
+
+
+def _text(value: object, where: str, name: str) -> str | None:
+    """An optional string field (Go's map[string]string and string fields): None or str."""
+    if value is None or isinstance(value, str):
+        return value
+    raise MalformedAuditEvent(f"{where}: field {name!r} must be a string")
 
 
 def check_event(data: object, where: str = "event") -> AuditEvent:
@@ -164,10 +180,10 @@ def exec_audit(event: AuditEvent, webhook_name: str, where: str = "event") -> Ex
         user=str(user.get("username", "")),
         user_uid=str(user.get("uid", "")),
         user_groups=tuple(groups),
-        impersonated_user=impersonated.get("username") if impersonated else None,
+        impersonated_user=_text(impersonated.get("username"), where, "impersonatedUser.username"),
         request_uri=event["requestURI"],
-        response_code=code if isinstance(code, int) else None,
-        session_id=annotations.get(f"{webhook_name}/session-id"),
-        outcome=annotations.get(f"{webhook_name}/outcome"),
+        response_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
+        session_id=_text(annotations.get(f"{webhook_name}/session-id"), where, "annotations"),
+        outcome=_text(annotations.get(f"{webhook_name}/outcome"), where, "annotations"),
         admitted=event["stage"] in ADMITTED_STAGES,
     )

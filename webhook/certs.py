@@ -10,6 +10,7 @@ import base64
 import datetime
 import ipaddress
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from webhook.errors import ConfigError
-from webhook.keyfiles import CA_CERT, CA_KEY, IDENTITY_KEY, IDENTITY_PUB, TLS_CERT, TLS_KEY
+from webhook.keyfiles import (
+    API_TOKEN,
+    CA_CERT,
+    CA_KEY,
+    IDENTITY_KEY,
+    IDENTITY_PUB,
+    TLS_CERT,
+    TLS_KEY,
+)
 
-ALL_FILES = (CA_CERT, CA_KEY, TLS_CERT, TLS_KEY, IDENTITY_KEY, IDENTITY_PUB)
-PRIVATE_FILES = frozenset({CA_KEY, TLS_KEY, IDENTITY_KEY})
+ALL_FILES = (CA_CERT, CA_KEY, TLS_CERT, TLS_KEY, IDENTITY_KEY, IDENTITY_PUB, API_TOKEN)
+PRIVATE_FILES = frozenset({CA_KEY, TLS_KEY, IDENTITY_KEY, API_TOKEN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +140,8 @@ def generate_certs(
     days: int = 365,
     force: bool = False,
 ) -> CertBundle:
-    """Write the CA, serving certificate and identity key pair into ``out``."""
+    """Write the CA, serving certificate, identity key pair and the consumer's API token
+    into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     existing = [name for name in ALL_FILES if (out / name).exists()]
     if existing and not force:
@@ -177,6 +187,8 @@ def generate_certs(
         IDENTITY_PUB: identity_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
+        # what the audit webhook backend and API readers send to the consumer
+        API_TOKEN: (secrets.token_hex(32) + "\n").encode(),
     }
     for name, data in files.items():
         _write(out / name, data, private=name in PRIVATE_FILES)

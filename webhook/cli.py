@@ -66,7 +66,8 @@ def main() -> None:
 def certs(service: str, namespace: str, out: Path, days: int, force: bool) -> None:
     """Write a dev CA, the webhook's TLS certificate and the identity key pair.
 
-    Private keys (ca.key, tls.key, identity.key) are written with mode 0600. The base64
+    Private keys (ca.key, tls.key, identity.key) and api-token (the bearer token of the
+    consumer's POST /k8s-audit and /api/*) are written with mode 0600. The base64
     caBundle for the MutatingWebhookConfiguration is printed on stdout.
     """
     from webhook.certs import generate_certs
@@ -270,6 +271,13 @@ def serve(
     default=None,
     help="Require client certificates signed by this CA (mTLS).",
 )
+@click.option(
+    "--api-token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Bearer token that POST /k8s-audit and /api/* ask for (a mounted Secret) "
+    "[WHOEXEC_API_TOKEN_FILE; without it they answer loopback only].",
+)
 @click.option("--log-level", default=None, help="[WHOEXEC_LOG_LEVEL; info]")
 @_friendly
 def consume(
@@ -289,6 +297,7 @@ def consume(
     tls_cert: Path | None,
     tls_key: Path | None,
     client_ca: Path | None,
+    api_token_file: Path | None,
     log_level: str | None,
 ) -> None:
     """Attribute Falco alerts to the Kubernetes user of their exec session.
@@ -313,6 +322,7 @@ def consume(
         tls_cert=tls_cert,
         tls_key=tls_key,
         client_ca=client_ca,
+        api_token_file=api_token_file,
         log_level=log_level,
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stderr)

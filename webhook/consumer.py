@@ -23,8 +23,15 @@ import orjson
 import urllib3
 from prometheus_client import Counter, Gauge
 
-from webhook.errors import MalformedAlert
-from webhook.falco import FalcoAlert, check_alert, is_internal, render_json
+from webhook.errors import MalformedAlert, StoreRejected, StoreUnavailable
+from webhook.falco import (
+    FINDING_SOURCE,
+    FalcoAlert,
+    check_alert,
+    is_internal,
+    render_json,
+    shallow_text,
+)
 from webhook.inbox import InboxLogReader
 from webhook.lineage import Attributor, Outcome, enrich, findings
 from webhook.spool import Spool
@@ -353,6 +360,24 @@ class DeadLetters:
         DEAD_LETTERS.labels(reason).inc()
 
 
+def _as_received(item: object, line: bytes | str) -> bytes | str:
+    """One item of a line, for its dead letter; the whole line when orjson cannot write
+    the item back (it reads 1,024 levels of nesting and writes 254)."""
+    try:
+        return orjson.dumps(item)
+    except TypeError:
+        return line
+
+
+class _StepFailed(Exception):
+    """A step of one outcome's way out failed (``step`` names it)."""
+
+    def __init__(self, step: str, error: Exception) -> None:
+        super().__init__(step)
+        self.step = step
+        self.error = error
+
+
 class Pipeline:
     """Lines in, attributed alerts and findings out to every sink. Not thread-safe."""
 
@@ -384,6 +409,8 @@ class Pipeline:
         self.warnings = RateLimitedLog(clock=clock)
         self._reported: dict[tuple[object, ...], None] = {}
         self._max_reported = max_reported
+        #: where each alert on its way came from (``http line 3``), for its dead letter
+        self._places: dict[int, str] = {}
         self._observers: list[Callable[[Outcome], None]] = []
 
     def observe(self, callback: Callable[[Outcome], None]) -> None:
@@ -409,14 +436,21 @@ class Pipeline:
         except orjson.JSONDecodeError as exc:
             self._skip("not_json", where, str(exc), line)
             return
+        shallow = shallow_text(text)
         for item in data if isinstance(data, list) else [data]:
             try:
-                alert = check_alert(item)
+                alert = check_alert(item, shallow=shallow)  # nested past MAX_DEPTH too
             except MalformedAlert as exc:
-                self._skip("not_an_alert", where, str(exc), orjson.dumps(item))
+                self._skip("not_an_alert", where, str(exc), _as_received(item, line))
                 continue
             if is_internal(alert):
                 self._skip("internal", where, f"Falco internal message {alert['rule']!r}")
+                continue
+            if alert["source"] == FINDING_SOURCE:
+                # whoexec's own findings are made here, never taken in: one sent in would
+                # be filed in the store as a finding, an accusation nobody made
+                detail = f"source {FINDING_SOURCE!r} is whoexec's own; Falco never sends it"
+                self._skip("not_an_alert", where, detail, orjson.dumps(item))
                 continue
             yield alert
 
@@ -428,7 +462,11 @@ class Pipeline:
     ) -> int:
         """Process lines; returns how many alerts were read. Sinks have them on return,
         except those held back for a late root. With ``tags`` (one per line), ``on_done``
-        learns which lines are done with."""
+        learns which lines are done with.
+
+        Every step of an alert's way (parse, attribute, the store observer, enrich, each
+        sink) fails for that alert alone: it goes to the dead letters with the reason and
+        its place, and every other alert goes on."""
         outcomes: list[Outcome] = []
         done: list[object] = []
         count = 0
@@ -437,10 +475,11 @@ class Pipeline:
             tag = next(tagged) if tagged is not None else None
             place = f"{where or self.input_name} line {number}"
             alerts = list(self.parse(line, place))
-            if tag is not None:
-                if not alerts:
-                    done.append(tag)  # nothing in it to wait for
-                for alert in alerts:
+            if tag is not None and not alerts:
+                done.append(tag)  # nothing in it to wait for
+            for alert in alerts:
+                self._places[id(alert)] = place
+                if tag is not None:
                     self._tags[id(alert)] = (alert, tag)
                     self._open[tag] += 1
             for alert in alerts:
@@ -461,6 +500,7 @@ class Pipeline:
         return count
 
     def _finished(self, alert: FalcoAlert, done: list[object]) -> None:
+        self._places.pop(id(alert), None)
         entry = self._tags.pop(id(alert), None)
         if entry is None:
             return
@@ -474,32 +514,57 @@ class Pipeline:
         """Release held alerts whose wait is over (call this when input is idle)."""
         self._emit(self.attributor.release(self.clock()), [])
 
+    def _outputs(self, outcome: Outcome) -> list[FalcoAlert]:
+        """What one outcome passes on (its enriched alert, its new findings); the store
+        observer is told first. Raises ``_StepFailed`` naming the step that failed."""
+        step = "store observer"
+        try:
+            for observer in self._observers:
+                observer(outcome)
+            step = "enrich"
+            out: list[FalcoAlert] = []
+            if not outcome.is_root_event or self.forward_roots:
+                out.append(enrich(outcome))
+            step = "findings"
+            new = [(k, f) for k, f in findings(outcome) if k not in self._reported]
+        except Exception as exc:
+            raise _StepFailed(step, exc) from exc
+        if out:
+            self.stats[f"attribution_{outcome.attribution.status}"] += 1
+            ALERTS_OUT.labels(outcome.attribution.status).inc()
+        for key, finding in new:
+            self._reported[key] = None
+            if len(self._reported) > self._max_reported:
+                del self._reported[next(iter(self._reported))]
+            out.append(finding)
+            self.stats["findings"] += 1
+            FINDINGS.labels(finding["rule"]).inc()
+        return out
+
     def _emit(self, outcomes: list[Outcome], done: list[object]) -> None:
         out: list[FalcoAlert] = []
         sources: list[FalcoAlert] = []  # the input alert each item of ``out`` came from
         for outcome in outcomes:
-            for observer in self._observers:
-                observer(outcome)
-            if not outcome.is_root_event or self.forward_roots:
-                out.append(enrich(outcome))
-                sources.append(outcome.alert)
-                self.stats[f"attribution_{outcome.attribution.status}"] += 1
-                ALERTS_OUT.labels(outcome.attribution.status).inc()
-            for key, finding in findings(outcome):
-                if key in self._reported:
-                    continue
-                self._reported[key] = None
-                if len(self._reported) > self._max_reported:
-                    del self._reported[next(iter(self._reported))]
-                out.append(finding)
-                sources.append(outcome.alert)
-                self.stats["findings"] += 1
-                FINDINGS.labels(finding["rule"]).inc()
+            try:
+                items = self._outputs(outcome)
+            except _StepFailed as failed:
+                reason = "store_rejected" if isinstance(failed.error, StoreRejected) else "error"
+                self._skip(
+                    reason,
+                    f"{self._place(outcome.alert)} ({failed.step})",
+                    f"{type(failed.error).__name__}: {failed.error}",
+                    orjson.dumps(outcome.alert),
+                )
+                continue
+            out.extend(items)
+            sources.extend(outcome.alert for _ in items)
         table = self.attributor.table
         TABLE_SIZE.set(len(table))
         EVICTIONS.set(table.evictions)
         HELD.set(self.attributor.held)
-        if out:
+        if outcomes:
+            # even with nothing to pass on (a batch of session roots): the store writer
+            # must have written what its observer learnt before the lines are done with
             for sink in self.sinks:
                 self._write(sink, out, sources)
         for outcome in outcomes:
@@ -507,19 +572,29 @@ class Pipeline:
         if done and self.on_done is not None:
             self.on_done(done)
 
+    def _place(self, alert: FalcoAlert) -> str:
+        return self._places.get(id(alert), self.input_name)
+
     def _write(self, sink: Sink, out: list[FalcoAlert], sources: list[FalcoAlert]) -> None:
         """A sink takes the batch; if it fails on the data (not on its disk or network:
-        an OSError propagates, and the inbox keeps the batch), each alert is tried alone
-        and the one it cannot take goes to the dead letters."""
+        an OSError or an unreachable store propagates, and the inbox keeps the batch), each
+        alert is tried alone and the one it cannot take goes to the dead letters."""
         try:
             sink.write(out)
             return
-        except OSError:
+        except (OSError, StoreUnavailable):
             raise
         except Exception as exc:
-            if len(out) == 1:
-                detail = f"{type(exc).__name__}: {exc}"
-                self._skip("sink_error", type(sink).__name__, detail, render_json(out[0]))
+            if len(out) <= 1:
+                if out:
+                    self._skip(
+                        "sink_error",
+                        f"{self._place(sources[0])} ({type(sink).__name__})",
+                        f"{type(exc).__name__}: {exc}",
+                        render_json(out[0]),
+                    )
+                else:  # nothing of its own failed: what the observer queued
+                    self._skip("sink_error", type(sink).__name__, f"{type(exc).__name__}: {exc}")
                 return
         for alert, source in zip(out, sources, strict=True):
             self._write(sink, [alert], [source])

@@ -25,6 +25,7 @@ from flask import Flask, Response, abort, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from webhook.apitoken import TokenFile
 from webhook.consumer import (
     DeadLetters,
     FileFollower,
@@ -40,7 +41,7 @@ from webhook.errors import ConfigError, MalformedAuditEvent, StoreUnavailable
 from webhook.inbox import InboxLogReader, InboxWriter
 from webhook.keyfiles import load_key_ring
 from webhook.lineage import Attributor, ProcessTable, ReplayPolicy, RootClaims, TokenVerifier
-from webhook.settings import Settings
+from webhook.settings import Settings, is_loopback
 from webhook.spool import Spool
 from webhook.store.sql import SqlStore
 from webhook.times import parse_time_ns
@@ -98,16 +99,21 @@ def build_consumer(
     sinks.extend(extra_sinks or [])
     writer = None
     claims: RootClaims | None = None
+    dead_letters = DeadLetters(settings.state_dir / "dead-letters.jsonl")
     if settings.db:
         from webhook.store import open_store
         from webhook.store.claims import StoreRootClaims
         from webhook.store.writer import StoreWriter
 
         # an unreachable database is a clear error at start-up (StoreUnavailable)
+        def rejected(fact: str, why: str) -> None:
+            dead_letters.add("store_rejected", "StoreWriter", fact, why)
+
         writer = StoreWriter(
             open_store(settings.db),
             max_wait=store_max_wait,
             variable=settings.identity_variable,
+            on_rejected=rejected,
         )
         sinks.append(writer)
         # single use of session ids holds across every consumer sharing this store
@@ -126,7 +132,7 @@ def build_consumer(
         sinks,
         forward_roots=settings.forward_roots,
         input_name=input_name,
-        dead_letters=DeadLetters(settings.state_dir / "dead-letters.jsonl"),
+        dead_letters=dead_letters,
     )
     if writer is not None:
         pipeline.observe(writer.record)
@@ -157,15 +163,43 @@ def create_consumer_app(
     max_body_bytes: int = 8 * 1024 * 1024,
     store: SqlStore | None = None,
     webhook_name: str = "exec.whoexec.io",
+    audit_dead_letters: DeadLetters | None = None,
+    api_token: TokenFile | None = None,
 ) -> Flask:
     """Every route but ``POST /falco`` (answered by :mod:`webhook.intake`): health,
     metrics, and with a store, ``POST /k8s-audit`` (audit webhook backend) and the
-    ``/api/*`` readers."""
+    ``/api/*`` readers.
+
+    ``/k8s-audit`` writes sessions and ``/api/*`` reads who did what: with ``api_token``
+    both ask for ``Authorization: Bearer <token>``; without it they answer loopback only
+    (a forged EventList would otherwise create sessions in anyone's name)."""
     app = Flask("whoexec-consumer")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
 
     def _json(payload: object, status: int = 200) -> Response:
         return Response(orjson.dumps(payload), status=status, mimetype="application/json")
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        if request.endpoint not in GUARDED_ENDPOINTS:
+            return None
+        if api_token is None:
+            if is_loopback(request.remote_addr or ""):
+                return None
+            message = (
+                f"{request.path} answers only loopback: start the consumer with "
+                "--api-token-file (WHOEXEC_API_TOKEN_FILE) to serve it to others"
+            )
+            return _json({"error": message}, 403)
+        if not api_token.current():
+            message = f"the API token file {api_token.path} is missing or empty"
+            return _json({"error": message}, 503)
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer ") and api_token.matches(header.removeprefix("Bearer ")):
+            return None
+        refused = _json({"error": "send Authorization: Bearer <the API token>"}, 401)
+        refused.headers["WWW-Authenticate"] = 'Bearer realm="whoexec"'
+        return refused
 
     def _store() -> SqlStore:
         if store is None:
@@ -196,7 +230,15 @@ def create_consumer_app(
         from webhook.auditlog import AuditIngestor
         from webhook.store.writer import StoreWriter
 
-        ingestor = AuditIngestor(StoreWriter(_store(), max_wait=5.0), webhook_name)
+        rejected = None
+        if audit_dead_letters is not None:
+            letters = audit_dead_letters
+
+            def rejected(fact: str, why: str) -> None:
+                letters.add("store_rejected", "POST /k8s-audit", fact, why)
+
+        writer = StoreWriter(_store(), max_wait=5.0, on_rejected=rejected)
+        ingestor = AuditIngestor(writer, webhook_name, audit_dead_letters)
         try:
             count = ingestor.feed_event_list(request.get_data(cache=False))
         except MalformedAuditEvent as exc:
@@ -350,6 +392,17 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
 
             multiprocess.mark_process_dead(pipeline_pid)  # type: ignore[no-untyped-call]
 
+    api_token = None
+    if settings.api_token_file is not None:
+        api_token = TokenFile(settings.api_token_file)
+        if not api_token.current():  # a Secret not created yet: /falco must work all the same
+            log.warning(
+                "the API token file %s is missing or empty: POST /k8s-audit and /api/* "
+                "answer 503 until it is there",
+                settings.api_token_file,
+            )
+    else:
+        log.info("no --api-token-file: POST /k8s-audit and /api/* answer loopback only")
     try:
         inbox = InboxWriter(settings.state_dir / "inbox", max_bytes=settings.inbox_bytes)
         moved = move_sqlite_inbox(settings.state_dir / "inbox.db", inbox)
@@ -365,6 +418,8 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
             multiprocess_registry if metrics_dir else None,
             store=store,
             webhook_name=settings.webhook_name,
+            audit_dead_letters=DeadLetters(settings.state_dir / "audit-dead-letters.jsonl"),
+            api_token=api_token,
         )
     except BaseException:
         stop_pipeline()
@@ -391,6 +446,10 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
 
 
 PIPELINE_NICENESS = 10
+#: the routes that ask for the API token (or loopback): what writes or reads the store
+GUARDED_ENDPOINTS = frozenset(
+    {"k8s_audit", "api_sessions", "api_session", "api_users", "api_findings"}
+)
 
 
 def move_sqlite_inbox(old: Path, inbox: InboxWriter) -> int:

@@ -15,7 +15,8 @@ The hierarchy::
     ├── ConfigError                 a setting, flag or key file is unusable
     ├── SpoolFull                   a durable queue that refuses rather than drops is full
     └── StoreError                  the session store failed
-        └── StoreUnavailable        the database cannot be reached
+        ├── StoreUnavailable        the database cannot be reached
+        └── StoreRejected           a fact the database cannot hold (its data, not the store)
 
 Messages name the bad field and the bad value, and never carry key material or a
 token's signature.
@@ -78,3 +79,8 @@ class StoreError(WhoexecError):
 
 class StoreUnavailable(StoreError):
     """The session store's database cannot be reached."""
+
+
+class StoreRejected(StoreError):
+    """A fact the database cannot hold: an integer past 64 bits, a NUL in a text, a value
+    of the wrong type. Retrying cannot help; the input that carried it is dead-lettered."""

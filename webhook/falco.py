@@ -22,6 +22,13 @@ import orjson
 
 from webhook.errors import MalformedAlert
 
+#: nanoseconds since the epoch that both databases can store (a signed 64-bit BIGINT):
+#: 1677-09-21 to 2262-04-11. A time outside it is no time Falco ever printed.
+MIN_NS, MAX_NS = -(2**63), 2**63 - 1
+#: the deepest an alert may nest: Falco's nest 3 deep (``output_fields`` holds lists).
+#: orjson reads 1,024 levels but writes only 254, so a deeper alert could be read and
+#: then never be passed on, stored or even dead-lettered (issue 21)
+MAX_DEPTH = 32
 #: the deepest ancestor Falco's ``proc.apid[N]``/``proc.aname[N]`` can name (and that the
 #: shipped ``append_output`` asks for)
 MAX_ANCESTORS = 8
@@ -51,6 +58,8 @@ RUNTIME_PARENTS = frozenset(
 #: engine named the container (``container.name`` may be the container id, see
 #: :func:`kubernetes_container_name`)
 CONTAINER_NAME_LABEL = "container.label[io.kubernetes.container.name]"
+#: the ``source`` of whoexec's own findings (Falco-shaped alerts it makes; never input)
+FINDING_SOURCE = "whoexec"
 #: tag of the shipped rules (``manifests/falco/whoexec_rules.yaml``): they teach the
 #: consumer about sessions and are not security alerts
 WHOEXEC_TAG = "whoexec"
@@ -201,9 +210,44 @@ def parse_alert(line: bytes | str) -> FalcoAlert:
     return check_alert(data)
 
 
-def check_alert(data: object) -> FalcoAlert:
+_CONTAINERS = frozenset({dict, list})
+
+
+def nests_deeper(value: object, limit: int) -> bool:
+    """Whether ``value`` nests objects and arrays more than ``limit`` levels deep (a
+    scalar is 0 deep, ``[]`` 1). Level by level, not recursion: any depth is answered.
+    Decoded JSON holds exactly ``dict`` and ``list``; a level of scalars (an alert's
+    ``output_fields``) is passed over at C speed."""
+    level: list[Any] = [value] if type(value) in _CONTAINERS else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            if not _CONTAINERS.isdisjoint(map(type, children)):
+                below.extend(child for child in children if type(child) in _CONTAINERS)
+        level = below
+    return False
+
+
+def shallow_text(text: bytes | str) -> bool:
+    """JSON text that cannot nest deeper than MAX_DEPTH: it has no more opening brackets
+    than that, strings included (a count at C speed; Falco's field names hold a few)."""
+    if isinstance(text, bytes):
+        return text.count(b"[") + text.count(b"{") <= MAX_DEPTH
+    return text.count("[") + text.count("{") <= MAX_DEPTH
+
+
+def check_alert(data: object, *, shallow: bool = False) -> FalcoAlert:
+    """``data`` as an alert, or :class:`MalformedAlert` naming why. ``shallow``: the text
+    it was read from passed :func:`shallow_text`, so its depth needs no walk."""
     if not isinstance(data, dict):
         raise MalformedAlert(f"a Falco alert is a JSON object, got {type(data).__name__}")
+    if not shallow and nests_deeper(data, MAX_DEPTH):
+        raise MalformedAlert(f"an alert nests at most {MAX_DEPTH} levels deep")
     for key, kind in (("rule", str), ("time", str), ("output_fields", dict), ("source", str)):
         if not isinstance(data.get(key), kind):
             raise MalformedAlert(
@@ -214,6 +258,8 @@ def check_alert(data: object) -> FalcoAlert:
             raise MalformedAlert(f"field {key!r} must be str")
     if "tags" in data and not isinstance(data["tags"], list):
         raise MalformedAlert("field 'tags' must be a list")
+    if "uuid" in data and not isinstance(data["uuid"], str):
+        raise MalformedAlert("field 'uuid' must be str")
     parse_time_ns(data["time"])  # every reader of an alert relies on it
     return data  # type: ignore[return-value]
 
@@ -226,9 +272,13 @@ def parse_time_ns(text: str) -> int:
     base, fraction, zone = match.groups()
     try:
         stamp = datetime.datetime.fromisoformat(base + zone)  # "Z" too, since Python 3.11
-    except ValueError:  # the right shape, an impossible date: month 13, February 30th
+        seconds = int(stamp.timestamp())
+    except (ValueError, OverflowError):  # the right shape, an impossible date: month 13
         raise MalformedAlert(f"time {text[:40]!r} is not a valid date") from None
-    return int(stamp.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
+    ns = seconds * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
+    if not MIN_NS <= ns <= MAX_NS:
+        raise MalformedAlert(f"time {text[:40]!r} is out of range (1677 to 2262)")
+    return ns
 
 
 def format_time_ns(ns: int) -> str:
@@ -243,8 +293,11 @@ def _int(fields: dict[str, Any], key: str) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():  # older Falco printed some as strings
+        # no pid, time or start Falco prints is outside 64 bits; a value that is counts
+        # as absent, like a value of the wrong type
+        return value if -(2**63) <= value < 2**63 else None  # MIN_NS..MAX_NS, folded
+    # older Falco printed some as strings (ASCII digits: str.isdigit() also takes "²")
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
         return int(value)
     return None
 

@@ -110,6 +110,9 @@ def _refusal(refused: Refused) -> tuple[int, bytes]:
 def accept_lines(inbox: Inbox, body: bytes, max_lines: int = 10_000) -> tuple[int, bytes]:
     """Append every JSON line of a body to the inbox; the HTTP status and a JSON reply."""
     lines = [line for line in body.splitlines() if line.strip()]
+    if not lines:
+        reply = {"accepted": 0, "rejected": 0, "errors": ["the body holds no JSON line"]}
+        return 400, orjson.dumps(reply)
     if len(lines) > max_lines:
         return _refusal(
             Refused(413, "too_many_lines", f"{len(lines)} lines in one body, over {max_lines}")

@@ -18,6 +18,8 @@ TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
 IDENTITY_KEY = "identity.key"
 IDENTITY_PUB = "identity.pub"
+#: the bearer token of the consumer's POST /k8s-audit and /api/* (--api-token-file)
+API_TOKEN = "api-token"  # noqa: S105 - a file name, not a token
 
 
 def _read(path: Path) -> bytes:

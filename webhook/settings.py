@@ -7,6 +7,7 @@ then passed explicitly to whatever needs it: nothing else reads the environment.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -92,6 +93,12 @@ class Settings:
     ui_bind: str = "127.0.0.1:8080"
     #: when set, every page asks for it; never shown in a repr or a log
     ui_token: str = field(default="", repr=False)
+    #: how long a browser stays signed in to the UI; signing out ends it sooner
+    ui_session_seconds: int = 8 * 3600
+    #: the bearer token that ``POST /k8s-audit`` and ``/api/*`` of the consumer ask for, in
+    #: a file (a mounted Secret; read again when it changes). Without it, those routes
+    #: answer only loopback
+    api_token_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -155,6 +162,8 @@ class Settings:
                 f"max_connections_per_peer {self.max_connections_per_peer} must be in "
                 f"[1, max_connections {self.max_connections}]"
             )
+        if self.ui_session_seconds < 60:
+            raise ConfigError(f"ui_session_seconds {self.ui_session_seconds} is below 60")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes {self.max_body_bytes} is below 1024")
 
@@ -217,9 +226,24 @@ def ui_exposure_problem(bind: str, token: str) -> str | None:
     holds what they typed. Inside a pod, ``kubectl port-forward`` reaches loopback.
     """
     host = bind.rsplit(":", 1)[0].strip("[]") if ":" in bind else bind
-    if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.") or token:
+    if token or is_loopback(host):
         return None
     return (
         f"ui_bind {bind!r} is reachable from other machines: set WHOEXEC_UI_TOKEN (or "
         "--auth-token), or bind 127.0.0.1 and use kubectl port-forward"
     )
+
+
+def is_loopback(host: str) -> bool:
+    """An address of this machine only: ``127.0.0.0/8``, ``::1`` (also IPv4-mapped) or
+    ``localhost``. Parsed, not compared as text: ``127.0.0.1.example.com`` is a name that
+    anyone's DNS can point anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback

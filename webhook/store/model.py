@@ -96,6 +96,9 @@ class FindingFact:
     priority: str = "Warning"
 
 
+Fact = SessionFact | ProcessFact | AlertFact | AuditFact | FindingFact
+
+
 @dataclass
 class Batch:
     sessions: list[SessionFact] = field(default_factory=list)
@@ -112,6 +115,27 @@ class Batch:
             + len(self.audits)
             + len(self.findings)
         )
+
+    def facts(self) -> list[Fact]:
+        """Every fact, sessions first (the order :meth:`SqlStore.ingest` writes in)."""
+        return [*self.sessions, *self.processes, *self.alerts, *self.audits, *self.findings]
+
+    @classmethod
+    def of(cls, facts: list[Fact]) -> Batch:
+        """The facts sorted back into a batch (the inverse of :meth:`facts`)."""
+        batch = cls()
+        for fact in facts:
+            if isinstance(fact, SessionFact):
+                batch.sessions.append(fact)
+            elif isinstance(fact, ProcessFact):
+                batch.processes.append(fact)
+            elif isinstance(fact, AlertFact):
+                batch.alerts.append(fact)
+            elif isinstance(fact, AuditFact):
+                batch.audits.append(fact)
+            else:
+                batch.findings.append(fact)
+        return batch
 
     def extend(self, other: Batch) -> None:
         self.sessions += other.sessions
@@ -151,7 +175,13 @@ class Store(Protocol):
 
     def sessions(self, query: SessionQuery) -> list[dict[str, Any]]: ...
 
-    def session(self, session_id: str) -> dict[str, Any] | None: ...
+    def session(
+        self,
+        session_id: str,
+        alerts_limit: int | None = None,
+        alerts_after: tuple[int, str] | None = None,
+        processes_limit: int | None = None,
+    ) -> dict[str, Any] | None: ...
 
     def audit_event(self, audit_id: str) -> dict[str, Any] | None: ...
 

@@ -7,6 +7,7 @@ durable inbox keeps accepting, so nothing accepted is lost while the database is
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -17,18 +18,20 @@ from collections.abc import Callable, Iterable
 import orjson
 
 from webhook.audit import ExecAudit
-from webhook.errors import StoreUnavailable
+from webhook.errors import StoreRejected, StoreUnavailable
 from webhook.falco import FalcoAlert, ProcessFacts, parse_time_ns
 from webhook.lineage import Outcome, replay_id
 from webhook.store.model import (
     AlertFact,
     AuditFact,
     Batch,
+    Fact,
     FindingFact,
     ProcessFact,
     SessionFact,
 )
 from webhook.store.sql import SqlStore
+from webhook.text import loggable
 
 log = logging.getLogger("whoexec.store")
 
@@ -45,9 +48,59 @@ def alert_key(alert: FalcoAlert) -> str:
     return "sha256:" + hashlib.sha256(canonical).hexdigest()
 
 
-def _command_from_root_args(args: str | None, variable: str) -> tuple[str, ...] | None:
+_INT64 = (-(2**63), 2**63 - 1)
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _unstorable(value: object) -> str | None:
+    """Why neither database could hold ``value`` in a column, or None."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if _INT64[0] <= value <= _INT64[1] else "an integer past 64 bits"
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "a NUL character (PostgreSQL's text cannot hold one)"
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return "a lone surrogate, which is not UTF-8"
+        return None
+    if isinstance(value, tuple):  # stored as a JSON array of strings
+        if all(isinstance(item, str) for item in value):
+            return None
+        return "a list with an item that is not a string"
+    return f"a {type(value).__name__} where a text or a number goes"
+
+
+def check_storable(fact: Fact) -> None:
+    """Raise :class:`StoreRejected` unless both databases can hold every field of ``fact``.
+
+    Checked where facts enter the writer, inside the pipeline's per-alert boundary: one
+    alert whose facts no database takes is dead-lettered alone, and never fails the batch
+    that carries other sessions' facts."""
+    kind = type(fact)
+    names = _FIELDS.get(kind)
+    if names is None:
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(fact))
+    for name in names:
+        problem = _unstorable(getattr(fact, name))
+        if problem is not None:
+            raise StoreRejected(f"{kind.__name__}.{name} holds {problem}")
+
+
+def _fact_text(fact: Fact) -> str:
+    """A fact as JSON for its dead letter (repr when not even JSON can hold it)."""
+    try:
+        return orjson.dumps(fact).decode()
+    except TypeError:
+        return repr(fact)
+
+
+def _command_from_root_args(args: object, variable: str) -> tuple[str, ...] | None:
     """The command after ``VAR=<token>`` in the env execve's args (space-joined by Falco)."""
-    if not args:
+    if not isinstance(args, str) or not args:
         return None
     words = args.split()
     for index, word in enumerate(words):
@@ -282,8 +335,13 @@ class StoreWriter:
         backoff: tuple[float, float] = (0.2, 30.0),
         sleep: Callable[[float], None] = time.sleep,
         variable: str = "WHOEXEC_IDENTITY",
+        on_rejected: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
+        #: told about each fact the database refused for its data (the fact as JSON, and
+        #: why): the consumer dead-letters it
+        self.on_rejected = on_rejected
+        self.rejected = 0
         self.batch_size = batch_size
         self.max_wait = max_wait
         self.backoff = backoff
@@ -293,28 +351,55 @@ class StoreWriter:
         self.failures = 0
         self._lock = threading.Lock()
 
+    def _take(self, batch: Batch) -> None:
+        """Queue facts that every database can hold; StoreRejected (nothing queued) if not."""
+        for fact in batch.facts():
+            check_storable(fact)
+        with self._lock:
+            self.pending.extend(batch)
+
     # the pipeline's observer: every outcome, roots included
     def record(self, outcome: Outcome) -> None:
-        with self._lock:
-            self.pending.extend(facts_from_outcome(outcome, self.variable))
+        self._take(facts_from_outcome(outcome, self.variable))
 
-    # the pipeline's sink: enriched alerts and findings
+    # the pipeline's sink: enriched alerts and findings (StoreRejected for the whole list
+    # if one cannot be stored: the pipeline then writes them one by one)
     def write(self, alerts: list[FalcoAlert]) -> None:
-        with self._lock:
-            self.pending.extend(facts_from_alerts(alerts))
+        self._take(facts_from_alerts(alerts))
         self.flush()
 
     def add(self, batch: Batch) -> None:
-        with self._lock:
-            self.pending.extend(batch)
+        self._take(batch)
         if len(self.pending) >= self.batch_size:
             self.flush()
 
     def flush(self) -> None:
+        """Write what is pending. While the database is away it retries (up to
+        ``max_wait``, then StoreUnavailable with everything kept). A fact the database
+        refuses for its data costs that fact alone: the batch is written apart, every
+        other fact is stored, and the refused one goes to ``on_rejected``."""
         with self._lock:
             batch, self.pending = self.pending, Batch()
         if not len(batch):
             return
+        try:
+            self._ingest(batch)
+        except StoreUnavailable:
+            self._keep([batch])
+            raise
+        except Exception:  # the data, not the database: find the facts it refuses
+            self._ingest_apart(batch.facts())
+
+    def _keep(self, batches: list[Batch]) -> None:
+        """Put facts back in front of what is pending: a later flush may still succeed."""
+        with self._lock:
+            kept = Batch()
+            for batch in batches:
+                kept.extend(batch)
+            kept.extend(self.pending)
+            self.pending = kept
+
+    def _ingest(self, batch: Batch) -> None:
         delay = self.backoff[0]
         started = time.monotonic()
         while True:
@@ -325,13 +410,32 @@ class StoreWriter:
                 self.failures += 1
                 waited = time.monotonic() - started
                 if self.max_wait is not None and waited >= self.max_wait:
-                    with self._lock:  # keep it: a later flush may still succeed
-                        batch.extend(self.pending)
-                        self.pending = batch
                     raise
                 log.warning("session store unavailable (%s); retrying in %.1fs", exc, delay)
                 self.sleep(delay)
                 delay = min(delay * 2, self.backoff[1])
+
+    def _ingest_apart(self, facts: list[Fact]) -> None:
+        """Halves, then halves of halves, until each refused fact stands alone: a few
+        transactions per refused fact, and every other fact stored (in order)."""
+        work = [facts]
+        while work:
+            part = work.pop()
+            try:
+                self._ingest(Batch.of(part))
+            except StoreUnavailable:
+                self._keep([Batch.of(part), *(Batch.of(rest) for rest in reversed(work))])
+                raise
+            except Exception as exc:  # the data, as in flush
+                if len(part) > 1:
+                    middle = len(part) // 2
+                    work += [part[middle:], part[:middle]]
+                    continue
+                self.rejected += 1
+                why = f"{type(exc).__name__}: {exc}"
+                log.error("the session store refused a fact: %s", loggable(why))
+                if self.on_rejected is not None:
+                    self.on_rejected(_fact_text(part[0]), why)
 
     def close(self) -> None:
         self.flush()

@@ -8,11 +8,10 @@ Each list page is also JSON and CSV (``?format=json``/``csv``), the same rows as
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from typing import Any, NoReturn
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 from flask import Flask, Response, abort, redirect, render_template, request
@@ -32,7 +31,8 @@ from webhook.report import (
     with_utc,
 )
 from webhook.store.model import ATTRIBUTION_RANK, SessionQuery, Store
-from webhook.times import format_utc, parse_time_ns
+from webhook.times import MAX_NS, MIN_NS, format_utc, parse_time_ns
+from webhook.ui.sessions import UiSessions
 from webhook.ui.timeline import build_timeline, priority_class
 
 #: no script, no inline style, nothing from elsewhere, never framed
@@ -42,16 +42,24 @@ CONTENT_SECURITY_POLICY = (
 )
 COOKIE = "whoexec_ui"
 PAGE_SIZE = 50
+#: alerts shown on one page of a session
+ALERT_PAGE = 500
+#: processes shown in a session's tree and table (the first by start; the CLI has all)
+PROCESS_ROWS = 1000
 ATTRIBUTION_FILTERS = (*ATTRIBUTION_RANK, "unattributed")
 
 
-def cookie_value(token: str) -> str:
-    """What the browser keeps after a login: derived from the token, never the token."""
-    return hmac.new(token.encode(), b"whoexec-ui-session", hashlib.sha256).hexdigest()
+#: how long a browser stays signed in (``WHOEXEC_UI_SESSION_SECONDS``)
+SESSION_SECONDS = 8 * 3600
 
 
-def create_ui_app(store: Store, auth_token: str = "") -> Flask:
+def create_ui_app(store: Store, auth_token: str = "", signed_in: UiSessions | None = None) -> Flask:
+    """The app; with ``auth_token``, every page but sign-in asks for it. ``signed_in``
+    holds the browsers that signed in (kept in this process when not given)."""
     app = Flask("whoexec-ui", root_path=__file__.rsplit("/", 1)[0])
+    browsers = signed_in
+    if auth_token and browsers is None:
+        browsers = UiSessions(None, auth_token, SESSION_SECONDS)
     app.jinja_env.globals.update(
         utc=format_utc,
         priority_class=priority_class,
@@ -59,7 +67,6 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
         cell=cell,
         PRIORITIES=PRIORITIES,
     )
-    expected_cookie = cookie_value(auth_token) if auth_token else ""
 
     def _signed_in() -> bool:
         if not auth_token:
@@ -69,9 +76,25 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
             header.removeprefix("Bearer ").encode(), auth_token.encode()
         ):
             return True
-        return hmac.compare_digest(
-            request.cookies.get(COOKIE, "").encode(), expected_cookie.encode()
-        )
+        return browsers is not None and browsers.valid(request.cookies.get(COOKIE, ""))
+
+    def _page_of_this_app(target: str) -> str:
+        """``target`` when it is a page this app serves, else ``/``: never an open redirect.
+
+        Browsers drop tabs and newlines from a URL and read ``\\`` as ``/``, so
+        ``/<TAB>/evil.example`` would go to another site as ``//evil.example``."""
+        if not target.startswith("/") or any(
+            char.isspace() or not char.isprintable() or char == "\\" for char in target
+        ):
+            return "/"
+        parts = urlsplit(target)
+        if parts.scheme or parts.netloc or target.startswith("//"):
+            return "/"
+        try:
+            app.url_map.bind("localhost").match(parts.path, method="GET")
+        except HTTPException:  # no such page (or a redirect to another)
+            return "/"
+        return target
 
     @app.before_request
     def require_token() -> BaseResponse | None:
@@ -156,23 +179,31 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
 
     @app.route("/login", methods=["GET", "POST"])
     def login() -> BaseResponse | str:
-        target = request.values.get("next", "/")
-        # only a path of this app: never an open redirect to another site
-        if not target.startswith("/") or target.startswith(("//", "/\\")):
-            target = "/"
+        target = _page_of_this_app(request.values.get("next", "/"))
         if request.method == "GET":
             return render_template("login.html", next=target, wrong=False)
         given = request.form.get("token", "")
-        if not auth_token or not hmac.compare_digest(given.encode(), auth_token.encode()):
+        if (
+            not auth_token
+            or browsers is None
+            or not hmac.compare_digest(given.encode(), auth_token.encode())
+        ):
             return Response(render_template("login.html", next=target, wrong=True), 401)
         response = redirect(target, 303)
         response.set_cookie(
-            COOKIE, expected_cookie, httponly=True, samesite="Strict", secure=request.is_secure
+            COOKIE,
+            browsers.create(),
+            max_age=int(browsers.lifetime),
+            httponly=True,
+            samesite="Strict",
+            secure=request.is_secure,
         )
         return response
 
     @app.post("/logout")
     def logout() -> BaseResponse:
+        if browsers is not None and (cookie := request.cookies.get(COOKIE)):
+            browsers.revoke(cookie)  # a copy of the cookie is no good either
         response = redirect("/login", 303)
         response.delete_cookie(COOKIE)
         return response
@@ -201,13 +232,8 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
         try:
             limit = min(max(int(request.args.get("limit") or PAGE_SIZE), 1), 1000)
         except ValueError:
-            _fail(400, f"limit: {request.args.get('limit')!r} is not a number")
-        after = None
-        if request.args.get("after"):
-            stamp, _, sid = request.args["after"].partition(":")
-            if not stamp.lstrip("-").isdigit() or not sid:
-                _fail(400, "after: expected <started_ns>:<session id> from the Older link")
-            after = (int(stamp), sid)
+            _fail(400, f"limit: {request.args.get('limit', '')[:40]!r} is not a number")
+        after = _cursor("after", "session id")
         query = SessionQuery(
             user=request.args.get("user") or None,
             namespace=request.args.get("namespace") or None,
@@ -235,14 +261,45 @@ def create_ui_app(store: Store, auth_token: str = "") -> Flask:
             attributions=ATTRIBUTION_FILTERS,
         )
 
+    def _cursor(name: str, what: str) -> tuple[int, str] | None:
+        """A keyset cursor ``<time_ns>:<id>`` (from a Later/Older link), or None."""
+        text = request.args.get(name)
+        if not text:
+            return None
+        stamp, _, key = text.partition(":")
+        digits = stamp.removeprefix("-")
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 19 and key):
+            _fail(400, f"{name}: expected <time_ns>:<{what}> from the link")
+        if not MIN_NS <= int(stamp) <= MAX_NS:
+            _fail(400, f"{name}: the time is out of range (1677 to 2262)")
+        return int(stamp), key
+
     @app.get("/sessions/<session_id>")
     def session(session_id: str) -> Response | str:
-        found = store.session(session_id)
+        # a session can hold 100,000 alerts (9 s and 41 MB of page once): a page at a time
+        after = _cursor("alerts_after", "alert key")
+        found = store.session(
+            session_id,
+            alerts_limit=ALERT_PAGE + 1,
+            alerts_after=after,
+            processes_limit=PROCESS_ROWS,
+        )
         if found is None:
             _fail(404, f"no session {session_id!r}")
+        later = None
+        if len(found["alerts"]) > ALERT_PAGE:
+            found["alerts"] = found["alerts"][:ALERT_PAGE]
+            last = found["alerts"][-1]
+            later = f"{last['time_ns']}:{last['key']}"
         if request.args.get("format") == "json":
-            return _json(found)
-        return render_template("session.html", s=found, timeline=build_timeline(found))
+            return _json({**found, "later_alerts": later})
+        return render_template(
+            "session.html",
+            s=found,
+            timeline=build_timeline(found),
+            later=later,
+            paged=after is not None,
+        )
 
     @app.get("/findings")
     def findings() -> Response | str:

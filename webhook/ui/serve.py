@@ -42,8 +42,16 @@ def serve_ui(settings: Settings, workers: int = 2, threads: int = 4) -> None:
         def load(self) -> Flask:
             from webhook.store import open_store
             from webhook.ui.app import create_ui_app
+            from webhook.ui.sessions import UiSessions
 
+            sessions = None
+            if settings.ui_token:  # shared by the workers: signing out in one is for all
+                sessions = UiSessions(
+                    settings.state_dir / "ui-sessions.db",
+                    settings.ui_token,
+                    settings.ui_session_seconds,
+                )
             # in each worker, after fork: its own connection to the store
-            return create_ui_app(open_store(settings.db), settings.ui_token)
+            return create_ui_app(open_store(settings.db), settings.ui_token, sessions)
 
     UiApplication().run()

@@ -22,6 +22,8 @@ LABEL_WIDTH = 380
 ROW_HEIGHT = 26
 TOP = 34  # room for the axis labels
 INDENT = 14
+#: the deepest indentation drawn: (LABEL_WIDTH - a label) / INDENT
+MAX_INDENT = 12
 LABEL_CHARS = 48
 
 
@@ -119,13 +121,17 @@ def _tree(
     order: list[tuple[int, dict[str, Any]]] = []
     seen: set[int] = set()
 
-    def walk(i: int, depth: int) -> None:
-        if i in seen:
-            return
-        seen.add(i)
-        order.append((depth, processes[i]))
-        for child in children[i]:
-            walk(child, depth + 1)
+    def walk(top: int, depth: int) -> None:
+        """Depth first, children in order, with a stack: a chain of 1,000 processes (a
+        session can make one on purpose) is as deep as Python may recurse."""
+        stack = [(top, depth)]
+        while stack:
+            i, level = stack.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            order.append((level, processes[i]))
+            stack.extend((child, level + 1) for child in reversed(children[i]))
 
     for i in tops:
         walk(i, 0 if processes[i]["pid"] == root_pid else 1)
@@ -158,11 +164,12 @@ def build_timeline(session: dict[str, Any]) -> Timeline:
     def add(
         label: str, title: str, kind: str, depth: int, start: float, end: float, marks: list[Mark]
     ) -> None:
+        shown = min(depth, MAX_INDENT)  # deeper rows stay in the label column
         rows.append(
             Row(
                 y=TOP + len(rows) * ROW_HEIGHT + ROW_HEIGHT / 2,
-                label_x=8 + depth * INDENT,
-                label=_short(label, LABEL_CHARS - depth * 2),
+                label_x=8 + shown * INDENT,
+                label=_short(label, LABEL_CHARS - shown * 2),
                 title=capped(visible(title), 2000),
                 kind=kind,
                 x_start=start,
