@@ -178,7 +178,12 @@ mod tests {
         let ptid = 7i64.to_ne_bytes();
         let empty: &[u8] = b"";
         let mut fields: Vec<&[u8]> = vec![
-            &res, b"/usr/bin/env\0", b"WHOEXEC_IDENTITY=v1.x\0sh\0", &pid, &pid, &ptid,
+            &res,
+            b"/usr/bin/env\0",
+            b"WHOEXEC_IDENTITY=v1.x\0sh\0",
+            &pid,
+            &pid,
+            &ptid,
         ];
         fields.extend(std::iter::repeat_n(empty, 9));
         fields.push(b"A=1\0B=2\0");

@@ -61,7 +61,10 @@ impl PluginConfig {
     fn tracker(&self) -> Result<Tracker, Error> {
         let mut keys = Vec::new();
         for (n, text) in self.public_keys.iter().enumerate() {
-            keys.push(token::parse_public_key(text).map_err(|e| anyhow::anyhow!("public_keys[{n}]: {e}"))?);
+            keys.push(
+                token::parse_public_key(text)
+                    .map_err(|e| anyhow::anyhow!("public_keys[{n}]: {e}"))?,
+            );
         }
         for path in &self.public_key_files {
             let text = std::fs::read_to_string(path)
@@ -76,14 +79,19 @@ impl PluginConfig {
             variable: self.variable.clone().unwrap_or(defaults.variable),
             fresh_seconds: self.fresh_seconds.unwrap_or(defaults.fresh_seconds),
             root_skew_seconds: self.root_skew_seconds.unwrap_or(defaults.root_skew_seconds),
-            clock_skew_seconds: self.clock_skew_seconds.unwrap_or(defaults.clock_skew_seconds),
+            clock_skew_seconds: self
+                .clock_skew_seconds
+                .unwrap_or(defaults.clock_skew_seconds),
             max_sessions: self.max_sessions.unwrap_or(defaults.max_sessions),
             max_claims: self.max_claims.unwrap_or(defaults.max_claims),
             max_containers: self.max_containers.unwrap_or(defaults.max_containers),
             max_verdicts: defaults.max_verdicts,
         };
         let valid_name = !config.variable.is_empty()
-            && config.variable.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            && config
+                .variable
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid_name || config.fresh_seconds < 1 || config.root_skew_seconds < 0 {
             anyhow::bail!("variable must be a name, fresh_seconds >= 1 and root_skew_seconds >= 0");
         }
@@ -136,7 +144,9 @@ impl<R: TableReader, W: TableWriter> ThreadView for View<'_, R, W> {
         Some(ThreadInfo {
             pid: entry.get_pid(self.reader).ok()?,
             ptid: entry.get_ptid(self.reader).unwrap_or(-1),
-            tag: entry.read_field(self.reader, &self.threads.tag).unwrap_or(0),
+            tag: entry
+                .read_field(self.reader, &self.threads.tag)
+                .unwrap_or(0),
             container_id: entry
                 .read_field(self.reader, &self.threads.container_id)
                 .map(|c| c.to_string_lossy().into_owned())
@@ -188,7 +198,9 @@ fn proc_start_ns(pid: i64) -> Option<u64> {
         .parse()
         .ok()?;
     // USER_HZ is 100 on every Linux architecture Falco supports
-    btime.checked_mul(1_000_000_000)?.checked_add(ticks.checked_mul(10_000_000)?)
+    btime
+        .checked_mul(1_000_000_000)?
+        .checked_add(ticks.checked_mul(10_000_000)?)
 }
 
 // -- the plugin --------------------------------------------------------------------------
@@ -207,17 +219,15 @@ impl AnyEventPayload for Parsed<'_> {
     const EVENT_TYPES: &'static [u16] = &event::PARSED_EVENT_TYPES;
 }
 
-impl<'a, 'b> TryFrom<&'b RawEvent<'a>> for Parsed<'a> {
-    type Error = std::convert::Infallible;
-
-    fn try_from(raw: &'b RawEvent<'a>) -> Result<Self, Self::Error> {
-        Ok(Parsed(RawEvent {
+impl<'a, 'b> From<&'b RawEvent<'a>> for Parsed<'a> {
+    fn from(raw: &'b RawEvent<'a>) -> Self {
+        Parsed(RawEvent {
             metadata: raw.metadata.clone(),
             len: raw.len,
             event_type: raw.event_type,
             nparams: raw.nparams,
             payload: raw.payload,
-        }))
+        })
     }
 }
 
@@ -305,9 +315,14 @@ impl WhoexecPlugin {
                     let entry = threads.table.get_entry(reader, &tid).ok()?;
                     let env = entry.get_env(reader).ok()?;
                     let env = strings(&env, reader);
-                    Some(env.into_iter().map(|e| String::from_utf8_lossy(&e).into_owned()).collect())
+                    Some(
+                        env.into_iter()
+                            .map(|e| String::from_utf8_lossy(&e).into_owned())
+                            .collect(),
+                    )
                 };
-                self.tracker.on_exec(&mut view, tid, raw.metadata.ts, &exec, env_full);
+                self.tracker
+                    .on_exec(&mut view, tid, raw.metadata.ts, &exec, env_full);
             }
             event::CLONE_20_X | event::FORK_20_X | event::VFORK_20_X | event::CLONE3_X => {
                 match event::clone(raw.payload, raw.nparams) {
@@ -362,43 +377,83 @@ impl WhoexecPlugin {
 
     fn extract_user(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
         let a = self.attribution(&mut req);
-        Ok(Self::text(a.as_ref().and_then(|a| a.identity.as_ref()).map(|i| i.user.as_str())))
+        Ok(Self::text(
+            a.as_ref()
+                .and_then(|a| a.identity.as_ref())
+                .map(|i| i.user.as_str()),
+        ))
     }
 
     fn extract_uid(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
         let a = self.attribution(&mut req);
-        Ok(Self::text(a.as_ref().and_then(|a| a.identity.as_ref()).map(|i| i.uid.as_str())))
+        Ok(Self::text(
+            a.as_ref()
+                .and_then(|a| a.identity.as_ref())
+                .map(|i| i.uid.as_str()),
+        ))
     }
 
-    fn extract_groups(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<Vec<CString>>, Error> {
+    fn extract_groups(
+        &mut self,
+        mut req: ExtractRequest<Self>,
+    ) -> Result<Option<Vec<CString>>, Error> {
         let a = self.attribution(&mut req);
-        Ok(a.and_then(|a| a.identity)
-            .map(|i| i.groups.iter().filter_map(|g| CString::new(g.as_str()).ok()).collect()))
+        Ok(a.and_then(|a| a.identity).map(|i| {
+            i.groups
+                .iter()
+                .filter_map(|g| CString::new(g.as_str()).ok())
+                .collect()
+        }))
     }
 
     fn extract_session(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
         let a = self.attribution(&mut req);
-        Ok(Self::text(a.as_ref().and_then(|a| a.identity.as_ref()).map(|i| i.session_id.as_str())))
+        Ok(Self::text(
+            a.as_ref()
+                .and_then(|a| a.identity.as_ref())
+                .map(|i| i.session_id.as_str()),
+        ))
     }
 
-    fn extract_attribution(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
+    fn extract_attribution(
+        &mut self,
+        mut req: ExtractRequest<Self>,
+    ) -> Result<Option<CString>, Error> {
         let a = self.attribution(&mut req);
         Ok(Self::text(a.map(|a| a.status.as_str())))
     }
 
-    fn extract_claimed_user(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
+    fn extract_claimed_user(
+        &mut self,
+        mut req: ExtractRequest<Self>,
+    ) -> Result<Option<CString>, Error> {
         let a = self.attribution(&mut req);
-        Ok(Self::text(a.as_ref().and_then(|a| a.claimed.as_ref()).map(|i| i.user.as_str())))
+        Ok(Self::text(
+            a.as_ref()
+                .and_then(|a| a.claimed.as_ref())
+                .map(|i| i.user.as_str()),
+        ))
     }
 
-    fn extract_claimed_session(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
+    fn extract_claimed_session(
+        &mut self,
+        mut req: ExtractRequest<Self>,
+    ) -> Result<Option<CString>, Error> {
         let a = self.attribution(&mut req);
-        Ok(Self::text(a.as_ref().and_then(|a| a.claimed.as_ref()).map(|i| i.session_id.as_str())))
+        Ok(Self::text(
+            a.as_ref()
+                .and_then(|a| a.claimed.as_ref())
+                .map(|i| i.session_id.as_str()),
+        ))
     }
 
     fn extract_reason(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
         let a = self.attribution(&mut req);
-        Ok(Self::text(a.as_ref().map(|a| a.reason.as_str()).filter(|r| !r.is_empty())))
+        Ok(Self::text(
+            a.as_ref()
+                .map(|a| a.reason.as_str())
+                .filter(|r| !r.is_empty()),
+        ))
     }
 
     fn extract_token(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
@@ -440,9 +495,18 @@ impl CaptureListenPlugin for WhoexecPlugin {
                 if tid != pid || container_id.is_empty() {
                     return ControlFlow::Continue(()); // sessions run in containers; threads follow their leader
                 }
-                let exe = entry.get_exe(reader).map(|e| e.to_bytes().to_vec()).unwrap_or_default();
-                let args = entry.get_args(reader).map(|t| strings(&t, reader)).unwrap_or_default();
-                let env = entry.get_env(reader).map(|t| strings(&t, reader)).unwrap_or_default();
+                let exe = entry
+                    .get_exe(reader)
+                    .map(|e| e.to_bytes().to_vec())
+                    .unwrap_or_default();
+                let args = entry
+                    .get_args(reader)
+                    .map(|t| strings(&t, reader))
+                    .unwrap_or_default();
+                let env = entry
+                    .get_env(reader)
+                    .map(|t| strings(&t, reader))
+                    .unwrap_or_default();
                 let token = session::existing_token(&exe, &args, &env, &variable);
                 existing.push(Existing {
                     tid,
@@ -466,7 +530,11 @@ impl CaptureListenPlugin for WhoexecPlugin {
             writer: Some(&input.writer),
         };
         let tracker = &mut self.tracker;
-        if catch_unwind(AssertUnwindSafe(|| tracker.on_existing(&mut view, &existing))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| {
+            tracker.on_existing(&mut view, &existing)
+        }))
+        .is_err()
+        {
             self.panics += 1;
         }
         Ok(())

@@ -233,6 +233,8 @@ pub struct Tracker {
     pub metrics: Metrics,
 }
 
+const UNSEEN_BELOW: &str = "session root not seen: the token was brought by a process inside the container, below no known session";
+
 /// A token a process brings in its argv (`VAR=value`) or its environment.
 fn assignment<'a>(item: &'a [u8], variable: &str) -> Option<&'a [u8]> {
     let rest = item.strip_prefix(variable.as_bytes())?;
@@ -479,7 +481,8 @@ impl Tracker {
             .filter(|t| *t != 0)
             .or_else(|| {
                 // a new thread's creator may be any thread of the process
-                (child_info.pid != child).then(|| threads.thread(child_info.pid))?
+                (child_info.pid != child)
+                    .then(|| threads.thread(child_info.pid))?
                     .map(|p| p.tag)
                     .filter(|t| *t != 0)
             });
@@ -531,7 +534,9 @@ impl Tracker {
         if tag == 0 {
             // a clone the plugin missed: the parent's session still holds
             if let Some(p) = &parent {
-                if p.tag != 0 && self.tag_fits(p.tag, &me.container_id) && threads.set_tag(tid, p.tag)
+                if p.tag != 0
+                    && self.tag_fits(p.tag, &me.container_id)
+                    && threads.set_tag(tid, p.tag)
                 {
                     self.acquire(p.tag);
                     tag = p.tag;
@@ -540,7 +545,11 @@ impl Tracker {
         }
         let variable = self.config.variable.clone();
         let webhook_form = crate::event::basename(ev.exe) == b"env"
-            && ev.args.first().and_then(|a| assignment(a, &variable)).is_some();
+            && ev
+                .args
+                .first()
+                .and_then(|a| assignment(a, &variable))
+                .is_some();
         let arg_tokens: Vec<&[u8]> = ev
             .args
             .iter()
@@ -568,7 +577,9 @@ impl Tracker {
         }
         if tag == 0 {
             let root_token = if webhook_form {
-                arg_tokens.first().map(|t| String::from_utf8_lossy(t).into_owned())
+                arg_tokens
+                    .first()
+                    .map(|t| String::from_utf8_lossy(t).into_owned())
             } else if entry {
                 env_token.clone()
             } else {
@@ -576,13 +587,15 @@ impl Tracker {
             };
             let new = if let Some(token) = root_token {
                 Some(self.root(tid, ts_ns, &token, &container_id, entry))
-            } else if let Some(token) = env_token.or_else(|| {
-                arg_tokens.first().map(|t| String::from_utf8_lossy(t).into_owned())
-            }) {
-                // a token inside the container below no session this plugin knows
-                Some(self.unseen(&token, ts_ns, &container_id, "session root not seen: the token was brought by a process inside the container, below no known session"))
             } else {
-                None
+                // a token inside the container below no session this plugin knows
+                env_token
+                    .or_else(|| {
+                        arg_tokens
+                            .first()
+                            .map(|t| String::from_utf8_lossy(t).into_owned())
+                    })
+                    .map(|token| self.unseen(&token, ts_ns, &container_id, UNSEEN_BELOW))
             };
             if let Some(new) = new {
                 if !threads.set_tag(tid, new) {
@@ -620,7 +633,11 @@ impl Tracker {
     fn tag_fits(&self, tag: Tag, container_id: &str) -> bool {
         match self.sessions.get(&tag) {
             None => true, // evicted: extraction says so
-            Some(s) => s.container_id.is_empty() || container_id.is_empty() || s.container_id == container_id,
+            Some(s) => {
+                s.container_id.is_empty()
+                    || container_id.is_empty()
+                    || s.container_id == container_id
+            }
         }
     }
 
@@ -635,7 +652,12 @@ impl Tracker {
 
     fn invalid(&mut self, token: &str, container_id: &str, err: &TokenError) -> Tag {
         let reason = err.to_string();
-        self.record(format!("invalid:{container_id}:{token}"), token.into(), container_id, || Kind::Invalid { reason })
+        self.record(
+            format!("invalid:{container_id}:{token}"),
+            token.into(),
+            container_id,
+            || Kind::Invalid { reason },
+        )
     }
 
     fn unseen(&mut self, token: &str, ts_ns: u64, container_id: &str, why: &str) -> Tag {
@@ -644,7 +666,12 @@ impl Tracker {
             Err(err) => self.invalid(&token, container_id, &err),
             Ok(identity) => {
                 let reason = why.to_owned();
-                self.record(format!("unseen:{container_id}:{token}"), token, container_id, || Kind::Unseen { identity, reason })
+                self.record(
+                    format!("unseen:{container_id}:{token}"),
+                    token,
+                    container_id,
+                    || Kind::Unseen { identity, reason },
+                )
             }
         }
     }
@@ -674,11 +701,17 @@ impl Tracker {
         if problem.is_empty() {
             self.metrics.roots += 1;
             let key = format!("root:{}:{}", identity.session_id, identity.container);
-            self.record(key, token, container_id, || Kind::Root { identity, problem })
+            self.record(key, token, container_id, || Kind::Root {
+                identity,
+                problem,
+            })
         } else {
             self.metrics.replays += 1;
             let key = format!("replay:{container_id}:{token}");
-            let tag = self.record(key, token, container_id, || Kind::Root { identity, problem });
+            let tag = self.record(key, token, container_id, || Kind::Root {
+                identity,
+                problem,
+            });
             self.forgeable.insert(tag);
             tag
         }
@@ -693,7 +726,9 @@ impl Tracker {
         self.record(key, token, container_id, || Kind::Tampered {
             owner,
             claim,
-            reason: format!("a process of the session brought a different {variable} than its root"),
+            reason: format!(
+                "a process of the session brought a different {variable} than its root"
+            ),
         })
     }
 
@@ -716,7 +751,8 @@ impl Tracker {
             let mut root = thread;
             let mut steps = 0;
             while let Some(parent) = by_tid.get(&root.ptid) {
-                if parent.token.is_none() || parent.container_id != root.container_id || steps > 64 {
+                if parent.token.is_none() || parent.container_id != root.container_id || steps > 64
+                {
                     break;
                 }
                 root = parent;
@@ -767,7 +803,8 @@ impl Tracker {
         let Some(session) = self.sessions.get(&tag) else {
             return Some(Attribution {
                 status: Status::Unverified,
-                reason: "the session's record was evicted (the plugin's session table is full)".into(),
+                reason: "the session's record was evicted (the plugin's session table is full)"
+                    .into(),
                 ..Attribution::none()
             });
         };
@@ -801,11 +838,17 @@ impl Tracker {
                 ..Attribution::none()
             },
             Kind::Root { identity, .. } => self.bind(identity, container_id, token),
-            Kind::Tampered { owner, claim, reason } => {
+            Kind::Tampered {
+                owner,
+                claim,
+                reason,
+            } => {
                 let Some(root) = self.sessions.get(owner).filter(|_| *owner != tag) else {
                     return Attribution {
                         status: Status::Unverified,
-                        reason: "the session's record was evicted (the plugin's session table is full)".into(),
+                        reason:
+                            "the session's record was evicted (the plugin's session table is full)"
+                                .into(),
                         claimed: claim.clone(),
                         ..Attribution::none()
                     };
@@ -826,7 +869,12 @@ impl Tracker {
 
     /// A root's token is bound to its namespace, pod, pod UID and container. A mismatch is
     /// a replay; metadata that is not there (yet) cannot vouch for it, so nobody is named.
-    fn bind(&self, identity: &Arc<Identity>, container_id: &str, token: Option<Arc<str>>) -> Attribution {
+    fn bind(
+        &self,
+        identity: &Arc<Identity>,
+        container_id: &str,
+        token: Option<Arc<str>>,
+    ) -> Attribution {
         let unverified = |reason: String| Attribution {
             status: Status::Unverified,
             claimed: Some(Arc::clone(identity)),
@@ -841,9 +889,14 @@ impl Tracker {
             ));
         };
         let (Some(ns), Some(pod)) = (&meta.namespace, &meta.pod) else {
-            return unverified("binding unknown: the container has no pod namespace and name labels".into());
+            return unverified(
+                "binding unknown: the container has no pod namespace and name labels".into(),
+            );
         };
-        let mut checks = vec![("namespace", &identity.namespace, Some(ns)), ("pod", &identity.pod, Some(pod))];
+        let mut checks = vec![
+            ("namespace", &identity.namespace, Some(ns)),
+            ("pod", &identity.pod, Some(pod)),
+        ];
         if let Some(uid) = &identity.pod_uid {
             checks.push(("pod uid", uid, meta.pod_uid.as_ref()));
         }
@@ -871,7 +924,10 @@ impl Tracker {
         let reason = if unchecked.is_empty() {
             String::new()
         } else {
-            format!("bound by namespace and pod; not checked: {}", unchecked.join(", "))
+            format!(
+                "bound by namespace and pod; not checked: {}",
+                unchecked.join(", ")
+            )
         };
         Attribution {
             status: Status::Verified,
@@ -897,7 +953,12 @@ pub struct Existing {
 
 /// The token a thread at capture start carries: the webhook's argv form first (a root
 /// still running `env`), else its environment (the variable `env` set before it exec'd).
-pub fn existing_token(exe: &[u8], args: &[Vec<u8>], env: &[Vec<u8>], variable: &str) -> Option<String> {
+pub fn existing_token(
+    exe: &[u8],
+    args: &[Vec<u8>],
+    env: &[Vec<u8>],
+    variable: &str,
+) -> Option<String> {
     let from_args = (crate::event::basename(exe) == b"env")
         .then(|| args.first().and_then(|a| assignment(a, variable)))
         .flatten();

@@ -16,7 +16,16 @@ use std::fmt;
 /// Every token is strictly shorter than this many bytes.
 pub const MAX_TOKEN_BYTES: usize = 1024;
 const SIGNATURE_BYTES: usize = 64;
-const REQUIRED_KEYS: [&str; 8] = ["sid", "user", "uid", "groups", "ns", "pod", "container", "iat"];
+const REQUIRED_KEYS: [&str; 8] = [
+    "sid",
+    "user",
+    "uid",
+    "groups",
+    "ns",
+    "pod",
+    "container",
+    "iat",
+];
 const OPTIONAL_KEYS: [&str; 2] = ["pod_uid", "trunc"];
 
 /// Who opened an exec session, and where (the token's payload).
@@ -73,7 +82,10 @@ fn malformed(detail: impl Into<String>) -> TokenError {
 
 /// A hostile string shown in a message: cut, and escaped where it is not printable ASCII.
 pub fn shown(text: &str, max_chars: usize) -> String {
-    text.chars().take(max_chars).flat_map(char::escape_default).collect()
+    text.chars()
+        .take(max_chars)
+        .flat_map(char::escape_default)
+        .collect()
 }
 
 /// The first 16 lowercase hex characters of SHA-256 over the raw 32-byte public key.
@@ -128,7 +140,10 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
 }
 
 fn is_kid(text: &str) -> bool {
-    text.len() == 16 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    text.len() == 16
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Strict base64url without padding: no `=`, no stray characters, canonical trailing bits.
@@ -143,7 +158,9 @@ fn b64url_decode(text: &str, what: &str) -> Result<Vec<u8>, TokenError> {
         .decode(text)
         .map_err(|_| malformed(format!("token {what} is not canonical base64url")))?;
     if URL_SAFE_NO_PAD.encode(&data) != text {
-        return Err(malformed(format!("token {what} is not canonical base64url")));
+        return Err(malformed(format!(
+            "token {what} is not canonical base64url"
+        )));
     }
     Ok(data)
 }
@@ -235,14 +252,16 @@ fn string_field(
         Some(Value::String(_)) => Err(malformed(format!(
             "token payload field '{key}' must not be empty"
         ))),
-        _ => Err(malformed(format!("token payload field '{key}' must be str"))),
+        _ => Err(malformed(format!(
+            "token payload field '{key}' must be str"
+        ))),
     }
 }
 
 /// Decode and type-check a payload (after the signature was verified).
 pub fn parse_payload(payload: &[u8]) -> Result<Identity, TokenError> {
-    let value: Value =
-        serde_json::from_slice(payload).map_err(|_| malformed("token payload is not UTF-8 JSON"))?;
+    let value: Value = serde_json::from_slice(payload)
+        .map_err(|_| malformed("token payload is not UTF-8 JSON"))?;
     let Value::Object(map) = value else {
         return Err(malformed("token payload is not a JSON object"));
     };
@@ -263,7 +282,9 @@ pub fn parse_payload(payload: &[u8]) -> Result<Identity, TokenError> {
     if !unknown.is_empty() {
         unknown.sort();
         unknown.truncate(5);
-        return Err(malformed(format!("token payload has unknown keys {unknown:?}")));
+        return Err(malformed(format!(
+            "token payload has unknown keys {unknown:?}"
+        )));
     }
     let groups = match map.get("groups") {
         Some(Value::Array(items)) => items
@@ -281,7 +302,11 @@ pub fn parse_payload(payload: &[u8]) -> Result<Identity, TokenError> {
     let groups_truncated = match map.get("trunc") {
         None => false,
         Some(Value::Bool(true)) => true,
-        Some(_) => return Err(malformed("token payload field 'trunc' must be true when present")),
+        Some(_) => {
+            return Err(malformed(
+                "token payload field 'trunc' must be true when present",
+            ))
+        }
     };
     // an integer, not a boolean and not a float (`1.0` and `1e3` are floats in JSON parsers)
     let issued_at = match map.get("iat") {
