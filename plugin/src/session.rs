@@ -531,18 +531,8 @@ impl Tracker {
             tag = 0;
         }
         let parent = threads.thread(ev.ptid);
-        if tag == 0 {
-            // a clone the plugin missed: the parent's session still holds
-            if let Some(p) = &parent {
-                if p.tag != 0
-                    && self.tag_fits(p.tag, &me.container_id)
-                    && threads.set_tag(tid, p.tag)
-                {
-                    self.acquire(p.tag);
-                    tag = p.tag;
-                }
-            }
-        }
+        // no inheritance from the parent here: a child forked before its parent's session
+        // began is not in it, and only the clone event can tell the two apart
         let variable = self.config.variable.clone();
         let webhook_form = crate::event::basename(ev.exe) == b"env"
             && ev
