@@ -231,6 +231,27 @@ impl<'a, 'b> From<&'b RawEvent<'a>> for Parsed<'a> {
     }
 }
 
+/// Every syscall event, for extraction (an empty type list means all of them, but only
+/// with the source named: without it, Falco would offer the fields for plugin events only).
+pub struct Syscall<'a>(RawEvent<'a>);
+
+impl AnyEventPayload for Syscall<'_> {
+    const SOURCES: &'static [Option<&'static str>] = &[Some("syscall")];
+    const EVENT_TYPES: &'static [u16] = &[];
+}
+
+impl<'a, 'b> From<&'b RawEvent<'a>> for Syscall<'a> {
+    fn from(raw: &'b RawEvent<'a>) -> Self {
+        Syscall(RawEvent {
+            metadata: raw.metadata.clone(),
+            len: raw.len,
+            event_type: raw.event_type,
+            nparams: raw.nparams,
+            payload: raw.payload,
+        })
+    }
+}
+
 impl Plugin for WhoexecPlugin {
     const NAME: &'static CStr = c"whoexec";
     const PLUGIN_VERSION: &'static CStr = c"0.1.0";
@@ -352,7 +373,7 @@ impl WhoexecPlugin {
 
     fn attribution(&mut self, req: &mut ExtractRequest<Self>) -> Option<Attribution> {
         if req.context.is_none() {
-            let raw = req.event.event().ok()?;
+            let Syscall(raw) = req.event.event().ok()?;
             let tid = raw.metadata.tid;
             let view: View<'_, _, falco_plugin::tables::LazyTableWriter> = View {
                 threads: &self.threads,
@@ -546,7 +567,7 @@ impl CaptureListenPlugin for WhoexecPlugin {
 }
 
 impl ExtractPlugin for WhoexecPlugin {
-    type Event<'a> = RawEvent<'a>;
+    type Event<'a> = Syscall<'a>;
     type ExtractContext = Option<Option<Attribution>>;
 
     const EXTRACT_FIELDS: &'static [ExtractFieldInfo<Self>] = &[
