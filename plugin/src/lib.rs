@@ -153,6 +153,15 @@ impl<R: TableReader, W: TableWriter> ThreadView for View<'_, R, W> {
                 .unwrap_or_default(),
         })
     }
+
+    fn tag(&self, tid: i64) -> Option<Tag> {
+        let entry = self.threads.table.get_entry(self.reader, &tid).ok()?;
+        Some(
+            entry
+                .read_field(self.reader, &self.threads.tag)
+                .unwrap_or(0),
+        )
+    }
 }
 
 impl<R: TableReader, W: TableWriter> ThreadTable for View<'_, R, W> {

@@ -58,6 +58,11 @@ pub struct ThreadInfo {
 
 pub trait ThreadView {
     fn thread(&self, tid: i64) -> Option<ThreadInfo>;
+
+    /// Only the tag (the hot path of clones and exits reads nothing else).
+    fn tag(&self, tid: i64) -> Option<Tag> {
+        self.thread(tid).map(|t| t.tag)
+    }
 }
 
 pub trait ThreadTable: ThreadView {
@@ -468,24 +473,20 @@ impl Tracker {
         } else {
             (ev.res, tid)
         };
-        let Some(child_info) = threads.thread(child) else {
+        let Some(child_tag) = threads.tag(child) else {
             self.metrics.threads_missing += 1;
             return;
         };
-        if child_info.tag != 0 {
+        if child_tag != 0 {
             return;
         }
-        let parent_tag = threads
-            .thread(parent)
-            .map(|p| p.tag)
-            .filter(|t| *t != 0)
-            .or_else(|| {
-                // a new thread's creator may be any thread of the process
-                (child_info.pid != child)
-                    .then(|| threads.thread(child_info.pid))?
-                    .map(|p| p.tag)
-                    .filter(|t| *t != 0)
-            });
+        let parent_tag = threads.tag(parent).filter(|t| *t != 0).or_else(|| {
+            // a new thread's creator may be any thread of the process: its leader has the tag
+            let pid = threads.thread(child)?.pid;
+            (pid != child)
+                .then(|| threads.tag(pid))?
+                .filter(|t| *t != 0)
+        });
         if let Some(tag) = parent_tag {
             if self.sessions.contains_key(&tag) && threads.set_tag(child, tag) {
                 self.acquire(tag);
@@ -496,10 +497,8 @@ impl Tracker {
     /// A thread exits: its reference goes (the record itself at the next event).
     pub fn on_exit(&mut self, threads: &impl ThreadView, tid: i64) {
         self.flush();
-        if let Some(info) = threads.thread(tid) {
-            if info.tag != 0 {
-                self.release(info.tag);
-            }
+        if let Some(tag) = threads.tag(tid).filter(|t| *t != 0) {
+            self.release(tag);
         }
     }
 

@@ -557,6 +557,15 @@ impl Run {
     }
 
     pub fn try_start(events: Vec<Ev>, config: &str) -> Result<Self, String> {
+        Self::try_start_with(events, whoexec_api(), config)
+    }
+
+    /// The events through [emitter, sinsp, `plugin`], as Falco would run them.
+    pub fn try_start_with(
+        events: Vec<Ev>,
+        plugin: &'static plugin_api,
+        config: &str,
+    ) -> Result<Self, String> {
         EVENTS.with(|e| *e.borrow_mut() = events.into_iter().map(|e| e.0).collect());
         let mut runner = PluginRunner::new();
         runner
@@ -567,7 +576,7 @@ impl Run {
             .map_err(|e| format!("{e:#}"))?;
         let config = CString::new(config).unwrap();
         runner
-            .register_plugin(whoexec_api(), &config)
+            .register_plugin(plugin, &config)
             .map_err(|e| format!("{e:#}"))?;
         let mut runner = runner.start_capture().map_err(|e| format!("{e:#}"))?;
         let mut last = None;
