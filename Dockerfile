@@ -17,6 +17,15 @@ RUN apt-get update \
  && cp /bin/busybox /opt/whoexec/static/env \
  && rm -rf /var/lib/apt/lists/*
 
+# The Falco plugin (plugin/, docs/falco-plugin.md): libwhoexec.so, which the chart values in
+# manifests/falco/values-plugin.yaml copy into Falco's pod. Built on bookworm: it needs a
+# glibc >= 2.36 where Falco runs.
+FROM rust:1-slim-bookworm AS plugin
+COPY plugin/Cargo.toml plugin/Cargo.lock /src/plugin/
+COPY plugin/src /src/plugin/src
+COPY bench/plugin_runner.rs /src/bench/plugin_runner.rs
+RUN cd /src/plugin && cargo build --release --locked --lib
+
 FROM python:3.11-slim-bookworm
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="whoexec" \
@@ -25,6 +34,7 @@ LABEL org.opencontainers.image.title="whoexec" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/whoexec/whoexec"
 COPY --from=build /opt/whoexec /opt/whoexec
+COPY --from=plugin /src/plugin/target/release/libwhoexec.so /opt/whoexec/plugin/libwhoexec.so
 ENV PATH=/opt/whoexec/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
