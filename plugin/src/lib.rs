@@ -623,3 +623,53 @@ plugin!(WhoexecPlugin);
 parse_plugin!(WhoexecPlugin);
 extract_plugin!(WhoexecPlugin);
 capture_listen_plugin!(WhoexecPlugin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn this_process_s_start_from_proc_is_a_moment_before_now() {
+        if std::env::var_os("HOST_ROOT").is_some() {
+            return; // another test points /proc elsewhere
+        }
+        let start = proc_start_ns(i64::from(std::process::id())).expect("/proc is readable");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        // btime is whole seconds and USER_HZ ticks are 10 ms: a second of slack either way
+        assert!(start <= now + 1_000_000_000, "{start} > {now}");
+        assert!(
+            now - start < 3_600_000_000_000,
+            "started {} s ago",
+            (now - start) / 1_000_000_000
+        );
+    }
+
+    #[test]
+    fn a_pid_that_does_not_exist_has_no_start() {
+        assert_eq!(proc_start_ns(i64::from(i32::MAX)), None);
+    }
+
+    #[test]
+    fn a_config_without_keys_or_with_a_bad_variable_is_refused() {
+        let config: PluginConfig = serde_json::from_str("{}").unwrap();
+        assert!(config
+            .tracker()
+            .unwrap_err()
+            .to_string()
+            .contains("no public key"));
+        let key = "e9m/y35GKwAovwSZGChh1PlNT7+aMYVadpEekq7hKgY=";
+        let config: PluginConfig = serde_json::from_str(&format!(
+            r#"{{"public_keys": ["{key}"], "variable": "A=B"}}"#
+        ))
+        .unwrap();
+        assert!(config.tracker().is_err());
+        assert!(
+            serde_json::from_str::<PluginConfig>(r#"{"public_key": []}"#).is_err(),
+            "unknown keys are refused"
+        );
+    }
+}
