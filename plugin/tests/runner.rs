@@ -395,3 +395,57 @@ fn the_sessions_open_when_falco_started_are_found_by_the_thread_table_scan() {
         .unwrap()
         .contains("when Falco started"));
 }
+
+/// A syscall event with a valid header (Falco always gives one) and any parameters.
+fn arbitrary_event(event_type: u16, tid: i64, lengths: &[u16], data: &[u8]) -> Ev {
+    let large = event_type == 402;
+    let mut payload = Vec::new();
+    for len in lengths {
+        if large {
+            payload.extend_from_slice(&u32::from(*len).to_ne_bytes());
+        } else {
+            payload.extend_from_slice(&len.to_ne_bytes());
+        }
+    }
+    payload.extend_from_slice(data);
+    let mut event = Vec::new();
+    event.extend_from_slice(&1_796_314_360_000_000_000u64.to_ne_bytes());
+    event.extend_from_slice(&tid.to_ne_bytes());
+    event.extend_from_slice(&(26 + payload.len() as u32).to_ne_bytes());
+    event.extend_from_slice(&event_type.to_ne_bytes());
+    event.extend_from_slice(&(lengths.len() as u32).to_ne_bytes());
+    event.extend_from_slice(&payload);
+    Ev::raw(event)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Events of every type whoexec parses, with any parameters, through the loaded .so:
+    /// nothing panics across the plugin API, and every field extracts or is empty.
+    #[test]
+    fn any_parameters_of_the_parsed_events_never_panic_across_the_plugin_api(
+        events in proptest::collection::vec(
+            (
+                proptest::sample::select(vec![186u16, 223, 225, 227, 293, 331, 335, 402]),
+                0i64..4,
+                proptest::collection::vec(0u16..40, 0..32),
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            ),
+            1..20,
+        )
+    ) {
+        let mut list = s1(&root_alert(0));
+        for (event_type, tid, lengths, data) in &events {
+            list.push(arbitrary_event(*event_type, 1165 + tid, lengths, data));
+        }
+        list.push(Ev::open(1_796_314_361_000_000_000, 1172, "/etc/shadow"));
+        let mut run = Run::start(list);
+        let open = run.last_event();
+        for field in ["whoexec.user", "whoexec.groups", "whoexec.attribution", "whoexec.reason", "whoexec.token"] {
+            let _ = run.field(&open, field);
+        }
+        let metrics = run.metrics();
+        proptest::prop_assert_eq!(metrics.get("panics_caught"), Some(&0));
+    }
+}
