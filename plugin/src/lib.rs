@@ -486,6 +486,17 @@ impl WhoexecPlugin {
         ))
     }
 
+    fn extract_root_pid(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<u64>, Error> {
+        let a = self.attribution(&mut req);
+        Ok(a.and_then(|a| a.root)
+            .and_then(|(pid, _)| u64::try_from(pid).ok()))
+    }
+
+    fn extract_root_ts(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<u64>, Error> {
+        let a = self.attribution(&mut req);
+        Ok(a.and_then(|a| a.root).map(|(_, ts)| ts))
+    }
+
     fn extract_token(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
         let a = self.attribution(&mut req);
         Ok(Self::text(a.as_ref().and_then(|a| a.token.as_deref())))
@@ -611,6 +622,14 @@ impl ExtractPlugin for WhoexecPlugin {
         field("whoexec.reason", &Self::extract_reason)
             .with_display("Attribution reason")
             .with_description("Why the attribution is not verified, or what a verified binding could not check")
+            .add_output(),
+        field("whoexec.root.pid", &Self::extract_root_pid)
+            .with_display("Session root pid")
+            .with_description("The host pid of the session root (verified, tampered or replayed): with whoexec.root.ts it names one root process")
+            .add_output(),
+        field("whoexec.root.ts", &Self::extract_root_ts)
+            .with_display("Session root time")
+            .with_description("When the session root's execve ran (ns since the epoch; its start from /proc for a session open when Falco started)")
             .add_output(),
         field("whoexec.token", &Self::extract_token)
             .with_display("Session root token")

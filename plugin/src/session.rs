@@ -175,6 +175,8 @@ struct Session {
     container_id: String,
     key: String,
     refs: u64,
+    /// a root's pid and the time of the execve that made it one (or its start from /proc)
+    root: Option<(i64, u64)>,
 }
 
 /// What a field extraction returns for one thread.
@@ -186,6 +188,8 @@ pub struct Attribution {
     pub reason: String,
     /// the session root's token, passed along so that a consumer can check it again
     pub token: Option<Arc<str>>,
+    /// the session root's pid and the ns time it became the root (its execve)
+    pub root: Option<(i64, u64)>,
 }
 
 impl Attribution {
@@ -196,6 +200,7 @@ impl Attribution {
             claimed: None,
             reason: String::new(),
             token: None,
+            root: None,
         }
     }
 }
@@ -325,6 +330,7 @@ impl Tracker {
         key: String,
         token: Arc<str>,
         container_id: &str,
+        root: Option<(i64, u64)>,
         make: impl FnOnce() -> Kind,
     ) -> Tag {
         if let Some(&tag) = self.by_key.get(&key) {
@@ -352,6 +358,7 @@ impl Tracker {
                 container_id: container_id.to_owned(),
                 key,
                 refs: 1,
+                root,
             },
         );
         self.metrics.sessions_created += 1;
@@ -645,6 +652,7 @@ impl Tracker {
             format!("invalid:{container_id}:{token}"),
             token.into(),
             container_id,
+            None,
             || Kind::Invalid { reason },
         )
     }
@@ -659,6 +667,7 @@ impl Tracker {
                     format!("unseen:{container_id}:{token}"),
                     token,
                     container_id,
+                    None,
                     || Kind::Unseen { identity, reason },
                 )
             }
@@ -690,16 +699,16 @@ impl Tracker {
         if problem.is_empty() {
             self.metrics.roots += 1;
             let key = format!("root:{}:{}", identity.session_id, identity.container);
-            self.record(key, token, container_id, || Kind::Root {
-                identity,
-                problem,
+            self.record(key, token, container_id, Some((tid, ts_ns)), || {
+                Kind::Root { identity, problem }
             })
         } else {
             self.metrics.replays += 1;
-            let key = format!("replay:{container_id}:{token}");
-            let tag = self.record(key, token, container_id, || Kind::Root {
-                identity,
-                problem,
+            // one record per replayed root process (each is its own session for the consumer);
+            // records an attacker makes go first and leave with their process
+            let key = format!("replay:{container_id}:{tid}:{ts_ns}:{token}");
+            let tag = self.record(key, token, container_id, Some((tid, ts_ns)), || {
+                Kind::Root { identity, problem }
             });
             self.forgeable.insert(tag);
             tag
@@ -712,7 +721,7 @@ impl Tracker {
         let claim = self.check(&token, ts_ns).ok();
         let variable = self.config.variable.clone();
         let key = format!("tampered:{owner}:{other}");
-        self.record(key, token, container_id, || Kind::Tampered {
+        self.record(key, token, container_id, None, || Kind::Tampered {
             owner,
             claim,
             reason: format!(
@@ -824,9 +833,13 @@ impl Tracker {
                 claimed: Some(Arc::clone(identity)),
                 reason: problem.clone(),
                 token,
+                root: session.root,
                 ..Attribution::none()
             },
-            Kind::Root { identity, .. } => self.bind(identity, container_id, token),
+            Kind::Root { identity, .. } => Attribution {
+                root: session.root,
+                ..self.bind(identity, container_id, token)
+            },
             Kind::Tampered {
                 owner,
                 claim,
@@ -870,6 +883,7 @@ impl Tracker {
             reason,
             token: token.clone(),
             identity: None,
+            root: None,
         };
         let Some(meta) = self.containers.get(container_id) else {
             return unverified(format!(
@@ -904,6 +918,7 @@ impl Tracker {
                         ),
                         token,
                         identity: None,
+                        root: None,
                     };
                 }
                 Some(_) if !minted.is_empty() => {}
@@ -924,6 +939,7 @@ impl Tracker {
             claimed: None,
             reason,
             token,
+            root: None,
         }
     }
 }

@@ -136,6 +136,15 @@ fn alice_reading_etc_shadow_in_her_exec_session_is_named_in_the_alert() {
     assert_eq!(run.field(&open, "whoexec.token"), Some(token_of(&root)));
     assert_eq!(run.field(&open, "whoexec.claimed.user"), None);
     assert_eq!(run.field(&open, "whoexec.reason"), None);
+    // the root is env's pid, at the time of its execve: the capture's root alert
+    assert_eq!(
+        run.field(&open, "whoexec.root.pid").as_deref(),
+        Some("1165")
+    );
+    assert_eq!(
+        run.field(&open, "whoexec.root.ts"),
+        Some(num(&root, "evt.time").to_string())
+    );
 }
 
 #[test]
@@ -212,6 +221,11 @@ fn the_same_real_token_replayed_by_a_second_exec_names_nobody() {
     );
     let reason = run.field(&open, "whoexec.reason").unwrap();
     assert!(reason.starts_with("reused: session f3415519"), "{reason}");
+    // the replay is its own root, apart from alice's genuine one
+    assert_eq!(
+        run.field(&open, "whoexec.root.pid").as_deref(),
+        Some("1300")
+    );
 }
 
 #[test]

@@ -355,6 +355,12 @@ fn a_session_s_record_goes_with_its_last_process_and_its_claim_stays() {
         "{}",
         sim.reason(1300)
     );
+    let replay = sim.tracker.attribution(&sim.table, 1300).unwrap();
+    assert_eq!(
+        replay.root.map(|(pid, _)| pid),
+        Some(1300),
+        "the replay is its own root"
+    );
     assert_eq!(sim.claimed(1300).as_deref(), Some("alice"));
     assert_eq!(sim.user(1300), None);
 }
