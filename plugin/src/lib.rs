@@ -52,6 +52,7 @@ pub struct PluginConfig {
     pub root_skew_seconds: Option<i64>,
     /// How far `iat` may lie after the event's time.
     pub clock_skew_seconds: Option<i64>,
+    /// Caps of the session records (16,384), claims (65,536) and containers (16,384).
     pub max_sessions: Option<usize>,
     pub max_claims: Option<usize>,
     pub max_containers: Option<usize>,

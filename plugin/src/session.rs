@@ -20,6 +20,7 @@
 
 use crate::token::{self, shown, Identity, KeyRing, TokenError};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 /// A thread's session tag; 0 is none.
@@ -89,7 +90,7 @@ impl Default for Config {
             fresh_seconds: 30,
             root_skew_seconds: 5,
             clock_skew_seconds: 300,
-            max_sessions: 65_536,
+            max_sessions: 16_384,
             max_claims: 65_536,
             max_containers: 16_384,
             max_verdicts: 4_096,
@@ -240,6 +241,9 @@ pub struct Tracker {
     containers: HashMap<String, ContainerMeta>,
     container_order: VecDeque<String>,
     verdicts: HashMap<Arc<str>, Result<Arc<Identity>, TokenError>>,
+    /// keys name tokens by a keyed hash, not by their 700 bytes (random keys: no one can
+    /// make two tokens share a record)
+    hasher: RandomState,
     pub metrics: Metrics,
 }
 
@@ -266,6 +270,7 @@ impl Tracker {
             containers: HashMap::new(),
             container_order: VecDeque::new(),
             verdicts: HashMap::new(),
+            hasher: RandomState::new(),
             metrics: Metrics::default(),
         }
     }
@@ -287,6 +292,10 @@ impl Tracker {
     }
 
     // -- records --------------------------------------------------------------------
+
+    fn digest(&self, token: &str) -> u64 {
+        self.hasher.hash_one(token)
+    }
 
     fn acquire(&mut self, tag: Tag) {
         if let Some(s) = self.sessions.get_mut(&tag) {
@@ -649,7 +658,7 @@ impl Tracker {
     fn invalid(&mut self, token: &str, container_id: &str, err: &TokenError) -> Tag {
         let reason = err.to_string();
         self.record(
-            format!("invalid:{container_id}:{token}"),
+            format!("invalid:{container_id}:{:x}", self.digest(token)),
             token.into(),
             container_id,
             None,
@@ -664,7 +673,7 @@ impl Tracker {
             Ok(identity) => {
                 let reason = why.to_owned();
                 self.record(
-                    format!("unseen:{container_id}:{token}"),
+                    format!("unseen:{container_id}:{:x}", self.digest(&token)),
                     token,
                     container_id,
                     None,
@@ -706,7 +715,10 @@ impl Tracker {
             self.metrics.replays += 1;
             // one record per replayed root process (each is its own session for the consumer);
             // records an attacker makes go first and leave with their process
-            let key = format!("replay:{container_id}:{tid}:{ts_ns}:{token}");
+            let key = format!(
+                "replay:{container_id}:{tid}:{ts_ns}:{:x}",
+                self.digest(&token)
+            );
             let tag = self.record(key, token, container_id, Some((tid, ts_ns)), || {
                 Kind::Root { identity, problem }
             });
@@ -720,7 +732,7 @@ impl Tracker {
         let token: Arc<str> = other.into();
         let claim = self.check(&token, ts_ns).ok();
         let variable = self.config.variable.clone();
-        let key = format!("tampered:{owner}:{other}");
+        let key = format!("tampered:{owner}:{:x}", self.digest(other));
         self.record(key, token, container_id, None, || Kind::Tampered {
             owner,
             claim,
