@@ -639,6 +639,18 @@ impl ExtractPlugin for WhoexecPlugin {
     ];
 }
 
+/// The event schema the parsed layouts come from. falco_plugin 0.5 does not export this
+/// symbol, and libsinsp then assumes 3.0.0 and refuses a parsing plugin on Falco 0.44
+/// (schema 4.5.1: "major versions disagree"). The parameters read here (execve's res,
+/// exe, args, pid, ptid and env; clone's res, tid, pid, ptid and flags) sit at the same
+/// indices in 4.x (libs driver/event_table.c); later parameters are only appended.
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn plugin_get_required_event_schema_version(
+    _plugin: *mut falco_plugin::api::ss_plugin_t,
+) -> *const std::ffi::c_char {
+    c"4.0.0".as_ptr()
+}
+
 plugin!(WhoexecPlugin);
 parse_plugin!(WhoexecPlugin);
 extract_plugin!(WhoexecPlugin);
