@@ -315,6 +315,12 @@ fn a_malformed_event_is_counted_and_gives_empty_fields() {
 }
 
 #[test]
+fn the_plugin_asks_falco_for_event_schema_4_as_falco_0_44_speaks_it() {
+    // without it libsinsp assumes 3.0.0 and Falco 0.44.1 (schema 4.5.1) refuses to open
+    assert_eq!(harness::required_event_schema_version(), "4.0.0");
+}
+
+#[test]
 fn init_without_a_public_key_is_refused_with_a_clear_error() {
     let err = Run::try_start(vec![], "{}").err().expect("refused");
     assert!(err.contains("no public key"), "{err}");

@@ -464,6 +464,25 @@ static_plugin!(SINSP_API = Sinsp);
 
 // -- the plugin under test, loaded as Falco loads it -------------------------------------
 
+/// The event schema version the built .so asks Falco for (a symbol outside `plugin_api`
+/// in falco_plugin 0.5, looked up by libsinsp's loader as by this).
+pub fn required_event_schema_version() -> String {
+    whoexec_api();
+    let exe = std::env::current_exe().expect("the test binary");
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target")
+        .join("libwhoexec.so");
+    let lib = unsafe { libloading::Library::new(&path) }.expect("the .so loads");
+    type Version =
+        unsafe extern "C-unwind" fn(*mut falco_plugin_api::ss_plugin_t) -> *const std::ffi::c_char;
+    let version: libloading::Symbol<Version> =
+        unsafe { lib.get(b"plugin_get_required_event_schema_version") }.expect("exported");
+    let text = unsafe { CStr::from_ptr(version(std::ptr::null_mut())) };
+    text.to_string_lossy().into_owned()
+}
+
 fn whoexec_api() -> &'static plugin_api {
     static API: OnceLock<&'static plugin_api> = OnceLock::new();
     API.get_or_init(|| {
