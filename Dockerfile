@@ -20,6 +20,15 @@ COPY webhook /src/webhook
 # every dependency ships wheels (cryptography, orjson, psycopg[binary]): nothing compiles
 RUN /opt/whoexec/bin/pip install --only-binary=:all: /src
 
+# The Falco plugin (plugin/, docs/falco-plugin.md): libwhoexec.so, which the chart values in
+# manifests/falco/values-plugin.yaml copy into Falco's pod. Built on bookworm: it needs a
+# glibc >= 2.36 where Falco runs.
+FROM rust:1-slim-bookworm AS plugin
+COPY plugin/Cargo.toml plugin/Cargo.lock /src/plugin/
+COPY plugin/src /src/plugin/src
+COPY bench/plugin_runner.rs /src/bench/plugin_runner.rs
+RUN cd /src/plugin && cargo build --release --locked --lib
+
 FROM python:3.11-slim-bookworm
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="whoexec" \
@@ -29,6 +38,7 @@ LABEL org.opencontainers.image.title="whoexec" \
       org.opencontainers.image.source="https://github.com/whoexec/whoexec"
 COPY --from=build /opt/whoexec /opt/whoexec
 COPY --from=staticenv /opt/whoexec/static/env /opt/whoexec/static/env
+COPY --from=plugin /src/plugin/target/release/libwhoexec.so /opt/whoexec/plugin/libwhoexec.so
 ENV PATH=/opt/whoexec/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

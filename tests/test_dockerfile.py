@@ -10,10 +10,11 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 STAGES = re.split(r"^FROM ", DOCKERFILE, flags=re.M)[1:]
 
 
-def test_multi_stage_on_one_slim_python_base():
+def test_multi_stage_on_one_slim_python_base_and_a_rust_stage_for_the_plugin():
     assert [stage.splitlines()[0] for stage in STAGES] == [
         "python:3.11-slim-bookworm AS staticenv",
         "python:3.11-slim-bookworm AS build",
+        "rust:1-slim-bookworm AS plugin",
         "python:3.11-slim-bookworm",
     ]
 
@@ -44,10 +45,24 @@ def test_dockerignore_keeps_keys_certs_venvs_and_tests_out():
     ]
     assert rules[0] == "*", "everything is excluded first"
     allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "webhook", "staticenv"}
+    plugin = {"plugin/Cargo.toml", "plugin/Cargo.lock", "plugin/src", "bench/plugin_runner.rs"}
+    assert allowed == {"pyproject.toml", "README.md", "webhook", "staticenv"} | plugin
     for copied in re.findall(r"^COPY (?!--from)(.+) /src/?\S*$", DOCKERFILE, re.M):
         for source in copied.split():
             assert source.rstrip("/") in allowed, source
+
+
+def test_the_falco_plugin_is_built_in_its_own_stage_and_shipped_where_falco_copies_it_from():
+    import yaml
+
+    (rust,) = [stage for stage in STAGES if stage.startswith("rust:")]
+    assert rust.startswith("rust:1-slim-bookworm AS plugin")
+    assert "cargo build --release --locked" in rust
+    shipped = "/opt/whoexec/plugin/libwhoexec.so"
+    assert f"COPY --from=plugin /src/plugin/target/release/libwhoexec.so {shipped}" in STAGES[-1]
+    values = yaml.safe_load((ROOT / "manifests" / "falco" / "values-plugin.yaml").read_text())
+    (init,) = values["extra"]["initContainers"]
+    assert init["command"][:2] == ["cp", shipped]
 
 
 def test_the_static_env_is_built_from_the_repo_and_shipped_where_the_init_container_copies_it():

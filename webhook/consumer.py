@@ -34,6 +34,7 @@ from webhook.falco import (
 )
 from webhook.inbox import InboxLogReader
 from webhook.lineage import Attributor, Outcome, enrich, findings
+from webhook.plugin_fields import plugin_outcome
 from webhook.spool import Spool
 from webhook.text import loggable
 
@@ -485,7 +486,13 @@ class Pipeline:
             for alert in alerts:
                 count += 1
                 try:
-                    outcomes.extend(self.attributor.submit(alert, self.clock()))
+                    # with whoexec's Falco plugin the alert says who: checked, not rebuilt
+                    a = self.attributor
+                    plugin = plugin_outcome(alert, a.variable, a.pattern, a.verifier)
+                    if plugin is not None:
+                        outcomes.append(plugin)
+                    else:
+                        outcomes.extend(self.attributor.submit(alert, self.clock()))
                 except MalformedAlert as exc:
                     self._skip("not_an_alert", place, str(exc), orjson.dumps(alert))
                     self._finished(alert, done)
