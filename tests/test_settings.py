@@ -83,8 +83,9 @@ def test_the_static_env_is_mounted_at_the_directory_of_its_path(path, mounted_at
 
 
 @pytest.fixture
-def default_consumer(tmp_path, signer):
-    """A consumer built as `whoexec consume` builds it, from the defaults and one key."""
+def built_from(tmp_path, signer):
+    """Feed alerts to a consumer built as `whoexec consume` builds it, from the defaults,
+    one key and ``env`` (WHOEXEC_* variables); what came out of it."""
     from cryptography.hazmat.primitives import serialization
 
     from webhook.consumer import MemorySink
@@ -96,34 +97,42 @@ def default_consumer(tmp_path, signer):
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    sink = MemorySink()
 
+    def feed(alerts: list, **env: str) -> list:
+        import orjson
+
+        state = str(tmp_path / "state")
+        settings = Settings.from_env(
+            {"WHOEXEC_IDENTITY_PUB": str(pub), "WHOEXEC_STATE_DIR": state, **env}
+        )
+        sink = MemorySink()
+        consumer = build_consumer(settings, stdout=None, input_name="test", extra_sinks=[sink])
+        consumer.pipeline.feed([orjson.dumps(alert) for alert in alerts], where="test")
+        consumer.close()
+        return sink.alerts
+
+    return feed
+
+
+@pytest.fixture
+def default_consumer(built_from, signer):
     def attribution(
         root_start_s: float, event_s: float | None = None, pid: int = 40, **env: str
     ) -> dict:
         """The attribution of a session root that started ``root_start_s`` after its
-        token was issued, seen in an event ``event_s`` after it (default: at its start),
-        by a consumer built from the defaults and ``env`` (WHOEXEC_* variables)."""
-        import orjson
-
+        token was issued, seen in an event ``event_s`` after it (default: at its start)."""
         from .test_lineage import START, make_token, root_alert
 
-        state = str(tmp_path / "state")
-        built = Settings.from_env(
-            {"WHOEXEC_IDENTITY_PUB": str(pub), "WHOEXEC_STATE_DIR": state, **env}
-        )
-        consumer = build_consumer(built, stdout=None, input_name="test", extra_sinks=[sink])
         token, _ = make_token(signer)
         start = START + int(root_start_s * 10**9)
         event = START + int((root_start_s if event_s is None else event_s) * 10**9)
-        alert = root_alert(pid, token, **{"proc.pid.ts": start, "evt.time": event})
-        sink.alerts.clear()
-        consumer.pipeline.feed([orjson.dumps(alert)], where="test")
-        consumer.close()
-        (out,) = [a for a in sink.alerts if a["source"] == "syscall"]
+        out = built_from(
+            [root_alert(pid, token, **{"proc.pid.ts": start, "evt.time": event})], **env
+        )
+        (alert,) = [a for a in out if a["source"] == "syscall"]
         # the findings' reasons, beside the alert's own fields
-        reasons = [a["output_fields"].get("whoexec.reason") for a in sink.alerts]
-        return {**out["output_fields"], "reasons": [r for r in reasons if r]}
+        reasons = [a["output_fields"].get("whoexec.reason") for a in out]
+        return {**alert["output_fields"], "reasons": [r for r in reasons if r]}
 
     return attribution
 
@@ -179,3 +188,21 @@ def test_a_consumer_built_from_the_defaults_refuses_a_token_from_more_than_300_s
     if status == "unverified":
         (reason,) = fields["reasons"]
         assert reason.startswith("TokenFromFuture: token iat 1795341600 is 301s after the event")
+
+
+def test_a_consumer_built_from_the_defaults_holds_an_alert_that_comes_before_its_root(
+    built_from, signer
+):
+    # delivered out of order (a forwarder between Falco and the consumer): the shell's
+    # alert comes first, its session root's after it
+    from .test_lineage import START, alert_for, make_token, root_alert
+
+    token, _ = make_token(signer)
+    shell = alert_for(41, **{"proc.apid[1]": 40, "proc.pid.ts": START + 10**9})
+    out = built_from([shell, root_alert(40, token)])
+    users = [
+        (a["output_fields"]["proc.pid"], a["output_fields"]["whoexec.user.name"])
+        for a in out
+        if a["source"] == "syscall"
+    ]
+    assert sorted(users) == [(40, "alice@corp.example"), (41, "alice@corp.example")]

@@ -375,6 +375,20 @@ def test_the_command_refuses_to_listen_everywhere_without_a_token(filled):
     assert "reachable from other machines: set WHOEXEC_UI_TOKEN" in result.output
 
 
+def test_by_default_the_ui_listens_on_loopback_only_and_needs_no_token(filled, monkeypatch):
+    served = []
+    monkeypatch.setattr(
+        "webhook.ui.serve.serve_ui", lambda settings, workers: served.append(settings)
+    )
+    result = CliRunner().invoke(
+        main, ["ui", "--db", filled.url], env={"WHOEXEC_UI_BIND": None, "WHOEXEC_UI_TOKEN": None}
+    )
+    assert result.exit_code == 0, result.output
+    (settings,) = served
+    assert settings.ui_token == ""
+    assert settings.ui_bind.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]")
+
+
 def test_the_command_says_when_there_is_no_store(tmp_path):
     result = CliRunner().invoke(main, ["ui", "--db", f"sqlite:///{tmp_path}/none.db"])
     assert result.exit_code == 1
