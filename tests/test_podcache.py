@@ -107,7 +107,7 @@ def test_a_pod_deleted_while_the_cache_was_not_watching_is_gone_after_the_relist
     cache = PodCache(
         api_client(apiserver.url, 1.0),
         max_pods=3,
-        lookup_timeout=0.3,
+        lookup_timeout=10.0,  # the look-up below must be answered, even on a loaded machine
         watch_timeout=30,
         backoff=(0.05, 0.2),
     )
