@@ -65,6 +65,7 @@ def test_batch_mode_writes_enriched_alerts_to_stdout_and_exits_0():
     assert "3 alerts read" in result.stderr
 
 
+@pytest.mark.slow
 def test_stdin_pipe_as_a_real_subprocess():
     result = subprocess.run(
         [sys.executable, "-m", "webhook.cli", "consume", "--input", "-", "--identity-pub", PUB],
