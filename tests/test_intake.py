@@ -240,10 +240,12 @@ def test_a_declared_body_of_the_byte_limit_is_accepted_and_one_byte_more_is_refu
 ):
     intake = start(max_body_bytes=1024)
     body = json_body(size)
+    # one byte over is refused on the headers alone: its body is never sent (a body sent
+    # after the refusal would meet a closed connection, and a reset)
     answer = intake.raw(
         b"POST /falco HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
         % size,
-        body,
+        body if status == 200 else b"",
     )
     assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
     assert intake.inbox() == ([body] if status == 200 else [])
@@ -277,7 +279,9 @@ def test_a_body_for_another_route_is_held_to_the_same_byte_limit(start, chunked,
             head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (size, body)
         )
     else:
-        answer = intake.raw(head + b"Content-Length: %d\r\n\r\n" % size, body)
+        answer = intake.raw(
+            head + b"Content-Length: %d\r\n\r\n" % size, body if status == 201 else b""
+        )
     assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
     if status == 201:
         assert answer.endswith(b'"body": "%s", "peer": "127.0.0.1"}' % body)
