@@ -972,6 +972,22 @@ def test_a_debug_container_that_sets_the_variable_after_a_reinvoked_one_is_denie
     assert "ephemeral container 'debugger-2' sets WHOEXEC_IDENTITY" in response["status"]["message"]
 
 
+def test_a_reinvoked_debug_container_that_sets_the_variable_a_second_time_is_denied(
+    signer, trusted
+):
+    review = debug_review()
+    first = admit(review, signer, trusted).response["response"]
+    again = reinvoked(review, first)
+    debugger = again["request"]["object"]["spec"]["ephemeralContainers"][1]
+    # our own token first, then another: of two entries of one name the container gets
+    # the last (the kubelet builds the environment in order)
+    debugger["env"].append({"name": "WHOEXEC_IDENTITY", "value": "v1.forged"})
+    admission = admit(again, signer, trusted)
+    response = admission.response["response"]
+    assert (response["allowed"], admission.decision.outcome) == (False, "denied")
+    assert "'debugger-8xk2p' sets WHOEXEC_IDENTITY" in response["status"]["message"]
+
+
 def test_a_debug_container_gets_no_mount_when_the_pod_s_volumes_are_all_others(signer, trusted):
     def other_volumes(review: dict) -> None:
         review["request"]["object"]["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]

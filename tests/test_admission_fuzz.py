@@ -1,8 +1,10 @@
 """Property-based fuzzing of the review parser, the admission decision and the HTTP answer.
 
 Found this way: ``userInfo.groups: null`` (valid JSON, accepted by Go's decoder) gave
-HTTP 500. Whatever the body, the webhook answers 200 with a decision, or 400 naming the
-problem; and when it patches, the patch applies and keeps the caller's command.
+HTTP 500, and so did a ``kubectl debug`` review whose Pod has ``spec.volumes: true``, and
+(looked for beside it) a node-affinity term whose ``matchExpressions`` is not a list.
+Whatever the body, the webhook answers 200 with a decision, or 400 naming the problem;
+and when it patches, the patch applies and keeps the caller's command.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 from typing import Any
 
 import jsonpatch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from webhook.admission import AdmissionPolicy, parse_review, review_admission
@@ -78,14 +80,27 @@ PATHS = [
 ]
 
 
-def with_value(review: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+def _member(node: Any, key: str | int) -> Any:
+    if isinstance(node, dict) and isinstance(key, str):
+        return node.get(key)
+    if isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node):
+        return node[key]
+    return None
+
+
+def with_value(review: dict[str, Any], path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
+    """``review`` with the member at ``path`` (keys, and indexes into lists) set to
+    ``value``; unchanged where the path does not lead through objects and lists."""
     changed = copy.deepcopy(review)
-    node = changed
+    node: Any = changed
     for key in path[:-1]:
-        if not isinstance(node.get(key), dict):
+        node = _member(node, key)
+        if not isinstance(node, dict | list):
             return changed
-        node = node[key]
-    node[path[-1]] = value
+    last = path[-1]
+    in_list = isinstance(node, list) and isinstance(last, int) and -len(node) <= last < len(node)
+    if in_list or (isinstance(node, dict) and isinstance(last, str)):
+        node[last] = value
     return changed
 
 
@@ -117,17 +132,127 @@ def test_any_json_body_is_a_review_or_a_named_error(body):
         assert message, "a refusal names what is wrong"
 
 
+HOSTILE = json_values | st.lists(st.none() | st.text(), max_size=3)
+
+
 @FUZZ
-@given(
-    fixture=st.sampled_from(FIXTURES),
-    path=st.sampled_from(PATHS),
-    value=json_values | st.lists(st.none() | st.text(), max_size=3),
+@given(fixture=st.sampled_from(FIXTURES), path=st.sampled_from(PATHS), value=HOSTILE)
+# found by this test once in about 15 fresh runs: TypeError in _static_env_mount (a 500)
+@example(
+    fixture="debug_ephemeral_container.json",
+    path=("request", "object", "spec", "volumes"),
+    value=True,
 )
 def test_a_review_with_one_hostile_field_is_decided_or_refused_by_name(
     signer, trusted, fixture, path, value
 ):
     review = with_value(load_json(f"admission/{fixture}"), path, value)
     check_decision(review, signer, trusted)
+
+
+OS_TERM = {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}
+RESOURCES = {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "1"}}
+
+
+def rich_review(fixture: str) -> dict[str, Any]:
+    """A fixture whose Pod has every part of a spec that whoexec reads, each of the right
+    shape and none deciding the outcome, so that any one of them can be made hostile."""
+    review = load_json(f"admission/{fixture}")
+    spec = review["request"]["object"]["spec"]
+    spec["affinity"] = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [OS_TERM]}
+        }
+    }
+    spec["nodeSelector"] = {"kubernetes.io/os": "linux"}
+    spec["os"] = {"name": "linux"}
+    spec["containers"][0].update(
+        volumeMounts=[{"name": "data", "mountPath": "/data"}], resources=RESOURCES
+    )
+    spec["initContainers"] = [{"name": "migrate", "image": "migrate:1", "resources": RESOURCES}]
+    if fixture.startswith("debug"):
+        # a pod created after install: the debug container gets the static env mounted
+        spec["volumes"] = [{"name": "whoexec-env", "emptyDir": {}}]
+        spec["ephemeralContainers"][-1].update(
+            volumeMounts=[{"name": "data", "mountPath": "/d"}], env=[{"name": "A", "value": "b"}]
+        )
+    else:
+        spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+    return review
+
+
+TERMS = (
+    "affinity",
+    "nodeAffinity",
+    "requiredDuringSchedulingIgnoredDuringExecution",
+    "nodeSelectorTerms",
+)
+#: every part of a Pod's spec that whoexec reads, below its first level
+SPEC_PATHS: list[tuple[str | int, ...]] = [
+    TERMS[:2],
+    TERMS[:3],
+    TERMS,
+    (*TERMS, 0),
+    (*TERMS, 0, "matchExpressions"),
+    (*TERMS, 0, "matchExpressions", 0),
+    (*TERMS, 0, "matchExpressions", 0, "key"),
+    (*TERMS, 0, "matchExpressions", 0, "values"),
+    ("nodeSelector", "kubernetes.io/os"),
+    ("os", "name"),
+    ("volumes", 0),
+    ("volumes", 0, "name"),
+    ("containers", 0),
+    ("containers", 0, "name"),
+    ("containers", 0, "image"),
+    ("containers", 0, "volumeMounts"),
+    ("containers", 0, "volumeMounts", 0),
+    ("containers", 0, "volumeMounts", 0, "mountPath"),
+    ("containers", 0, "resources"),
+    ("containers", 0, "resources", "requests"),
+    ("containers", 0, "resources", "requests", "cpu"),
+    ("containers", 0, "resources", "limits", "memory"),
+    ("initContainers", 0),
+    ("initContainers", 0, "name"),
+    ("initContainers", 0, "resources"),
+    ("ephemeralContainers", -1),  # the new debug container is the last
+    ("ephemeralContainers", -1, "name"),
+    ("ephemeralContainers", -1, "env"),
+    ("ephemeralContainers", -1, "env", 0),
+    ("ephemeralContainers", -1, "env", 0, "name"),
+    ("ephemeralContainers", -1, "volumeMounts"),
+    ("ephemeralContainers", -1, "volumeMounts", 0),
+    ("ephemeralContainers", -1, "volumeMounts", 0, "mountPath"),
+]
+
+
+def test_the_rich_reviews_are_decided_as_they_would_be_without_the_extra_parts(signer, trusted):
+    # else the fuzzing below would start from a refusal or a skip, and test nothing more
+    for fixture, outcome in (
+        ("debug_ephemeral_container.json", "injected"),
+        ("pod_create.json", "env-volume-added"),
+    ):
+        review = rich_review(fixture)
+        admission = review_admission(review, POLICY, signer, trusted, now=NOW)
+        assert admission.decision.outcome == outcome
+        if fixture.startswith("debug"):
+            ops = json.loads(base64.b64decode(admission.response["response"]["patch"]))
+            assert any(op["path"].endswith("/volumeMounts/-") for op in ops), "the mount too"
+
+
+@FUZZ
+@given(
+    fixture=st.sampled_from(["debug_ephemeral_container.json", "pod_create.json"]),
+    path=st.sampled_from(SPEC_PATHS),
+    value=HOSTILE,
+)
+# found beside the spec.volumes 500: `for e in expressions or []` over a bool
+@example(fixture="pod_create.json", path=(*TERMS, 0, "matchExpressions"), value=True)
+@example(fixture="debug_ephemeral_container.json", path=(*TERMS, 0, "matchExpressions"), value=1)
+def test_a_pod_with_one_hostile_part_deep_in_its_spec_is_decided_or_refused_by_name(
+    signer, trusted, fixture, path, value
+):
+    review = rich_review(fixture)
+    check_decision(with_value(review, ("request", "object", "spec", *path), value), signer, trusted)
 
 
 @FUZZ

@@ -361,6 +361,8 @@ def windows_affinity(*expressions: dict, terms: object = None) -> Any:
 
 
 OS_IN_WINDOWS = {"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}
+WINDOWS_TERM = {"matchExpressions": [OS_IN_WINDOWS]}
+LINUX_TERM = {"matchExpressions": [{**OS_IN_WINDOWS, "values": ["linux"]}]}
 
 
 @pytest.mark.parametrize(
@@ -376,10 +378,17 @@ OS_IN_WINDOWS = {"key": "kubernetes.io/os", "operator": "In", "values": ["window
         (windows_affinity(terms=["junk"]), False),
         (lambda spec: spec.update(nodeSelector={"kubernetes.io/os": "windows"}), True),
         (lambda spec: spec.update(nodeSelector={"kubernetes.io/os": "linux"}), False),
+        # the terms are ORed: a Windows term beside a Linux one may land on Linux
+        (windows_affinity(terms=[WINDOWS_TERM, LINUX_TERM]), False),
+        (windows_affinity(terms=[LINUX_TERM, WINDOWS_TERM]), False),
+        (windows_affinity(terms=[WINDOWS_TERM, {"matchExpressions": []}]), False),
+        (windows_affinity(terms=[WINDOWS_TERM, WINDOWS_TERM]), True),
     ],
     ids=[
         "os-in-windows", "not-in", "other-key", "windows-or-linux", "junk-expression",
         "no-terms", "terms-not-a-list", "term-not-an-object", "node-selector", "linux",
+        "windows-term-or-linux-term", "linux-term-or-windows-term", "windows-term-or-any-node",
+        "two-windows-terms",
     ],
 )  # fmt: skip
 def test_only_a_pod_that_can_land_only_on_windows_is_left_alone(signer, trusted, change, windows):
@@ -387,3 +396,14 @@ def test_only_a_pod_that_can_land_only_on_windows_is_left_alone(signer, trusted,
     expected = "skipped-windows" if windows else "env-volume-added"
     assert answer["auditAnnotations"]["outcome"] == expected
     assert answer["allowed"] is True
+
+
+def test_a_pod_that_may_land_on_windows_or_linux_gets_the_static_env_and_its_execs_use_it(
+    signer, trusted
+):
+    pod = a_pod_created_after_install(
+        signer, trusted, windows_affinity(terms=[WINDOWS_TERM, LINUX_TERM])
+    )
+    answer, command = exec_into("app", pod_facts(pod), signer, trusted)
+    assert answer["auditAnnotations"]["outcome"] == "injected"
+    assert command is not None and command[0] == "/.whoexec/env"

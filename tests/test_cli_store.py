@@ -171,6 +171,7 @@ def test_db_comes_from_the_environment_too(db):
     assert len(json.loads(result.stdout)) == 2
 
 
+@pytest.mark.slow
 def test_the_cli_as_a_real_subprocess(tmp_path):
     url = f"sqlite:///{tmp_path}/real.db"
     whoexec = [sys.executable, "-m", "webhook.cli"]

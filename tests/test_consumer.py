@@ -65,6 +65,7 @@ def test_batch_mode_writes_enriched_alerts_to_stdout_and_exits_0():
     assert "3 alerts read" in result.stderr
 
 
+@pytest.mark.slow
 def test_stdin_pipe_as_a_real_subprocess():
     result = subprocess.run(
         [sys.executable, "-m", "webhook.cli", "consume", "--input", "-", "--identity-pub", PUB],
@@ -648,7 +649,10 @@ def test_alerts_left_in_an_older_version_s_sqlite_inbox_are_moved_not_lost(tmp_p
 def test_the_consumer_s_metrics_live_in_its_state_dir_and_start_clean(tmp_path, monkeypatch):
     from webhook.wsgi import prepare_metrics_dir
 
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # set first, so that monkeypatch takes back what prepare_metrics_dir sets (a delenv of
+    # an absent variable records nothing: the directory leaked into every later test)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     stale = tmp_path / "state" / "metrics" / "counter_12345.db"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left by a consumer killed with -9")

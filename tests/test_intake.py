@@ -202,6 +202,160 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(start):
     assert answer.startswith(b"HTTP/1.1 413 ") and intake.inbox() == []
 
 
+# --- every bound of the intake, at it and one past it ---------------------------------------
+# A sender drops what it was refused (Falco ignores the status): a bound that is one off
+# loses a body that was within it.
+
+
+def json_body(size: int) -> bytes:
+    """A one-line JSON body of exactly ``size`` bytes."""
+    body = b'{"p":"' + b"a" * (size - 8) + b'"}'
+    assert len(body) == size
+    return body
+
+
+@pytest.mark.parametrize(("extra", "status"), [(0, 200), (1, 413)], ids=["at", "over"])
+def test_a_body_of_max_lines_lines_is_accepted_and_one_more_is_refused_whole(start, extra, status):
+    intake = start()
+    intake.server.falco.max_lines = 3
+    lines = [json_body(20 + n) for n in range(3 + extra)]
+    # blank lines are no lines: they neither count nor reach the inbox
+    got, _, reply = intake.post(b"\n\n".join(lines) + b"\n  \n")
+    assert got == status
+    if status == 200:
+        assert reply == {"accepted": 3, "rejected": 0, "errors": []}
+        assert intake.inbox() == lines
+    else:
+        assert reply == {"error": "4 lines in one body, over 3", "accepted": 0}
+        assert intake.inbox() == []
+
+
+def test_the_default_line_bound_is_10000_lines():
+    assert FalcoEndpoint(FullInbox(), 1024).max_lines == 10_000
+
+
+@pytest.mark.parametrize(("size", "status"), [(1024, 200), (1025, 413)], ids=["at", "over"])
+def test_a_declared_body_of_the_byte_limit_is_accepted_and_one_byte_more_is_refused(
+    start, size, status
+):
+    intake = start(max_body_bytes=1024)
+    body = json_body(size)
+    # one byte over is refused on the headers alone: its body is never sent (a body sent
+    # after the refusal would meet a closed connection, and a reset)
+    answer = intake.raw(
+        b"POST /falco HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % size,
+        body if status == 200 else b"",
+    )
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert intake.inbox() == ([body] if status == 200 else [])
+
+
+@pytest.mark.parametrize(("size", "status"), [(1024, 200), (1025, 413)], ids=["at", "over"])
+def test_a_chunked_body_of_the_byte_limit_is_accepted_and_one_byte_more_is_refused(
+    start, size, status
+):
+    intake = start(max_body_bytes=1024)
+    body = json_body(size)
+    half = size // 2
+    chunked = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (half, body[:half], size - half, body[half:])
+    answer = intake.raw(
+        b"POST /falco HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n" + chunked
+    )
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert intake.inbox() == ([body] if status == 200 else [])
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+@pytest.mark.parametrize(("size", "status"), [(1024, 201), (1025, 413)], ids=["at", "over"])
+def test_a_body_for_another_route_is_held_to_the_same_byte_limit(start, chunked, size, status):
+    # an audit webhook batch (POST /k8s-audit) goes to the Flask app
+    intake = start(max_body_bytes=1024)
+    body = b"x" * size
+    head = b"POST /k8s-audit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    if chunked:
+        answer = intake.raw(
+            head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (size, body)
+        )
+    else:
+        answer = intake.raw(
+            head + b"Content-Length: %d\r\n\r\n" % size, body if status == 201 else b""
+        )
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    if status == 201:
+        assert answer.endswith(b'"body": "%s", "peer": "127.0.0.1"}' % body)
+
+
+def request_with_headers(header_bytes: int, count: int = 1) -> bytes:
+    """A GET whose ``count`` headers weigh ``header_bytes`` as the intake counts them
+    (name, value and 4 bytes of ": " and CRLF each)."""
+    pads = [b"X-%03d" % n for n in range(count)]
+    value_bytes = header_bytes - sum(len(p) + 4 for p in pads)
+    values = [b"v" * (value_bytes // count + (n < value_bytes % count)) for n in range(count)]
+    lines = b"".join(b"%s: %s\r\n" % (p, v) for p, v in zip(pads, values, strict=True))
+    return b"GET /h HTTP/1.1\r\n" + lines + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (request_with_headers(2048), 201),
+        (request_with_headers(2049), 431),
+        (request_with_headers(1200, count=100), 201),
+        (request_with_headers(1200, count=101), 431),
+        (b"GET /" + b"t" * 2047 + b" HTTP/1.1\r\n\r\n", 201),  # a target of 2048 bytes
+        (b"GET /" + b"t" * 2048 + b" HTTP/1.1\r\n\r\n", 431),
+    ],
+    ids=["header-bytes-at", "header-bytes-over", "100-headers", "101-headers", "target-at",
+         "target-over"],
+)  # fmt: skip
+def test_headers_and_the_target_are_accepted_up_to_their_bounds_and_refused_past_them(
+    start, request_bytes, status
+):
+    intake = start(max_header_bytes=2048)
+    with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+
+
+def test_max_connections_are_served_and_one_more_is_closed_at_once(start):
+    intake = start(max_connections=2)
+    open_ones = [intake.connection(), intake.connection()]
+    try:
+        for conn in open_ones:  # both accepted and served, and kept open
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read()
+        with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                answer = sock.recv(65536)
+            except ConnectionResetError:  # closed with the request unread
+                answer = b""
+            assert answer == b"", "closed without an answer"
+        for conn in open_ones:  # still served
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().status == 201
+    finally:
+        for conn in open_ones:
+            conn.close()
+
+
+@pytest.mark.parametrize(("age", "refused"), [(30.0, False), (30.5, True)])
+def test_the_pipeline_is_down_only_once_its_heartbeat_is_older_than_stale_after(
+    tmp_path, age, refused
+):
+    now = 1000.0
+    heartbeat = tmp_path / "pipeline.alive"
+    heartbeat.touch()
+    os.utime(heartbeat, (now - age, now - age))
+    falco = FalcoEndpoint(
+        InboxWriter(tmp_path / "inbox"), 1024, heartbeat=heartbeat, clock=lambda: now
+    )
+    assert (falco.before_body(10) is not None) is refused
+
+
 class FullInbox:
     def put_many(self, bodies: list[bytes]) -> None:
         raise SpoolFull("the inbox holds 100 of 100 bytes: 1 more do not fit")

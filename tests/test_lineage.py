@@ -478,6 +478,60 @@ def test_a_token_is_bound_to_its_namespace_pod_uid_and_container(changes, reason
     assert problem == (f"bound elsewhere: {reason}" if reason else "")
 
 
+def no_container_token(signer, trusted) -> tuple[dict, str]:
+    """The review of a `kubectl exec` without -c, and the token the webhook minted."""
+    import base64
+
+    from webhook.admission import AdmissionPolicy, review_admission
+
+    from .conftest import load_json
+
+    review = load_json("admission/exec_no_container_named.json")
+    assert "container" not in review["request"]["object"], "kubectl sent no container"
+    policy = AdmissionPolicy(env_trusted_namespaces=("*",))
+    admission = review_admission(review, policy, signer, trusted, now=T_ISSUED)
+    (op,) = json.loads(base64.b64decode(admission.response["response"]["patch"]))
+    return review, op["value"][1].split("=", 1)[1]
+
+
+def test_a_token_minted_for_an_exec_that_named_no_container_verifies_in_its_container(
+    signer, trusted
+):
+    # the apiserver runs it in the pod's default container; the webhook saw no name and
+    # minted container "": that is no binding to compare, and never a replay
+    review, token = no_container_token(signer, trusted)
+    request = review["request"]
+    where = {"k8s.ns.name": request["namespace"], "k8s.pod.name": request["name"]}
+    (attribution,) = submitted(
+        Attributor(TokenVerifier(trusted)),
+        root_facts(40, token, **where, **{"container.name": "app"}),
+    )
+    assert attribution.status == "verified", attribution.reason
+    assert attribution.identity is not None and attribution.identity.container == ""
+    assert attribution.identity.user == request["userInfo"]["username"]
+    # the namespace and the pod are still bound
+    (elsewhere,) = submitted(
+        Attributor(TokenVerifier(trusted)), root_facts(40, token, **{"container.name": "app"})
+    )
+    assert elsewhere.status == "replayed"
+    assert elsewhere.reason == (
+        f"bound elsewhere: token minted for pod {request['name']!r} is used in pod 'web-0'"
+    )
+
+
+def test_a_reinvoked_exec_that_named_no_container_is_recognised_as_our_own(signer, trusted):
+    from webhook.admission import AdmissionPolicy, review_admission
+
+    review, token = no_container_token(signer, trusted)
+    again = copy.deepcopy(review)
+    command = again["request"]["object"]["command"]
+    again["request"]["object"]["command"] = ["/usr/bin/env", f"WHOEXEC_IDENTITY={token}", *command]
+    policy = AdmissionPolicy(env_trusted_namespaces=("*",))
+    admission = review_admission(again, policy, signer, trusted, now=T_ISSUED + 1)
+    assert admission.decision.outcome == "skipped-already-injected"
+    assert admission.decision.session_id == review["request"]["uid"]
+
+
 def attribution_rows(name: str, hold: float) -> dict[str, list]:
     """Every alert of a scenario with its whole attribution, and every finding raised."""
     verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))

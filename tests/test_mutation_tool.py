@@ -1,9 +1,11 @@
-"""tools/mutation.py sorts the mutants left alive; a wrong rule would hide a gap."""
+"""tools/mutation.py sorts the mutants left alive (a wrong rule would hide a gap), and
+applies the hand-written ones without ever touching the tree."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -111,3 +113,148 @@ def test_every_reviewed_equivalent_names_a_mutated_function_and_gives_a_reason()
         assert entry.function.startswith(mutated), entry.function
         assert len(entry.why) > 20 and entry.removed and entry.added, entry.function
     assert len(set(entries)) == len(entries), "an entry twice"
+
+
+# --- hand-written mutants ---------------------------------------------------------------------
+
+BOUNDS = "def within(n: int) -> bool:\n    return n <= 3\n\n\nLOW = 0  # bound\nHIGH = 9  # bound\n"
+
+
+def tiny_project(root: Path, test_body: str = "assert within(3) and not within(4)") -> Path:
+    """A package and its test, as the runner copies and runs a tree."""
+    (root / "calc").mkdir(parents=True)
+    (root / "calc" / "__init__.py").write_text("")
+    (root / "calc" / "bounds.py").write_text(BOUNDS)
+    (root / "tests").mkdir()
+    (root / "tests" / "test_bounds.py").write_text(
+        f"from calc.bounds import within\n\n\ndef test_the_bound():\n    {test_body}\n"
+    )
+    (root / ".git").mkdir()  # never copied
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    return root
+
+
+def hand(original: str, replacement: str, file: str = "calc/bounds.py"):
+    return mutation.HandMutant(file, original, replacement, f"{original} -> {replacement}",
+                               ("tests/test_bounds.py",))  # fmt: skip
+
+
+def contents(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_each_hand_written_mutant_is_applied_alone_to_a_copy_and_judged_by_its_tests(tmp_path):
+    project = tiny_project(tmp_path / "project")
+    before = contents(project)
+    work = tmp_path / "work"
+    work.mkdir()
+    mutants = [
+        hand("return n <= 3", "return n < 3"),  # the test fails: killed
+        # starts from the original again (else its snippet would be gone): no test tells
+        hand("return n <= 3", "return n <= 3 or n == -1"),
+        hand("return n >= 100", "return n > 100"),  # not in the file
+        hand("9  # bound", "8  # bound"),
+        hand("  # bound", "  # limit"),  # twice in the file: which one was meant?
+        hand("x", "y", file="calc/gone.py"),
+        hand("return n <= 3", "return n <= 3 +"),  # a typo: no verdict, never a kill
+    ]
+    rows = mutation.run_hand_mutants(mutants, project, workdir=work)
+    assert [(row["status"], row["detail"][:60]) for row in rows] == [
+        ("killed", rows[0]["detail"][:60]),
+        ("survived", ""),
+        ("stale", "stale: the original snippet is not in calc/bounds.py"),
+        ("survived", ""),
+        ("stale", "stale: the original snippet is 2 times in calc/bounds.py"),
+        ("stale", "stale: calc/gone.py does not exist"),
+        ("error", rows[6]["detail"][:60]),
+    ]
+    assert "1 failed" in rows[0]["detail"]
+    assert "1 error" in rows[6]["detail"], "a collection error, not a failing test"
+    assert contents(project) == before, "the tree itself is never written"
+    assert list(work.iterdir()) == [], "the copy is removed"
+
+
+def test_an_interrupted_run_leaves_the_tree_as_it_was_and_no_copy_behind(tmp_path):
+    import subprocess
+
+    project = tiny_project(tmp_path / "project")
+    before = contents(project)
+    work = tmp_path / "work"
+    work.mkdir()
+    seen: list[str] = []
+
+    def run(command, cwd, **kwargs):
+        if len(seen) == 1:  # the first mutant, after the baseline
+            assert not (Path(cwd) / ".git").exists(), "version control is not copied"
+            assert "return n < 3" in (Path(cwd) / "calc" / "bounds.py").read_text()
+            assert "return n < 3" not in (project / "calc" / "bounds.py").read_text()
+            raise KeyboardInterrupt
+        seen.append(str(cwd))
+        assert kwargs["env"]["PYTHONPATH"].split(":")[0] == str(cwd), "the copy's package"
+        return subprocess.CompletedProcess(command, 0, "1 passed", "")
+
+    with pytest.raises(KeyboardInterrupt):
+        mutation.run_hand_mutants([hand("return n <= 3", "return n < 3")], project,
+                                  workdir=work, run=run)  # fmt: skip
+    assert contents(project) == before
+    assert list(work.iterdir()) == []
+
+
+def test_a_mutant_whose_tests_hang_is_a_timeout_not_a_kill(tmp_path):
+    import subprocess
+
+    calls = []
+
+    def run(command, cwd, timeout, **kwargs):
+        calls.append(timeout)
+        if len(calls) > 1:
+            raise subprocess.TimeoutExpired(command, timeout)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    project = tiny_project(tmp_path / "project")
+    (row,) = mutation.run_hand_mutants(
+        [hand("return n <= 3", "return n < 3")], project, run=run, timeout=7
+    )
+    assert (row["status"], row["detail"], calls) == ("timeout", "no answer in 7 s", [7, 7])
+
+
+@pytest.mark.slow
+def test_mutants_are_not_judged_by_tests_that_fail_without_them(tmp_path):
+    project = tiny_project(tmp_path / "project", test_body="assert within(4)")
+    with pytest.raises(RuntimeError, match="the tests do not pass on the unmutated tree"):
+        mutation.run_hand_mutants([hand("return n <= 3", "return n < 3")], project)
+
+
+GOOD = {"file": "f.py", "original": "a", "replacement": "b", "bug": "x", "tests": ["t"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bug": " "}, " needs the bug it stands for"),
+        ({"tests": []}, " needs the bug it stands for"),
+        ({"original": ""}, " needs the bug it stands for"),
+        ({"replacement": "a"}, ": the replacement is the original"),
+        ({"by": "me"}, " needs exactly bug, file, original, replacement, tests"),
+    ],
+    ids=["no-bug", "no-tests", "no-original", "no-change", "unknown-key"],
+)
+def test_a_hand_written_mutant_without_its_bug_or_tests_is_refused(tmp_path, change, message):
+    path = tmp_path / "hand.json"
+    path.write_text(json.dumps([GOOD, {**GOOD, **change}]))
+    with pytest.raises(ValueError, match=re.escape(f"hand.json[1]{message}")):
+        mutation.load_hand_mutants(path)
+
+
+def test_every_hand_written_mutant_applies_once_and_names_tests_that_exist():
+    root = Path(__file__).parent.parent
+    mutants = mutation.load_hand_mutants()
+    assert len(mutants) >= 12, "the issue's seven and the ones found beside them"
+    for mutant in mutants:
+        # a snippet changed by a later commit is stale: update the entry, or drop it
+        assert (root / mutant.file).read_text().count(mutant.original) == 1, mutant.name
+        for test in mutant.tests:
+            path, _, name = test.partition("::")
+            assert f"\ndef {name}(" in (root / path).read_text(), test
+    assert len({(m.file, m.original, m.replacement) for m in mutants}) == len(mutants)

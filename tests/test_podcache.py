@@ -42,10 +42,11 @@ def test_a_compaction_while_disconnected_answers_410_and_the_cache_relists(cache
     apiserver.before_next_watch(lambda: apiserver.add(make_pod("shop", "missed", "uid-m", 0)))
     apiserver.before_next_watch(apiserver.compact)
     apiserver.end_watches()
-    apiserver.wait_for(lambda: apiserver.lists == 2, what="the relist")
+    # the cache's own count: the fake counts a list before its page is even sent
+    apiserver.wait_for(lambda: cache.relists == 2, what="the relist")
     assert apiserver.watches[1] == version, "it resumed from its version"
     assert apiserver.expired == [version], "which was too old: 410 Gone"
-    assert cache.relists == 2
+    assert apiserver.lists == 2
     apiserver.wait_for(lambda: ("shop", "missed") in cache._pods, what="the relisted pod")
     apiserver.wait_for(lambda: len(apiserver.watches) == 3, what="the new watch")
     assert apiserver.watches[2] == str(apiserver.rv), "watching again from the new list"
@@ -82,6 +83,72 @@ def test_an_outage_is_retried_with_backoff_then_relisted(cache, apiserver):
     apiserver.down = False
     apiserver.wait_for(lambda: ("shop", "during-outage") in cache._pods, what="the relist")
     assert apiserver.lists == 2
+
+
+def during_an_outage(apiserver: FakeApiserver, change) -> None:
+    apiserver.down = True
+    apiserver.end_watches()
+    apiserver.wait_for(lambda: apiserver.refused >= 2, what="retries during the outage")
+    change()
+    apiserver.down = False
+
+
+def during_a_compaction(apiserver: FakeApiserver, change) -> None:
+    # changed and compacted while the cache was between two watches: its resumed watch
+    # gets 410 Gone, and the deletion reaches it only through the relist
+    apiserver.before_next_watch(change)
+    apiserver.before_next_watch(apiserver.compact)
+    apiserver.end_watches()
+
+
+@pytest.mark.parametrize("gap", [during_an_outage, during_a_compaction], ids=["outage", "410"])
+def test_a_pod_deleted_while_the_cache_was_not_watching_is_gone_after_the_relist(apiserver, gap):
+    # room for three pods: a relist that kept what it had would go past it
+    cache = PodCache(
+        api_client(apiserver.url, 1.0),
+        max_pods=3,
+        lookup_timeout=10.0,  # the look-up below must be answered, even on a loaded machine
+        watch_timeout=30,
+        backoff=(0.05, 0.2),
+    )
+    cache.start()
+    try:
+        assert cache.synced.wait(10), "the cache never synced"
+        assert set(cache._pods) == {("shop", "web-0"), ("shop", "distroless-0")}
+
+        def change() -> None:
+            apiserver.delete("shop", "web-0")
+            apiserver.add(make_pod("shop", "web-0-new", "uid-new", 0))
+            apiserver.add(make_pod("shop", "worker-0", "uid-worker", 0))
+
+        gap(apiserver, change)
+        apiserver.wait_for(lambda: cache.relists == 2, what="the relist")
+        assert set(cache._pods) == {
+            ("shop", "distroless-0"),
+            ("shop", "web-0-new"),
+            ("shop", "worker-0"),
+        }, "exactly what the apiserver lists: the deleted pod's UID and opt-out are gone"
+        assert len(cache) == 3 <= cache.max_pods
+        # and an exec into the deleted pod's name asks the apiserver, which says it is gone
+        assert cache.lookup("shop", "web-0") == (None, "not-found")
+    finally:
+        cache.stop()
+
+
+def test_the_cache_holds_at_most_max_pods_dropping_the_pod_it_has_known_longest(apiserver):
+    cache = PodCache(
+        api_client(apiserver.url, 1.0), max_pods=2, watch_timeout=30, backoff=(0.05, 0.2)
+    )
+    cache.start()
+    try:
+        assert cache.synced.wait(10), "the cache never synced"
+        apiserver.wait_for(lambda: apiserver.open_watches == 1, what="the cache's watch")
+        apiserver.add(make_pod("shop", "web-1", "uid-web-1", 0))
+        apiserver.wait_for(lambda: ("shop", "web-1") in cache._pods, what="the event")
+        # the relist put distroless-0 first (the list is in UID order): it went first
+        assert set(cache._pods) == {("shop", "web-0"), ("shop", "web-1")}
+    finally:
+        cache.stop()
 
 
 def test_a_hanging_apiserver_costs_the_lookup_timeout_not_the_hang(cache, apiserver):
@@ -279,8 +346,14 @@ def test_real_serve_with_kube_starts_the_cache_in_every_worker(apiserver, tmp_pa
         server.wait_until(lambda: http_ok(connect, "/readyz"), "whoexec serve --kube")
         apiserver.wait_for(lambda: apiserver.open_watches == 2, what="a watch per worker")
         apiserver.add(make_pod("shop", "web-2", "uid-web-2", 0))  # after both synced
+        version = str(apiserver.rv)
+        # what the fake has sent says nothing of what a worker has applied: each worker
+        # resumes an ended watch from the last event it applied, so both asking for
+        # web-2's version is both caches holding it
+        apiserver.end_watches()
         apiserver.wait_for(
-            lambda: sorted(apiserver.sent)[-2:] == [apiserver.rv] * 2, what="both watches"
+            lambda: apiserver.watches[-2:] == [version] * 2 and apiserver.open_watches == 2,
+            what="both workers' watches resumed after the event",
         )
         ring = load_key_ring([certs / "identity.pub"])
         for _ in range(6):  # new connections: both workers answer some

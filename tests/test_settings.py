@@ -82,3 +82,134 @@ def test_a_static_env_path_whose_directory_cannot_be_mounted_is_refused(path):
 def test_the_static_env_is_mounted_at_the_directory_of_its_path(path, mounted_at):
     policy = Settings.from_env({"WHOEXEC_ENV_VOLUME_PATH": path}).admission_policy
     assert policy.env_mount_dir == mounted_at
+
+
+# --- what production builds from the defaults ---------------------------------------------
+# The lineage tests pass their own ReplayPolicy; these go through Settings ->
+# build_consumer, as `whoexec consume` does, so a changed default cannot pass unseen.
+
+
+@pytest.fixture
+def built_from(tmp_path, signer):
+    """Feed alerts to a consumer built as `whoexec consume` builds it, from the defaults,
+    one key and ``env`` (WHOEXEC_* variables); what came out of it."""
+    from cryptography.hazmat.primitives import serialization
+
+    from webhook.consumer import MemorySink
+    from webhook.consumer_app import build_consumer
+
+    pub = tmp_path / "identity.pub"
+    pub.write_bytes(
+        signer.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+    def feed(alerts: list, **env: str) -> list:
+        import orjson
+
+        state = str(tmp_path / "state")
+        settings = Settings.from_env(
+            {"WHOEXEC_IDENTITY_PUB": str(pub), "WHOEXEC_STATE_DIR": state, **env}
+        )
+        sink = MemorySink()
+        consumer = build_consumer(settings, stdout=None, input_name="test", extra_sinks=[sink])
+        consumer.pipeline.feed([orjson.dumps(alert) for alert in alerts], where="test")
+        consumer.close()
+        return sink.alerts
+
+    return feed
+
+
+@pytest.fixture
+def default_consumer(built_from, signer):
+    def attribution(
+        root_start_s: float, event_s: float | None = None, pid: int = 40, **env: str
+    ) -> dict:
+        """The attribution of a session root that started ``root_start_s`` after its
+        token was issued, seen in an event ``event_s`` after it (default: at its start)."""
+        from .test_lineage import START, make_token, root_alert
+
+        token, _ = make_token(signer)
+        start = START + int(root_start_s * 10**9)
+        event = START + int((root_start_s if event_s is None else event_s) * 10**9)
+        out = built_from(
+            [root_alert(pid, token, **{"proc.pid.ts": start, "evt.time": event})], **env
+        )
+        (alert,) = [a for a in out if a["source"] == "syscall"]
+        # the findings' reasons, beside the alert's own fields
+        reasons = [a["output_fields"].get("whoexec.reason") for a in out]
+        return {**alert["output_fields"], "reasons": [r for r in reasons if r]}
+
+    return attribution
+
+
+@pytest.mark.parametrize(
+    ("root_start_s", "status"),
+    [
+        (0.5, "verified"),  # measured on a real cluster: 0.05 to 1.1 s
+        (30, "verified"),  # a loaded node
+        (31, "replayed"),
+        (61, "replayed"),  # the token read a minute later, on a node that never saw it used
+        (-5, "verified"),  # the node's clock behind the webhook's (iat is in whole seconds)
+        (-6, "replayed"),
+    ],
+)
+def test_a_consumer_built_from_the_defaults_believes_only_a_root_that_started_near_its_token(
+    default_consumer, root_start_s, status
+):
+    fields = default_consumer(root_start_s)
+    assert fields["whoexec.attribution"] == status
+    assert (fields["whoexec.user.name"] is None) is (status == "replayed")
+
+
+def test_the_operator_s_freshness_window_and_skew_are_what_the_consumer_uses(default_consumer):
+    wide = {"WHOEXEC_FRESH_SECONDS": "120", "WHOEXEC_ROOT_SKEW_SECONDS": "20"}
+    assert default_consumer(61, **wide)["whoexec.attribution"] == "verified"
+    assert default_consumer(-20, **wide)["whoexec.attribution"] == "verified"
+    assert default_consumer(121, **wide)["whoexec.attribution"] == "replayed"
+    ahead = default_consumer(0, event_s=-301, WHOEXEC_CLOCK_SKEW_SECONDS="600")
+    assert ahead["whoexec.attribution"] == "verified"
+
+
+def test_consumers_built_on_one_store_root_a_session_id_once_between_them(
+    default_consumer, tmp_path
+):
+    db = {"WHOEXEC_DB": f"sqlite:///{tmp_path}/whoexec.db"}
+    assert default_consumer(1, pid=40, **db)["whoexec.attribution"] == "verified"
+    # another consumer (its own process table) sees a second root of the same token
+    replay = default_consumer(10, pid=50, **db)
+    assert replay["whoexec.attribution"] == "replayed"
+    assert any(
+        r.startswith("reused: session s-1 was already rooted by pid 40") for r in replay["reasons"]
+    )
+
+
+@pytest.mark.parametrize(("ahead_s", "status"), [(300, "verified"), (301, "unverified")])
+def test_a_consumer_built_from_the_defaults_refuses_a_token_from_more_than_300_s_ahead(
+    default_consumer, ahead_s, status
+):
+    # the event is seen ahead_s before the token was issued: the webhook's clock runs ahead
+    fields = default_consumer(0, event_s=-ahead_s)
+    assert fields["whoexec.attribution"] == status
+    if status == "unverified":
+        (reason,) = fields["reasons"]
+        assert reason.startswith("TokenFromFuture: token iat 1795341600 is 301s after the event")
+
+
+def test_a_consumer_built_from_the_defaults_holds_an_alert_that_comes_before_its_root(
+    built_from, signer
+):
+    # delivered out of order (a forwarder between Falco and the consumer): the shell's
+    # alert comes first, its session root's after it
+    from .test_lineage import START, alert_for, make_token, root_alert
+
+    token, _ = make_token(signer)
+    shell = alert_for(41, **{"proc.apid[1]": 40, "proc.pid.ts": START + 10**9})
+    out = built_from([shell, root_alert(40, token)])
+    users = [
+        (a["output_fields"]["proc.pid"], a["output_fields"]["whoexec.user.name"])
+        for a in out
+        if a["source"] == "syscall"
+    ]
+    assert sorted(users) == [(40, "alice@corp.example"), (41, "alice@corp.example")]

@@ -577,6 +577,93 @@ def test_a_session_id_roots_one_process_across_consumers_sharing_postgresql(post
     store.close()
 
 
+def test_a_replayed_root_evicted_from_the_process_table_and_seen_again_stays_replayed(
+    store_url, signer, trusted
+):
+    """The attacker spawns enough alerting processes to push its replayed root out of the
+    process table; seen again, the root is judged again, and the claim it lost must still
+    name the genuine root (the cache keeps the holder, never the claimant)."""
+    from webhook.lineage import ProcessTable
+
+    from .test_lineage import START, facts_for, make_token, root_facts, submitted
+
+    token, _ = make_token(signer)
+    genuine_node, this_node = open_store(store_url), open_store(store_url)
+    try:
+        genuine = Attributor(TokenVerifier(trusted), claims=StoreRootClaims(genuine_node))
+        (first,) = submitted(genuine, root_facts(40, token))
+        assert first.status == "verified"
+        attributor = Attributor(
+            TokenVerifier(trusted), ProcessTable(max_entries=2), claims=StoreRootClaims(this_node)
+        )
+        # a second root of the same token, 10 s later: fresh, but not first
+        replay = root_facts(50, token, **{"proc.pid.ts": START + 10 * 10**9})
+        (before,) = submitted(attributor, replay)
+        assert before.status == "replayed"
+        assert before.reason.startswith("reused: session s-1 was already rooted by pid 40")
+        noise = [facts_for(pid, **{"proc.apid[1]": 1, "proc.pid.ts": START}) for pid in (60, 61)]
+        submitted(attributor, *noise)
+        assert attributor.table.get(("node-a", 50)) is None, "the replayed root was evicted"
+        (again,) = submitted(attributor, replay)
+        assert (again.status, again.identity) == ("replayed", None)
+        assert again.reason == before.reason
+    finally:
+        genuine_node.close()
+        this_node.close()
+
+
+class FlakyClaimStore:
+    """The part of a store that root claims use: first wins, down for ``down`` calls."""
+
+    def __init__(self, down: int = 0) -> None:
+        self.down = down
+        self.calls: list[tuple[str, str, int]] = []
+        self.roots: dict[tuple[str, str], tuple[str, int, int]] = {}
+
+    def claim_root(self, session_id, container, host, pid, start_ns):
+        self.calls.append((session_id, container, pid))
+        if self.down:
+            self.down -= 1
+            raise StoreUnavailable("cannot reach PostgreSQL store: connection refused")
+        return self.roots.setdefault((session_id, container), (host, pid, start_ns))
+
+
+def test_a_root_claim_waits_for_the_store_with_growing_delays_and_never_decides_without_it(
+    caplog,
+):
+    from webhook.lineage import SessionRoot
+
+    store = FlakyClaimStore(down=5)
+    store.roots[("s-1", "app")] = ("node-a", 40, T0)  # another node rooted it first
+    slept: list[float] = []
+    claims = StoreRootClaims(store, backoff=(0.2, 1.0), sleep=slept.append)  # type: ignore[arg-type]
+    holder = claims.claim("s-1", "app", SessionRoot("node-b", 50, T0))
+    assert holder == SessionRoot("node-a", 40, T0), "the store decided, once it was back"
+    assert slept == [0.2, 0.4, 0.8, 1.0, 1.0]
+    assert len(store.calls) == 6
+    assert caplog.text.count("session store unavailable for a root claim") == 5
+
+
+def test_root_claims_ask_the_store_once_per_session_and_container_within_their_bound():
+    from webhook.lineage import SessionRoot
+
+    store = FlakyClaimStore()
+    claims = StoreRootClaims(store, max_cached=2)  # type: ignore[arg-type]
+
+    def root(pid: int) -> SessionRoot:
+        return SessionRoot("node-a", pid, T0)
+
+    assert claims.claim("s-1", "app", root(1)) == root(1)
+    assert claims.claim("s-1", "app", root(9)) == root(1)
+    assert claims.claim("s-1", "debug", root(2)) == root(2), "a claim per container"
+    assert len(store.calls) == 2, "the holder was remembered"
+    claims.claim("s-2", "app", root(3))  # the third pushes the oldest out of the cache
+    assert len(claims._holders) == 2
+    # forgotten here, still held in the store: asked again, the answer is the same
+    assert claims.claim("s-1", "app", root(9)) == root(1)
+    assert store.calls[-1] == ("s-1", "app", 9)
+
+
 def test_concurrent_root_claims_have_exactly_one_winner(postgres_url):
     import concurrent.futures
 

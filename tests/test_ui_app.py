@@ -15,7 +15,7 @@ from webhook.errors import StoreUnavailable
 from webhook.report import SESSION_COLUMNS
 from webhook.settings import Settings, ui_exposure_problem
 from webhook.store import open_store
-from webhook.ui.app import CONTENT_SECURITY_POLICY, COOKIE, create_ui_app
+from webhook.ui.app import CONTENT_SECURITY_POLICY, COOKIE, cookie_value, create_ui_app
 
 from .uistore import ALICE, XSS_COMMAND, XSS_POD, FilledStore, fill_store
 
@@ -254,6 +254,89 @@ def test_a_bearer_token_reads_the_exports(guarded):
     assert bad.status_code == 401
 
 
+OTHER_TOKEN = "another-ui-token-of-another-install"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "forged",
+        "",
+        TOKEN,  # the token itself: the browser keeps a value derived from it, never it
+        cookie_value(OTHER_TOKEN),  # a session of another install of the UI
+        cookie_value(TOKEN)[:-1],
+        cookie_value(TOKEN) + "0",
+        cookie_value(TOKEN).upper(),
+    ],
+    ids=["forged", "empty", "the-token", "other-install", "cut", "longer", "upper-case"],
+)
+def test_a_session_cookie_with_any_other_value_is_refused(guarded, value):
+    # a Cookie header written by hand is dropped by Werkzeug's test client: set_cookie
+    guarded.set_cookie(COOKIE, value)
+    response = guarded.get("/users")
+    assert response.status_code == 303
+    assert response.headers["Location"].startswith("/login?next=")
+    assert guarded.get("/sessions?format=json").status_code == 401
+    assert guarded.get("/sessions?format=csv").status_code == 401
+
+
+def test_the_session_cookie_the_login_sets_is_the_one_every_page_accepts(guarded):
+    guarded.set_cookie(COOKIE, cookie_value(TOKEN))
+    assert guarded.get("/users").status_code == 200
+    assert guarded.get("/sessions?format=json").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"Bearer {TOKEN}x",
+        f"Bearer {TOKEN[:-1]}",
+        f"Bearer  {TOKEN}",
+        TOKEN,
+        f"Basic {TOKEN}",
+        f"Bearer {cookie_value(TOKEN)}",
+        "Bearer ",
+    ],
+    ids=[
+        "longer",
+        "cut",
+        "two-spaces",
+        "no-scheme",
+        "basic",
+        "cookie-value",
+        "empty",
+    ],
+)
+def test_an_authorization_header_is_accepted_only_as_bearer_and_the_exact_token(guarded, header):
+    assert (
+        guarded.get("/sessions?format=json", headers={"Authorization": header}).status_code == 401
+    )
+    assert guarded.get("/users", headers={"Authorization": header}).status_code == 303
+
+
+def test_the_bearer_token_reads_the_pages_too_without_a_cookie(guarded):
+    response = guarded.get("/users", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+    assert "Set-Cookie" not in response.headers
+
+
+def test_logging_out_tells_the_browser_to_drop_the_cookie(guarded):
+    guarded.set_cookie(COOKIE, cookie_value(TOKEN))
+    response = guarded.post("/logout")
+    assert (response.status_code, response.headers["Location"]) == (303, "/login")
+    dropped = response.headers["Set-Cookie"]
+    assert dropped.startswith(f"{COOKIE}=;") and "Expires=Thu, 01 Jan 1970" in dropped
+    assert guarded.get("/users").status_code == 303
+
+
+def test_without_a_token_configured_no_sign_in_is_ever_accepted(client):
+    # an open UI (loopback only) has nothing to sign in to: no cookie is ever handed out
+    for given in ("", "anything"):
+        response = client.post("/login", data={"token": given})
+        assert response.status_code == 401
+        assert "Set-Cookie" not in response.headers
+
+
 @pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "/\\evil"])
 def test_sign_in_never_redirects_to_another_site(guarded, target):
     response = guarded.post("/login", data={"token": TOKEN, "next": target})
@@ -290,6 +373,20 @@ def test_the_command_refuses_to_listen_everywhere_without_a_token(filled):
     result = CliRunner().invoke(main, ["ui", "--db", filled.url, "--bind", "0.0.0.0:8080"])
     assert result.exit_code == 2
     assert "reachable from other machines: set WHOEXEC_UI_TOKEN" in result.output
+
+
+def test_by_default_the_ui_listens_on_loopback_only_and_needs_no_token(filled, monkeypatch):
+    served = []
+    monkeypatch.setattr(
+        "webhook.ui.serve.serve_ui", lambda settings, workers: served.append(settings)
+    )
+    result = CliRunner().invoke(
+        main, ["ui", "--db", filled.url], env={"WHOEXEC_UI_BIND": None, "WHOEXEC_UI_TOKEN": None}
+    )
+    assert result.exit_code == 0, result.output
+    (settings,) = served
+    assert settings.ui_token == ""
+    assert settings.ui_bind.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]")
 
 
 def test_the_command_says_when_there_is_no_store(tmp_path):

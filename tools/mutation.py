@@ -1,7 +1,7 @@
 """Mutation testing of the core and the durability paths, with a score per module.
 
     python tools/mutation.py [MODULE|PATTERN ...] [--max-children 2] [--report FILE]
-                             [--report-only]
+                             [--report-only] [--hand | --hand-only [--hand-suite]]
 
 Runs mutmut (configured in pyproject.toml, [tool.mutmut]: identity, admission, lineage,
 falco, the spool and inbox acking, the store writer) over the unit tests of those
@@ -13,6 +13,15 @@ equivalent are listed, with the reason, in ``tools/mutation-equivalents.json``. 
 keeps its state in mutants/ (ignored by git): remove it after changing tests, since a
 mutant's old result is kept while its function is unchanged. It is not part of .ci/run:
 see the README's development notes for how long it takes.
+
+mutmut's operators cannot express some realistic bugs: a dropped conjunct, ``all`` for
+``any``, a changed default, a merge for a replace. Those are written by hand, reviewed,
+in ``tools/hand-mutants.json`` (the file, the exact original snippet, its replacement,
+the bug it stands for, the tests expected to kill it). ``--hand`` applies them one by one
+after mutmut's run (``--hand-only``: instead of it), each on a temporary copy of the
+tree, never on the tree itself, and reports each as killed, survived, or stale (its
+snippet is no longer in the file, or is there more than once). ``--hand-suite`` runs the
+whole unit suite against each instead of the tests the entry names.
 """
 
 from __future__ import annotations
@@ -22,16 +31,21 @@ import fnmatch
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTMUT = [sys.executable, "-m", "mutmut"]
 EQUIVALENTS = ROOT / "tools" / "mutation-equivalents.json"
+HAND_MUTANTS = ROOT / "tools" / "hand-mutants.json"
 
 
 def results() -> list[tuple[str, str]]:
@@ -182,24 +196,152 @@ def module_of(mutant: str) -> str:
     return ".".join(p for p in parts[:-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "modules", nargs="*", help="only these modules (webhook.lineage) or name patterns"
-    )
-    parser.add_argument("--max-children", type=int, default=2)
-    parser.add_argument("--report", type=Path, default=None, help="also write the report here")
-    parser.add_argument(
-        "--report-only", action="store_true", help="report on the last run, without running"
-    )
-    args = parser.parse_args()
+# --- hand-written mutants -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HandMutant:
+    """A realistic one-line bug that mutmut's operators cannot make, reviewed by a person."""
+
+    file: str  # relative to the tree: webhook/store/claims.py
+    original: str  # the exact snippet, found once in the file
+    replacement: str
+    bug: str  # what the change would do to a user
+    tests: tuple[str, ...]  # pytest node ids expected to kill it
+
+    @property
+    def name(self) -> str:
+        return f"{self.file}: {self.bug}"
+
+
+_HAND_KEYS = {"file", "original", "replacement", "bug", "tests"}
+
+
+def load_hand_mutants(path: Path = HAND_MUTANTS) -> list[HandMutant]:
+    """The reviewed list; an entry without its bug or tests, an unknown key, or a
+    replacement that changes nothing, is refused."""
+    loaded = []
+    for index, entry in enumerate(json.loads(path.read_text())):
+        where = f"{path.name}[{index}]"
+        if set(entry) != _HAND_KEYS:
+            raise ValueError(f"{where} needs exactly {', '.join(sorted(_HAND_KEYS))}")
+        if not entry["bug"].strip() or not entry["tests"] or not entry["original"]:
+            raise ValueError(f"{where} needs the bug it stands for and the tests to kill it")
+        if entry["original"] == entry["replacement"]:
+            raise ValueError(f"{where}: the replacement is the original")
+        loaded.append(
+            HandMutant(
+                entry["file"],
+                entry["original"],
+                entry["replacement"],
+                entry["bug"],
+                tuple(entry["tests"]),
+            )
+        )
+    return loaded
+
+
+#: never copied: version control, environments, caches, mutmut's own copy, outputs
+_NOT_COPIED = shutil.ignore_patterns(
+    ".git", ".venv", "venv", ".venv-ci", "__pycache__", "*.egg-info", ".pytest_cache",
+    ".hypothesis", ".mypy_cache", ".ruff_cache", "mutants", "test-output", "whoexec-state",
+    "build", "dist",
+)  # fmt: skip
+
+
+def apply_hand_mutant(tree: Path, mutant: HandMutant) -> str:
+    """Apply ``mutant`` to the copy at ``tree``; "" once applied, else why it is stale."""
+    target = tree / mutant.file
+    if not target.is_file():
+        return f"stale: {mutant.file} does not exist"
+    text = target.read_text()
+    found = text.count(mutant.original)
+    if found != 1:
+        where = "is not in" if not found else f"is {found} times in"
+        return f"stale: the original snippet {where} {mutant.file}"
+    target.write_text(text.replace(mutant.original, mutant.replacement))
+    return ""
+
+
+Run = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def _pytest(tree: Path, tests: Sequence[str], run: Run, timeout: float) -> tuple[str, str]:
+    """Run ``tests`` in the copy at ``tree``: ("passed" | "failed" | "error" | "timeout",
+    the end of what pytest said)."""
+    command = [
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x",
+        "-m", "not e2e", *tests,
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        # the copy's package, not the installed (editable) one
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])),
+        "WHOEXEC_HYPOTHESIS_PROFILE": "mutation",
+    }
+    try:
+        done = run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", f"no answer in {timeout:.0f} s"
+    said = "\n".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+    # pytest: 0 all passed, 1 some failed; anything else is no verdict (no tests, usage)
+    return {0: "passed", 1: "failed"}.get(done.returncode, "error"), said
+
+
+def run_hand_mutants(
+    mutants: Sequence[HandMutant],
+    root: Path = ROOT,
+    *,
+    suite: Sequence[str] | None = None,
+    run: Run = subprocess.run,
+    workdir: Path | None = None,
+    timeout: float = 1800.0,
+    progress: Callable[[str], None] = lambda line: None,
+) -> list[dict[str, Any]]:
+    """Each mutant applied alone to a temporary copy of ``root`` and its tests run there
+    (``suite``: these instead of the tests each entry names). The copy is removed however
+    the run ends (Ctrl-C included); ``root`` is never written. The tests are first run on
+    the unmutated copy: a test that fails there would make every mutant look killed."""
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="whoexec-hand-mutants-", dir=workdir) as tmp:
+        tree = Path(tmp) / "tree"
+        shutil.copytree(root, tree, ignore=_NOT_COPIED, symlinks=True)
+        wanted = list(suite) if suite is not None else sorted({t for m in mutants for t in m.tests})
+        started = time.monotonic()
+        outcome, said = _pytest(tree, wanted, run, timeout)
+        if outcome != "passed":
+            raise RuntimeError(f"the tests do not pass on the unmutated tree ({outcome}):\n{said}")
+        progress(f"baseline: the tests pass unmutated ({time.monotonic() - started:.0f} s)")
+        for mutant in mutants:
+            target = tree / mutant.file
+            original = target.read_text() if target.is_file() else None
+            started = time.monotonic()
+            row: dict[str, Any] = {"file": mutant.file, "bug": mutant.bug}
+            stale = apply_hand_mutant(tree, mutant)
+            if stale:
+                row.update(status="stale", detail=stale)
+            else:
+                try:
+                    tests = list(suite) if suite is not None else list(mutant.tests)
+                    outcome, said = _pytest(tree, tests, run, timeout)
+                finally:
+                    assert original is not None
+                    target.write_text(original)  # the next mutant starts from the original
+                status = {"failed": "killed", "passed": "survived"}.get(outcome, outcome)
+                row.update(status=status, detail=said if status != "survived" else "")
+            row["seconds"] = round(time.monotonic() - started)
+            results.append(row)
+            progress(f"{row['status']:9} {mutant.name} ({row['seconds']} s)")
+    return results
+
+
+def mutmut_report(names: list[str], max_children: int, report_only: bool) -> dict[str, Any]:
+    """Run mutmut (unless ``report_only``) and sort what it left: the report's modules."""
     equivalents = load_equivalents()
-    # a module runs all its mutants; a pattern or a mutant's own name, those it names
-    names = [arg if "*" in arg or "__mutmut_" in arg else f"{arg}.*" for arg in args.modules]
     started = time.monotonic()
-    if not args.report_only:
+    if not report_only:
         run = subprocess.run(
-            [*MUTMUT, "run", "--max-children", str(args.max_children), *names],
+            [*MUTMUT, "run", "--max-children", str(max_children), *names],
             cwd=ROOT,
             # the same fuzz examples in every run, so that scores can be compared
             env={**os.environ, "WHOEXEC_HYPOTHESIS_PROFILE": "mutation"},
@@ -233,7 +375,7 @@ def main() -> None:
             if why == "equivalent" and reviewed is not None:
                 used.add(reviewed)
                 explained[module][name] = reviewed.why
-    report = {
+    report: dict[str, Any] = {
         "seconds": round(elapsed),
         "modules": {
             module: {
@@ -251,12 +393,11 @@ def main() -> None:
     }
     # a reviewed entry of a function looked at that matches no survivor any more was
     # killed or changed: drop it
-    stale = [
+    report["stale_equivalents"] = [
         f"{e.function}: {' / '.join(e.removed)}"
         for e in equivalents
         if e not in used and e.function in functions
     ]
-    report["stale_equivalents"] = stale
     total = sum(m["mutants"] for m in report["modules"].values())
     killed = sum(m["killed"] for m in report["modules"].values())
     report["total"] = {
@@ -264,21 +405,78 @@ def main() -> None:
         "killed": killed,
         "score": round(killed / max(1, total), 3),
     }
-    text = json.dumps(report, indent=2)
-    if args.report:
-        args.report.write_text(text + "\n")
+    return report
+
+
+def print_mutmut(report: dict[str, Any]) -> None:
     for module, row in report["modules"].items():
         why = ", ".join(f"{k} {v}" for k, v in row["left_because"].items())
         print(
             f"{module:32} {row['killed']:5}/{row['mutants']:<5} killed  score {row['score']:.1%}"
             f"  left: {why}"
         )
+    total = report["total"]
     print(
-        f"{'total':32} {killed:5}/{total:<5} killed  score {killed / max(1, total):.1%}"
-        f"  ({elapsed / 60:.0f} min)"
+        f"{'total':32} {total['killed']:5}/{total['mutants']:<5} killed  score "
+        f"{total['score']:.1%}  ({report['seconds'] / 60:.0f} min)"
     )
-    for entry in stale:
+    for entry in report["stale_equivalents"]:
         print(f"stale entry in {EQUIVALENTS.name} (no survivor matches it): {entry}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "modules", nargs="*", help="only these modules (webhook.lineage) or name patterns"
+    )
+    parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--report", type=Path, default=None, help="also write the report here")
+    parser.add_argument(
+        "--report-only", action="store_true", help="report on the last run, without running"
+    )
+    hand = parser.add_mutually_exclusive_group()
+    hand.add_argument(
+        "--hand", action="store_true", help=f"then the mutants of {HAND_MUTANTS.name} too"
+    )
+    hand.add_argument(
+        "--hand-only", action="store_true", help=f"only the mutants of {HAND_MUTANTS.name}"
+    )
+    parser.add_argument(
+        "--hand-suite",
+        action="store_true",
+        help="run the whole unit suite against each hand-written mutant, not its tests",
+    )
+    args = parser.parse_args()
+    report: dict[str, Any] = {}
+    if not args.hand_only:
+        # a module runs all its mutants; a pattern or a mutant's own name, those it names
+        names = [arg if "*" in arg or "__mutmut_" in arg else f"{arg}.*" for arg in args.modules]
+        report = mutmut_report(names, args.max_children, args.report_only)
+        print_mutmut(report)
+    if args.hand or args.hand_only:
+        started = time.monotonic()
+        try:
+            rows = run_hand_mutants(
+                load_hand_mutants(),
+                suite=["tests"] if args.hand_suite else None,
+                progress=lambda line: print(line, flush=True),
+            )
+        except RuntimeError as exc:
+            sys.exit(str(exc))
+        counts = Counter(row["status"] for row in rows)
+        report["hand"] = {
+            "seconds": round(time.monotonic() - started),
+            "suite": "unit suite" if args.hand_suite else "the tests each entry names",
+            "counts": dict(sorted(counts.items())),
+            "mutants": rows,
+        }
+        print(
+            f"hand-written mutants: {counts['killed']} of {len(rows)} killed, "
+            f"{counts['survived']} survived, {len(rows) - counts['killed'] - counts['survived']}"
+            f" stale or no verdict ({report['hand']['seconds'] / 60:.0f} min)"
+        )
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -482,7 +482,8 @@ def _static_env_mount(
     """A later ``kubectl exec -c <debug container>`` finds the static env there too, when
     the pod has it (ephemeral containers may mount the pod's volumes)."""
     pod = ctx.request.get("object") or {}
-    volumes = (pod.get("spec") or {}).get("volumes") or []
+    # a part of the wrong type counts as absent, as in pod_facts (`volumes: true` was a 500)
+    volumes = _list(_dict(pod.get("spec")).get("volumes"))
     if not any(isinstance(v, dict) and v.get("name") == ENV_VOLUME for v in volumes):
         return []
     mount_dir = ctx.policy.env_mount_dir
@@ -650,7 +651,7 @@ def _targets_windows(spec: Mapping[str, Any]) -> bool:
             and e.get("key") == "kubernetes.io/os"
             and e.get("operator") == "In"
             and e.get("values") == ["windows"]
-            for e in expressions or []
+            for e in _list(expressions)
         )
 
     # the terms are ORed: the pod is Windows-only when every term asks for Windows
