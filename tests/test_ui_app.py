@@ -15,11 +15,18 @@ from webhook.errors import StoreUnavailable
 from webhook.report import SESSION_COLUMNS
 from webhook.settings import Settings, ui_exposure_problem
 from webhook.store import open_store
-from webhook.ui.app import CONTENT_SECURITY_POLICY, COOKIE, cookie_value, create_ui_app
+from webhook.ui.app import CONTENT_SECURITY_POLICY, COOKIE, create_ui_app
 
 from .uistore import ALICE, XSS_COMMAND, XSS_POD, FilledStore, fill_store
 
 TOKEN = "s3cret-token-for-the-ui-0123456789"
+
+
+def signed_in_cookie(client, token: str = TOKEN) -> str:
+    """The session cookie a sign-in hands the browser (a random id, kept server-side)."""
+    response = client.post("/login", data={"token": token, "next": "/users"})
+    assert response.status_code == 303
+    return response.headers["Set-Cookie"].split(";", 1)[0].split("=", 1)[1]
 
 
 @pytest.fixture(scope="module")
@@ -258,19 +265,24 @@ OTHER_TOKEN = "another-ui-token-of-another-install"
 
 
 @pytest.mark.parametrize(
-    "value",
-    [
-        "forged",
-        "",
-        TOKEN,  # the token itself: the browser keeps a value derived from it, never it
-        cookie_value(OTHER_TOKEN),  # a session of another install of the UI
-        cookie_value(TOKEN)[:-1],
-        cookie_value(TOKEN) + "0",
-        cookie_value(TOKEN).upper(),
-    ],
-    ids=["forged", "empty", "the-token", "other-install", "cut", "longer", "upper-case"],
+    "kind", ["forged", "empty", "the-token", "other-install", "cut", "longer", "upper-case"]
 )
-def test_a_session_cookie_with_any_other_value_is_refused(guarded, value):
+def test_a_session_cookie_with_any_other_value_is_refused(guarded, filled, kind):
+    store = open_store(filled.url)
+    try:
+        other = create_ui_app(store, auth_token=OTHER_TOKEN).test_client()
+        genuine = signed_in_cookie(create_ui_app(store, auth_token=TOKEN).test_client())
+        value = {
+            "forged": "forged",
+            "empty": "",
+            "the-token": TOKEN,  # the browser keeps a random id, never the token
+            "other-install": signed_in_cookie(other, OTHER_TOKEN),
+            "cut": genuine[:-1],
+            "longer": genuine + "0",
+            "upper-case": genuine.upper(),
+        }[kind]
+    finally:
+        store.close()
     # a Cookie header written by hand is dropped by Werkzeug's test client: set_cookie
     guarded.set_cookie(COOKIE, value)
     response = guarded.get("/users")
@@ -281,7 +293,9 @@ def test_a_session_cookie_with_any_other_value_is_refused(guarded, value):
 
 
 def test_the_session_cookie_the_login_sets_is_the_one_every_page_accepts(guarded):
-    guarded.set_cookie(COOKIE, cookie_value(TOKEN))
+    cookie = signed_in_cookie(guarded)
+    guarded.delete_cookie(COOKIE)
+    guarded.set_cookie(COOKIE, cookie)
     assert guarded.get("/users").status_code == 200
     assert guarded.get("/sessions?format=json").status_code == 200
 
@@ -294,7 +308,7 @@ def test_the_session_cookie_the_login_sets_is_the_one_every_page_accepts(guarded
         f"Bearer  {TOKEN}",
         TOKEN,
         f"Basic {TOKEN}",
-        f"Bearer {cookie_value(TOKEN)}",
+        "Bearer <the session cookie>",
         "Bearer ",
     ],
     ids=[
@@ -308,6 +322,9 @@ def test_the_session_cookie_the_login_sets_is_the_one_every_page_accepts(guarded
     ],
 )
 def test_an_authorization_header_is_accepted_only_as_bearer_and_the_exact_token(guarded, header):
+    if header == "Bearer <the session cookie>":
+        header = f"Bearer {signed_in_cookie(guarded)}"
+        guarded.delete_cookie(COOKIE)
     assert (
         guarded.get("/sessions?format=json", headers={"Authorization": header}).status_code == 401
     )
@@ -321,7 +338,7 @@ def test_the_bearer_token_reads_the_pages_too_without_a_cookie(guarded):
 
 
 def test_logging_out_tells_the_browser_to_drop_the_cookie(guarded):
-    guarded.set_cookie(COOKIE, cookie_value(TOKEN))
+    signed_in_cookie(guarded)
     response = guarded.post("/logout")
     assert (response.status_code, response.headers["Location"]) == (303, "/login")
     dropped = response.headers["Set-Cookie"]
