@@ -108,6 +108,14 @@ class Served:
         assert status == 200, (path, status, data[:300])
         return json.loads(data)
 
+    def stored(self, path: str) -> Any:
+        """``GET path`` as JSON, or None while it is 404 (not written by the store yet)."""
+        status, _, data = self.request("GET", path)
+        if status == 404:
+            return None
+        assert status == 200, (path, status, data[:300])
+        return json.loads(data)
+
 
 def start_consumer(folder: Path, keys: Keys, *extra: str) -> Served:
     """``whoexec consume --listen 127.0.0.1:0 --db sqlite:///...``, its pipeline up."""

@@ -108,7 +108,7 @@ def test_an_alert_out_of_range_in_a_session_s_batch_costs_that_session_nothing(
     assert (status, json.loads(reply)["accepted"]) == (200, 3)
     enriched(tmp_path, child["rule"])
     session = eventually(
-        lambda: (found := consumer.json("GET", f"/api/sessions/{sid}"))["processes"] and found,
+        lambda: (found := consumer.stored(f"/api/sessions/{sid}")) and found["processes"] and found,
         "the session's rows",
     )
     assert session["user_name"] == "alice@corp.example"
