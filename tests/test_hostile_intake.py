@@ -11,6 +11,7 @@ otherwise; the intake's memory stays bounded; the server closes hostile connecti
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -61,7 +62,9 @@ class Consumer:
         conn = conn or self.connection()
         started = time.monotonic()
         try:
-            conn.request("POST", "/falco", body=json.dumps(alert), headers=HEADERS)
+            # refused and closed before the body went: the answer is still there to read
+            with contextlib.suppress(BrokenPipeError):
+                conn.request("POST", "/falco", body=json.dumps(alert), headers=HEADERS)
             reply = conn.getresponse()
             reply.read()
         finally:
