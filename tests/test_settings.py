@@ -67,6 +67,37 @@ def test_bad_values_name_the_variable_and_value(env, message):
 
 
 @pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WHOEXEC_WORKERS": "1", "WHOEXEC_THREADS": "1"}, None),
+        ({"WHOEXEC_THREADS": "0"}, "workers and threads must be >= 1, got 2/0"),
+        ({"WHOEXEC_POD_LOOKUP_TIMEOUT": "5"}, None),
+        ({"WHOEXEC_POD_LOOKUP_TIMEOUT": "0.01"}, None),
+        ({"WHOEXEC_POD_LOOKUP_TIMEOUT": "5.01"}, "pod_lookup_timeout 5.01 must be in (0, 5] "),
+        ({"WHOEXEC_POD_LOOKUP_TIMEOUT": "0"}, "pod_lookup_timeout 0.0 must be in (0, 5] "),
+        ({"WHOEXEC_FRESH_SECONDS": "1", "WHOEXEC_ROOT_SKEW_SECONDS": "0"}, None),
+        ({"WHOEXEC_AUDIT_GRACE_SECONDS": "0"}, None),
+        ({"WHOEXEC_FRESH_SECONDS": "0"}, "fresh_seconds (0) must be >= 1"),
+        ({"WHOEXEC_ROOT_SKEW_SECONDS": "-1"}, "root_skew_seconds (-1) and audit_grace"),
+        ({"WHOEXEC_AUDIT_GRACE_SECONDS": "-1"}, "audit_grace_seconds (-1) >= 0"),
+    ],
+)
+def test_each_bound_of_the_settings_holds_at_its_edge(env, message):
+    if message is None:
+        Settings.from_env(env)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "level", ["debug", "info", "warning", "error", "critical", "DEBUG", "Info"]
+)
+def test_every_log_level_is_accepted_in_any_case(level):
+    assert Settings.from_env({"WHOEXEC_LOG_LEVEL": level}).log_level == level
+
+
+@pytest.mark.parametrize(
     "path", ["env", ".whoexec/env", "/env", "/.whoexec/", "/.whoexec//env", "/a/../env", "/./env"]
 )
 def test_a_static_env_path_whose_directory_cannot_be_mounted_is_refused(path):

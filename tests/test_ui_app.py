@@ -367,6 +367,7 @@ def test_sign_in_never_redirects_to_another_site(guarded, target):
     ("bind", "token", "refused"),
     [
         ("127.0.0.1:8080", "", False),
+        ("127.0.0.2:8080", "", False),  # all of 127/8 is loopback
         ("localhost:8080", "", False),
         ("[::1]:8080", "", False),
         ("0.0.0.0:8080", "", True),
