@@ -80,6 +80,15 @@ def test_bad_values_name_the_variable_and_value(env, message):
         ({"WHOEXEC_FRESH_SECONDS": "0"}, "fresh_seconds (0) must be >= 1"),
         ({"WHOEXEC_ROOT_SKEW_SECONDS": "-1"}, "root_skew_seconds (-1) and audit_grace"),
         ({"WHOEXEC_AUDIT_GRACE_SECONDS": "-1"}, "audit_grace_seconds (-1) >= 0"),
+        ({"WHOEXEC_HOLD_SECONDS": "0", "WHOEXEC_MAX_PROCESSES": "1"}, None),
+        ({"WHOEXEC_HOLD_SECONDS": "-1"}, "hold_seconds must be >= 0 and max_processes >= 1"),
+        ({"WHOEXEC_MAX_PROCESSES": "0"}, "hold_seconds must be >= 0 and max_processes >= 1"),
+        ({"WHOEXEC_TLS_CERT": "/tls/tls.crt"}, "tls_cert and tls_key go together"),
+        ({"WHOEXEC_TLS_KEY": "/tls/tls.key"}, "tls_cert and tls_key go together"),
+        ({"WHOEXEC_UI_TOKEN": "t" * 16}, None),
+        ({"WHOEXEC_UI_TOKEN": "t" * 15}, "ui_token must be at least 16 characters"),
+        ({"WHOEXEC_MAX_BODY_BYTES": "1024"}, None),
+        ({"WHOEXEC_MAX_BODY_BYTES": "1023"}, "max_body_bytes 1023 is below 1024"),
     ],
 )
 def test_each_bound_of_the_settings_holds_at_its_edge(env, message):
@@ -88,6 +97,38 @@ def test_each_bound_of_the_settings_holds_at_its_edge(env, message):
     else:
         with pytest.raises(ConfigError, match=re.escape(message)):
             Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("1", True), ("true", True), ("YES", True), ("On", True),
+     ("0", False), ("false", False), ("No", False), ("OFF", False), ("", False)],
+)  # fmt: skip
+def test_a_boolean_setting_reads_the_usual_words_in_any_case(raw, value):
+    assert Settings.from_env({"WHOEXEC_FORWARD_ROOTS": raw}).forward_roots is value
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WHOEXEC_FORWARD_ROOTS": "maybe"}, "WHOEXEC_FORWARD_ROOTS='maybe' is not a boolean"),
+        ({"WHOEXEC_HOLD_SECONDS": "soon"}, "WHOEXEC_HOLD_SECONDS='soon' is not a number"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_the_variable(env, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        Settings.from_env(env)
+
+
+def test_numbers_and_optional_paths_are_read_as_their_types():
+    settings = Settings.from_env({"WHOEXEC_HOLD_SECONDS": "2.5", "WHOEXEC_PROCFS": "/host/proc"})
+    assert (settings.hold_seconds, settings.procfs) == (2.5, Path("/host/proc"))
+    assert Settings.from_env({"WHOEXEC_PROCFS": ""}).procfs is None, "empty is unset"
+
+
+def test_a_flag_that_is_no_setting_is_a_config_error_naming_it():
+    with pytest.raises(ConfigError, match="no_such_knob"):
+        Settings.from_env({}, no_such_knob=1)
 
 
 @pytest.mark.parametrize(
