@@ -140,6 +140,29 @@ class _Connection:
         return getattr(self.sock, name)
 
 
+#: how long, and how much, a late client is read after its 408 before the close
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 64 * 1024
+
+
+def _linger(sock: Any) -> None:
+    """Read and drop what a late client still sends, briefly, after its 408: a close with
+    unread bytes makes the kernel send a reset, which can destroy the 408 in the client's
+    buffers before it is read (RFC 9112 section 9.6, "tear-down"). Bounded in time and bytes,
+    so a client that keeps sending cannot hold the connection."""
+    with contextlib.suppress(OSError, ValueError):
+        # the socket's, not TLS's (see give_way): the end of our side, reading goes on
+        gsocket.socket.shutdown(sock, socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        drained = 0
+        while drained < LINGER_BYTES and (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            chunk = sock.recv(4096)
+            if not chunk:
+                return
+            drained += len(chunk)
+
+
 class DeadlineWorker(GeventWorker):  # type: ignore[misc]
     """The worker ``whoexec serve`` runs: gevent, TLS done here, deadlines on clients."""
 
@@ -227,6 +250,7 @@ class DeadlineWorker(GeventWorker):  # type: ignore[misc]
             if late.phase in ("header", "body"):
                 with contextlib.suppress(OSError):
                     connection.sendall(_TIMED_OUT)
+                    _linger(connection.sock)
         except (StopIteration, http.errors.NoMoreData, gevent.GreenletExit):
             pass
         except (ssl.SSLError, OSError) as exc:
