@@ -406,22 +406,23 @@ impl WhoexecPlugin {
         value.and_then(|v| CString::new(v).ok())
     }
 
+    /// One text field of the event's attribution: `pick` chooses it, and no attribution or no
+    /// value is an empty field.
+    fn text_field(
+        &mut self,
+        req: &mut ExtractRequest<Self>,
+        pick: impl FnOnce(&Attribution) -> Option<&str>,
+    ) -> Result<Option<CString>, Error> {
+        let a = self.attribution(req);
+        Ok(Self::text(a.as_ref().and_then(pick)))
+    }
+
     fn extract_user(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
-        let a = self.attribution(&mut req);
-        Ok(Self::text(
-            a.as_ref()
-                .and_then(|a| a.identity.as_ref())
-                .map(|i| i.user.as_str()),
-        ))
+        self.text_field(&mut req, |a| a.identity.as_ref().map(|i| i.user.as_str()))
     }
 
     fn extract_uid(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
-        let a = self.attribution(&mut req);
-        Ok(Self::text(
-            a.as_ref()
-                .and_then(|a| a.identity.as_ref())
-                .map(|i| i.uid.as_str()),
-        ))
+        self.text_field(&mut req, |a| a.identity.as_ref().map(|i| i.uid.as_str()))
     }
 
     fn extract_groups(
@@ -438,53 +439,38 @@ impl WhoexecPlugin {
     }
 
     fn extract_session(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
-        let a = self.attribution(&mut req);
-        Ok(Self::text(
-            a.as_ref()
-                .and_then(|a| a.identity.as_ref())
-                .map(|i| i.session_id.as_str()),
-        ))
+        self.text_field(&mut req, |a| {
+            a.identity.as_ref().map(|i| i.session_id.as_str())
+        })
     }
 
     fn extract_attribution(
         &mut self,
         mut req: ExtractRequest<Self>,
     ) -> Result<Option<CString>, Error> {
-        let a = self.attribution(&mut req);
-        Ok(Self::text(a.map(|a| a.status.as_str())))
+        self.text_field(&mut req, |a| Some(a.status.as_str()))
     }
 
     fn extract_claimed_user(
         &mut self,
         mut req: ExtractRequest<Self>,
     ) -> Result<Option<CString>, Error> {
-        let a = self.attribution(&mut req);
-        Ok(Self::text(
-            a.as_ref()
-                .and_then(|a| a.claimed.as_ref())
-                .map(|i| i.user.as_str()),
-        ))
+        self.text_field(&mut req, |a| a.claimed.as_ref().map(|i| i.user.as_str()))
     }
 
     fn extract_claimed_session(
         &mut self,
         mut req: ExtractRequest<Self>,
     ) -> Result<Option<CString>, Error> {
-        let a = self.attribution(&mut req);
-        Ok(Self::text(
-            a.as_ref()
-                .and_then(|a| a.claimed.as_ref())
-                .map(|i| i.session_id.as_str()),
-        ))
+        self.text_field(&mut req, |a| {
+            a.claimed.as_ref().map(|i| i.session_id.as_str())
+        })
     }
 
     fn extract_reason(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
-        let a = self.attribution(&mut req);
-        Ok(Self::text(
-            a.as_ref()
-                .map(|a| a.reason.as_str())
-                .filter(|r| !r.is_empty()),
-        ))
+        self.text_field(&mut req, |a| {
+            Some(a.reason.as_str()).filter(|r| !r.is_empty())
+        })
     }
 
     fn extract_root_pid(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<u64>, Error> {
@@ -499,8 +485,7 @@ impl WhoexecPlugin {
     }
 
     fn extract_token(&mut self, mut req: ExtractRequest<Self>) -> Result<Option<CString>, Error> {
-        let a = self.attribution(&mut req);
-        Ok(Self::text(a.as_ref().and_then(|a| a.token.as_deref())))
+        self.text_field(&mut req, |a| a.token.as_deref())
     }
 }
 
