@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import socket
 import ssl
 import threading
@@ -213,6 +214,20 @@ def pipeline_unread(
             except OSError:
                 return sent, True  # the server closed it
     return sent, False
+
+
+def metric_value(conn: http.client.HTTPConnection, name: str, labels: str) -> float:
+    """One sample of a server's ``/metrics`` (0 while the series has none), over ``conn``,
+    which is closed after."""
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{labels}}}"):
+            return float(line.split()[1])
+    return 0.0
 
 
 def rss_bytes(pid: int) -> int:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from webhook.identity import Identity, Signer, sign_identity
 
 from .conftest import DATA, http_ok
-from .servers import ServerProcess
+from .servers import ServerProcess, serve_argv
 
 _spec = importlib.util.spec_from_file_location("make_fixtures", DATA / "falco" / "make_fixtures.py")
 assert _spec is not None and _spec.loader is not None
@@ -200,15 +200,8 @@ def start_webhook(folder: Path, certs: Path, *extra: str) -> ServedTLS:
     """``whoexec serve`` as the apiserver meets it, vouching for ``/usr/bin/env`` everywhere
     (no pod cache here)."""
     server = ServerProcess(
-        [
-            sys.executable,
-            "-m",
-            "webhook.cli",
-            "serve",
-            "--certs",
-            str(certs),
-            "--bind",
-            "127.0.0.1:0",
+        serve_argv(
+            certs,
             "--workers",
             "1",
             "--threads",
@@ -216,7 +209,7 @@ def start_webhook(folder: Path, certs: Path, *extra: str) -> ServedTLS:
             "--env-trusted-namespace",
             "*",
             *extra,
-        ],
+        ),
         folder / f"serve-{len(list(folder.glob('serve-*.log')))}.log",
         clean_env(),
     )

@@ -14,11 +14,28 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _LISTENING = re.compile(rb"Listening at: https?://[^\s:]+:(\d+)")
+
+
+def serve_argv(certs: Path, *options: str) -> list[str]:
+    """``whoexec serve`` as a user starts it, with ``certs``, on a free loopback port (the
+    server logs the port it got), then ``options``."""
+    return [
+        sys.executable,
+        "-m",
+        "webhook.cli",
+        "serve",
+        "--certs",
+        str(certs),
+        "--bind",
+        "127.0.0.1:0",
+        *options,
+    ]
 
 
 class ServerProcess:

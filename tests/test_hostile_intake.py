@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import DATA, http_ok
-from .hostile import Hostile, pipeline_unread, rss_bytes
+from .hostile import Hostile, metric_value, pipeline_unread, rss_bytes
 from .servers import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -101,16 +101,7 @@ class Consumer:
         assert not missing, f"{len(missing)} acknowledged alerts never came out"
 
     def metric(self, name: str, labels: str) -> float:
-        conn = self.connection()
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        for line in text.splitlines():
-            if line.startswith(f"{name}{{{labels}}}"):
-                return float(line.split()[1])
-        return 0.0
+        return metric_value(self.connection(), name, labels)
 
     def rss(self) -> int:
         return rss_bytes(self.server.pid)  # the intake is the main process

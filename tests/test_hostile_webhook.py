@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import http_ok, load_json
-from .hostile import Hostile, tree_rss
-from .servers import ServerProcess
+from .hostile import Hostile, metric_value, tree_rss
+from .servers import ServerProcess, serve_argv
 
 pytestmark = pytest.mark.slow
 
@@ -85,16 +85,7 @@ class Webhook:
         return took
 
     def metric(self, name: str, labels: str) -> float:
-        conn = self.connection()
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        for line in text.splitlines():
-            if line.startswith(f"{name}{{{labels}}}"):
-                return float(line.split()[1])
-        return 0.0
+        return metric_value(self.connection(), name, labels)
 
     def raw(self, data: bytes) -> bytes:
         """Bytes sent as they are over TLS; everything answered until the server closes."""
@@ -137,20 +128,13 @@ def start_webhook(certs: Path, log: Path, **env_extra: str) -> ServerProcess:
         **env_extra,
     )
     return ServerProcess(
-        [
-            sys.executable,
-            "-m",
-            "webhook.cli",
-            "serve",
-            "--certs",
-            str(certs),
-            "--bind",
-            "127.0.0.1:0",
+        serve_argv(
+            certs,
             "--workers",
             "2",
             "--env-trusted-namespace",
             "*",
-        ],
+        ),
         log,
         env,
     )

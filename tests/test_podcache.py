@@ -287,7 +287,6 @@ def test_real_serve_with_kube_starts_the_cache_in_every_worker(apiserver, tmp_pa
     import json
     import os
     import ssl
-    import sys
     import time
 
     from click.testing import CliRunner
@@ -297,28 +296,21 @@ def test_real_serve_with_kube_starts_the_cache_in_every_worker(apiserver, tmp_pa
     from webhook.keyfiles import load_key_ring
 
     from .conftest import http_ok
-    from .servers import ServerProcess
+    from .servers import ServerProcess, serve_argv
 
     certs = tmp_path / "certs"
     assert CliRunner().invoke(main, ["certs", "--out", str(certs)]).exit_code == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
     server = ServerProcess(
-        [
-            sys.executable,
-            "-m",
-            "webhook.cli",
-            "serve",
-            "--certs",
-            str(certs),
-            "--bind",
-            "127.0.0.1:0",
+        serve_argv(
+            certs,
             "--workers",
             "2",
             "--kube",
             apiserver.url,
             "--env-trusted-namespace",
             "*",
-        ],
+        ),
         tmp_path / "serve.log",
         env,
     )

@@ -25,7 +25,7 @@ from webhook.identity import verify_token
 from webhook.keyfiles import load_key_ring
 
 from .conftest import http_ok, load_json
-from .servers import ServerProcess
+from .servers import ServerProcess, serve_argv
 
 pytestmark = pytest.mark.slow
 SERVER_NAME = "whoexec.whoexec.svc"
@@ -73,22 +73,15 @@ def certs(tmp_path_factory) -> Path:
 def server(certs: Path, tmp_path_factory) -> Iterator[int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
     served = ServerProcess(
-        [
-            sys.executable,
-            "-m",
-            "webhook.cli",
-            "serve",
-            "--certs",
-            str(certs),
-            "--bind",
-            "127.0.0.1:0",
+        serve_argv(
+            certs,
             "--workers",
             "2",
             "--threads",
             "4",
             "--env-trusted-namespace",
             "*",
-        ],
+        ),
         tmp_path_factory.mktemp("serve") / "serve.log",
         env,
     )
