@@ -697,7 +697,9 @@ impl Tracker {
         };
         if problem.is_empty() {
             let holder = self.claim(&identity.session_id, &identity.container, (tid, ts_ns));
-            if holder.0 != tid {
+            // the whole (tid, start) pair: a tid the kernel reused, even within the
+            // freshness window, is another process and may not ride on the first one's claim
+            if holder != (tid, ts_ns) {
                 problem = format!(
                     "reused: session {} was already rooted by pid {}",
                     shown(&identity.session_id, 64),

@@ -192,7 +192,8 @@ impl Sim {
     /// The webhook's rewrite: `env WHOEXEC_IDENTITY=<token> sh`, then env execs sh.
     fn root(&mut self, tid: i64, token: &str) {
         self.clone_into(1154, tid, false, APP, Order::ParentFirst);
-        self.ts = T0 - 1_000_000;
+        // just after the token was issued, and never back in time
+        self.ts = self.ts.max(T0 - 1_000_000);
         let arg = format!("WHOEXEC_IDENTITY={token}");
         self.exec_env(
             tid,
@@ -363,6 +364,25 @@ fn a_session_s_record_goes_with_its_last_process_and_its_claim_stays() {
     );
     assert_eq!(sim.claimed(1300).as_deref(), Some("alice"));
     assert_eq!(sim.user(1300), None);
+}
+
+#[test]
+fn a_reused_tid_replaying_the_token_within_the_window_is_a_replay_not_the_first_root() {
+    // found by the history proptest: the claim compared the tid alone, so once the root had
+    // exited, a process the kernel gave the same tid could replay the token as `verified`
+    let mut sim = Sim::new();
+    let token = mint("s1", "alice");
+    sim.root(1165, &token);
+    assert_eq!(sim.status(1165), Status::Verified);
+    sim.exit(1165);
+    sim.root(1165, &token);
+    assert_eq!(sim.status(1165), Status::Replayed);
+    assert!(
+        sim.reason(1165).starts_with("reused"),
+        "{}",
+        sim.reason(1165)
+    );
+    assert_eq!(sim.user(1165), None);
 }
 
 #[test]
@@ -740,7 +760,8 @@ proptest! {
                     match &tokens[token as usize] {
                         Some(tok) => {
                             let arg = format!("WHOEXEC_IDENTITY={tok}");
-                            sim.ts = T0;
+                            // fresh, and time still only moves forward
+                            sim.ts = sim.ts.max(T0);
                             let parent_in_app = sim.table.threads.get(&sim.table.threads[&t].ptid)
                                 .is_some_and(|p| p.container_id == APP);
                             sim.exec_env(t, "/usr/bin/env", &[&arg, "sh"], &[], false);
