@@ -36,6 +36,7 @@ from webhook.inbox import InboxLogReader
 from webhook.lineage import Attributor, Outcome, enrich, findings
 from webhook.plugin_fields import plugin_outcome
 from webhook.spool import Spool
+from webhook.stopflag import StopFlag
 from webhook.text import loggable
 
 log = logging.getLogger("whoexec.consumer")
@@ -756,7 +757,7 @@ class InboxReader:
         self.heartbeat = heartbeat
         self.poll = poll
         self._beat = 0.0
-        self._stop = threading.Event()
+        self._stop = StopFlag()  # stop() is called from the pipeline's SIGTERM handler
         pipeline.on_done = self._done
 
     def _done(self, tags: list[object]) -> None:

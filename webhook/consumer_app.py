@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -43,6 +44,7 @@ from webhook.keyfiles import load_key_ring
 from webhook.lineage import Attributor, ProcessTable, ReplayPolicy, RootClaims, TokenVerifier
 from webhook.settings import Settings, is_loopback
 from webhook.spool import Spool
+from webhook.stopflag import StopFlag
 from webhook.store.sql import SqlStore
 from webhook.times import parse_time_ns
 from webhook.tls import ReloadingContext
@@ -313,7 +315,7 @@ def create_consumer_app(
 
 
 def _run_pipeline_process(
-    settings: Settings, use_stdout: bool, heartbeat: Path, stop: threading.Event
+    settings: Settings, use_stdout: bool, heartbeat: Path, stop: StopFlag
 ) -> None:
     """The one process that owns the process table: inbox -> pipeline -> sinks.
 
@@ -493,14 +495,12 @@ def _supervise_pipeline(
     pipeline's status returned. If the master itself is gone, the pipeline is stopped too.
     """
     master = os.getppid()
-    stop = threading.Event()
-    child = 0
+    stop = StopFlag()
 
     def on_term(_signum: int, _frame: object) -> None:
+        # only the flag: the loop below tells the child (a SIGTERM that came while
+        # os.fork() ran would find no child id yet)
         stop.set()
-        if child:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -518,13 +518,20 @@ def _supervise_pipeline(
                 sys.stdout.flush()
                 os._exit(code)
         started = time.monotonic()
+        told_at = -math.inf
         while True:
             done, status = os.waitpid(child, os.WNOHANG)
             if done == child:
                 break
             if not stop.is_set() and os.getppid() != master:
                 log.error("the consumer's master process is gone; stopping the pipeline")
-                on_term(signal.SIGTERM, None)
+                stop.set()
+            if stop.is_set() and time.monotonic() - told_at >= 1.0:
+                # told again each second until it exits: a signal that reaches a child
+                # before Python's after-fork reset is dropped there (_PySignal_AfterFork)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGTERM)
+                told_at = time.monotonic()
             stop.wait(0.2)
         code = os.waitstatus_to_exitcode(status)
         if metrics_dir:
