@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 # shadow the installed `webhook` package
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 
-from webhook.consumer import Pipeline, StreamSink, read_batch  # noqa: E402
+from webhook.attribution.lineage import Attributor, ProcessRecord, ProcessTable, TokenVerifier  # noqa: E402
+from webhook.attribution.pipeline import Pipeline, StreamSink, read_batch  # noqa: E402
 from webhook.identity import Identity, Signer, key_ring, sign_identity  # noqa: E402
-from webhook.lineage import Attributor, ProcessRecord, ProcessTable, TokenVerifier  # noqa: E402
 
 T0 = 1795341600_000_000_000
 HOSTS = [f"node-{i}" for i in range(4)]

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 
-from webhook.consumer import ForwardSink  # noqa: E402
-from webhook.falco import parse_alert  # noqa: E402
+from webhook.attribution.falco import parse_alert  # noqa: E402
+from webhook.attribution.pipeline import ForwardSink  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = (ROOT / "tests/data/falco/unrelated_container.jsonl").read_bytes().splitlines()[1]

@@ -95,8 +95,8 @@ def post(falcohttp: Path, url: str, alerts: Path, keepalive: bool) -> dict:
 def asgi_app() -> object:
     """``POST /falco`` as an ASGI app: the intake's FalcoEndpoint into an inbox in
     ``$BENCH_INBOX`` (a candidate server runs it)."""
-    from webhook.inbox import InboxWriter
-    from webhook.intake import FalcoEndpoint
+    from webhook.attribution.inbox import InboxWriter
+    from webhook.attribution.intake import FalcoEndpoint
 
     falco = FalcoEndpoint(InboxWriter(Path(os.environ["BENCH_INBOX"])), 8 * 1024 * 1024)
     headers = [(b"content-type", b"application/json")]

@@ -24,7 +24,7 @@ from tests.e2e.harness import Cluster, start_cluster, stop_cluster
 
 MEASURE = """
 import resource, sys
-from webhook import podcache
+from webhook.admission import podcache
 podcache.LIST_PAGE = int(sys.argv[2])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cache = podcache.PodCache(podcache.api_client(sys.argv[1], 60.0))

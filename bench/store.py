@@ -34,7 +34,7 @@ sys.path.append(str(ROOT / "tests"))
 
 from pgserver import create_database, throwaway_postgres  # noqa: E402
 
-from webhook.store import (  # noqa: E402
+from webhook.sessions.store import (  # noqa: E402
     AlertFact,
     Batch,
     ProcessFact,

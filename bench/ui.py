@@ -28,8 +28,8 @@ assert _spec.loader is not None
 bench_store = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_store)
 
-from webhook.store import SessionQuery, open_store  # noqa: E402
-from webhook.ui.app import create_ui_app  # noqa: E402
+from webhook.sessions.store import SessionQuery, open_store  # noqa: E402
+from webhook.sessions.ui.app import create_ui_app  # noqa: E402
 
 DAY = bench_store.DAY
 
@@ -76,7 +76,7 @@ DEEP_CHAIN = "deep-0000-4000-8000-000000000002"
 def huge_sessions(store: Any, alerts: int = 100_000, depth: int = 1_000) -> None:
     """What an attacker can make of their own session: ``alerts`` alerts on 200 processes,
     and a chain of ``depth`` processes, each the parent of the next, one alert each."""
-    from webhook.store import AlertFact, Batch, ProcessFact, SessionFact
+    from webhook.sessions.store import AlertFact, Batch, ProcessFact, SessionFact
 
     started = time.time_ns() - DAY
     for sid, processes, count in ((HUGE_ALERTS, 200, alerts), (DEEP_CHAIN, depth, depth)):

@@ -5,7 +5,7 @@ Starts each server with fresh certificates on 127.0.0.1, drives it with exec
 AdmissionReviews, and prints admissions/s with p50 and p99, as medians over rounds in which
 every server is measured in turn (so they share the machine's noise):
 
-- ``gevent``: the real `whoexec serve` (gunicorn, webhook.gworker.DeadlineWorker, TLS);
+- ``gevent``: the real `whoexec serve` (gunicorn, webhook.admission.gworker.DeadlineWorker, TLS);
 - ``gthread``: the same app under gunicorn's gthread worker (what `whoexec serve` ran
   before issue #21);
 - ``uvicorn``: the same app under gunicorn with uvicorn-worker, through a2wsgi;
@@ -64,7 +64,7 @@ def serve_variant(variant: str, certs: Path, port: int) -> None:
     settings = Settings.from_env(
         os.environ, bind=f"127.0.0.1:{port}", log_level="warning", env_trusted_namespaces=("*",)
     )
-    from webhook.wsgi import WebhookApplication, prepare_metrics_dir
+    from webhook.admission.wsgi import WebhookApplication, prepare_metrics_dir
 
     if variant == "bare-flask":
         from werkzeug.serving import make_server

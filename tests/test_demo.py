@@ -44,8 +44,8 @@ def test_demo_keep_leaves_a_store_that_the_printed_ui_command_opens(tmp_path):
     from click.testing import CliRunner
 
     from webhook.cli import main
-    from webhook.store import open_store
-    from webhook.ui.app import create_ui_app
+    from webhook.sessions.store import open_store
+    from webhook.sessions.ui.app import create_ui_app
 
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     result = subprocess.run(

@@ -66,7 +66,7 @@ def test_the_falco_plugin_is_built_in_its_own_stage_and_shipped_where_falco_copi
 
 
 def test_the_static_env_is_built_from_the_repo_and_shipped_where_the_init_container_copies_it():
-    from webhook.admission import STATIC_ENV_IN_IMAGE
+    from webhook.admission.decide import STATIC_ENV_IN_IMAGE
 
     assert "busybox" not in DOCKERFILE, "BusyBox runs its own applets instead of the image's"
     assert "COPY staticenv /src/staticenv" in STAGES[0]

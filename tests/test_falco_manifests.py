@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from webhook.falco import LINEAGE_FIELDS, WHOEXEC_TAG
+from webhook.attribution.falco import LINEAGE_FIELDS, WHOEXEC_TAG
 from webhook.settings import Settings
 
 FALCO = Path(__file__).parent.parent / "manifests" / "falco"
@@ -77,7 +77,7 @@ def test_the_charts_default_output_tail_is_kept_beside_ours():
 
 
 def test_rules_and_consumer_share_one_runtime_parent_list_falco_can_match():
-    from webhook.falco import RUNTIME_PARENTS
+    from webhook.attribution.falco import RUNTIME_PARENTS
 
     (listed,) = [
         i for i in load("whoexec_rules.yaml") if i.get("list") == "whoexec_runtime_parents"
@@ -106,7 +106,7 @@ def test_an_entry_is_found_without_pid_1_and_without_a_parent_name():
 
 
 def test_exe_is_a_runtime_parent_only_when_its_executable_is_runc():
-    from webhook.falco import RUNTIME_PARENTS, is_runtime_parent
+    from webhook.attribution.falco import RUNTIME_PARENTS, is_runtime_parent
 
     rules = {i.get("macro"): i for i in load("whoexec_rules.yaml") if "macro" in i}
     runtime = " ".join(rules["whoexec_started_by_runtime"]["condition"].split())

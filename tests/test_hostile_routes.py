@@ -22,8 +22,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from webhook.store import AlertFact, Batch, ProcessFact, SessionFact, open_store
-from webhook.ui.app import ALERT_PAGE
+from webhook.sessions.store import AlertFact, Batch, ProcessFact, SessionFact, open_store
+from webhook.sessions.ui.app import ALERT_PAGE
 
 from .conftest import load_json
 from .hostile_servers import Served, ServedTLS, start_ui, start_webhook

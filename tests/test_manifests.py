@@ -119,8 +119,8 @@ def test_webhook_configuration_matches_what_the_webhook_serves(tree):
 
 
 def test_served_routes_are_the_ones_the_manifests_use(signer, trusted):
-    from webhook.admission import AdmissionPolicy
-    from webhook.server import WebhookState, create_app
+    from webhook.admission.decide import AdmissionPolicy
+    from webhook.admission.server import WebhookState, create_app
 
     app = create_app(
         WebhookState(AdmissionPolicy(env_trusted_namespaces=("*",)), signer, trusted, 1024)

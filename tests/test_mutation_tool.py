@@ -68,14 +68,16 @@ def test_timeouts_are_caught_and_other_statuses_are_not_explained():
     assert mutation.classify("survived", ["a", "b"], ["a"]) == "unexplained"
 
 
-LEARN = "webhook.lineage.xǁAttributorǁlearn"
+LEARN = "webhook.attribution.lineage.xǁAttributorǁlearn"
 
 
 def test_a_reviewed_equivalent_explains_only_the_mutant_it_was_written_for():
     entry = mutation.Equivalent(LEARN, ("self.n += 1",), ("self.n += 2",), "any change works")
     assert entry.matches(f"{LEARN}__mutmut_39", ["self.n += 1"], ["self.n += 2"])
     # the same diff in another function, or another diff here, is not what was reviewed
-    assert not entry.matches("webhook.lineage.x_other__mutmut_39", ["self.n += 1"], ["self.n += 2"])
+    assert not entry.matches(
+        "webhook.attribution.lineage.x_other__mutmut_39", ["self.n += 1"], ["self.n += 2"]
+    )
     assert not entry.matches(f"{LEARN}__mutmut_38", ["self.n += 1"], ["self.n -= 1"])
     args = ("survived", ["self.n += 1"], ["self.n += 2"])
     assert mutation.classify(*args, reviewed=entry) == "equivalent"

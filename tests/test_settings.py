@@ -167,8 +167,8 @@ def built_from(tmp_path, signer):
     one key and ``env`` (WHOEXEC_* variables); what came out of it."""
     from cryptography.hazmat.primitives import serialization
 
-    from webhook.consumer import MemorySink
-    from webhook.consumer_app import build_consumer
+    from webhook.attribution.app import build_consumer
+    from webhook.attribution.pipeline import MemorySink
 
     pub = tmp_path / "identity.pub"
     pub.write_bytes(
@@ -200,7 +200,7 @@ def default_consumer(built_from, signer):
     ) -> dict:
         """The attribution of a session root that started ``root_start_s`` after its
         token was issued, seen in an event ``event_s`` after it (default: at its start)."""
-        from .test_lineage import START, make_token, root_alert
+        from tests.attribution.test_lineage import START, make_token, root_alert
 
         token, _ = make_token(signer)
         start = START + int(root_start_s * 10**9)
@@ -274,7 +274,7 @@ def test_a_consumer_built_from_the_defaults_holds_an_alert_that_comes_before_its
 ):
     # delivered out of order (a forwarder between Falco and the consumer): the shell's
     # alert comes first, its session root's after it
-    from .test_lineage import START, alert_for, make_token, root_alert
+    from tests.attribution.test_lineage import START, alert_for, make_token, root_alert
 
     token, _ = make_token(signer)
     shell = alert_for(41, **{"proc.apid[1]": 40, "proc.pid.ts": START + 10**9})

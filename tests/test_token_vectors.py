@@ -11,9 +11,14 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from webhook.attribution.lineage import (
+    MemoryRootClaims,
+    ReplayPolicy,
+    SessionRoot,
+    freshness_problem,
+)
 from webhook.errors import BadSignature, TokenFromFuture, TokenMalformed, UnknownKeyId
 from webhook.identity import verify_token
-from webhook.lineage import MemoryRootClaims, ReplayPolicy, SessionRoot, freshness_problem
 
 from .conftest import DATA
 

@@ -6,8 +6,8 @@
 Runs mutmut (configured in pyproject.toml, [tool.mutmut]: identity, admission, lineage,
 falco, the spool and inbox acking, the store writer) over the unit tests of those
 modules, then reports, per module, the mutants killed, the survivors by name, and the
-score. ``MODULE`` (``webhook.lineage``) runs only that module's mutants, a ``PATTERN``
-(``'webhook.consumer.xǁPipelineǁ*'``) only the mutants whose names match it. Each
+score. ``MODULE`` (``webhook.attribution.lineage``) runs only that module's mutants, a ``PATTERN``
+(``'webhook.attribution.pipeline.xǁPipelineǁ*'``) only the mutants whose names match it. Each
 survivor is sorted by why it is left (see :func:`classify`); the mutants reviewed as
 equivalent are listed, with the reason, in ``tools/mutation-equivalents.json``. mutmut
 keeps its state in mutants/ (ignored by git): remove it after changing tests, since a
@@ -127,7 +127,7 @@ class Equivalent:
     """A mutant reviewed by a person as changing no behaviour, and why. It is matched by
     its function and its diff, not by its number, which moves when the function changes."""
 
-    function: str  # as mutmut names it: webhook.lineage.xǁAttributorǁlearn
+    function: str  # as mutmut names it: webhook.attribution.lineage.xǁAttributorǁlearn
     removed: tuple[str, ...]
     added: tuple[str, ...]
     why: str
@@ -189,8 +189,8 @@ def classify(
 
 
 def module_of(mutant: str) -> str:
-    # webhook.lineage.x_freshness_problem__mutmut_3 -> webhook.lineage
-    # webhook.consumer.xǁInboxReaderǁrun__mutmut_2 -> webhook.consumer
+    # webhook.attribution.lineage.x_freshness_problem__mutmut_3 -> webhook.attribution.lineage
+    # webhook.attribution.pipeline.xǁInboxReaderǁrun__mutmut_2 -> webhook.attribution.pipeline
     head = mutant.split("__mutmut_")[0]
     parts = head.split(".")
     return ".".join(p for p in parts[:-1])
@@ -203,7 +203,7 @@ def module_of(mutant: str) -> str:
 class HandMutant:
     """A realistic one-line bug that mutmut's operators cannot make, reviewed by a person."""
 
-    file: str  # relative to the tree: webhook/store/claims.py
+    file: str  # relative to the tree: webhook/sessions/store/claims.py
     original: str  # the exact snippet, found once in the file
     replacement: str
     bug: str  # what the change would do to a user
@@ -427,7 +427,9 @@ def print_mutmut(report: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "modules", nargs="*", help="only these modules (webhook.lineage) or name patterns"
+        "modules",
+        nargs="*",
+        help="only these modules (webhook.attribution.lineage) or name patterns",
     )
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--report", type=Path, default=None, help="also write the report here")

@@ -1,6 +1,6 @@
 """whoexec: which Kubernetes user ran that command in the pod.
 
 This package's ``__init__`` imports nothing on purpose: the pure core (``identity``,
-``admission``, ``lineage``, ``falco``, ``errors``) must be importable without pulling in
-Flask, gunicorn or the Kubernetes client.
+``admission.decide``, ``attribution.lineage``, ``attribution.falco``, ``errors``) must be
+importable without pulling in Flask, gunicorn or the Kubernetes client.
 """

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from webhook.errors import WhoexecError
-from webhook.report import (
+from webhook.sessions.report import (
     FINDING_COLUMNS,
     SESSION_COLUMNS,
     USER_COLUMNS,
@@ -70,7 +70,7 @@ def certs(service: str, namespace: str, out: Path, days: int, force: bool) -> No
     consumer's POST /k8s-audit and /api/*) are written with mode 0600. The base64
     caBundle for the MutatingWebhookConfiguration is printed on stdout.
     """
-    from webhook.certs import generate_certs
+    from webhook.admission.certs import generate_certs
 
     now = datetime.datetime.now(datetime.UTC)
     bundle = generate_certs(out, service, namespace, now, days=days, force=force)
@@ -191,13 +191,13 @@ def serve(
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stderr)
     # gevent's cooperative sockets and TLS before anything imports them: the pod cache's
     # client (urllib3) binds ssl's names at import, in the master, before gunicorn's
-    # worker would patch (after the fork). Threads stay threads (webhook/gworker.py);
+    # worker would patch (after the fork). Threads stay threads (webhook/admission/gworker.py);
     # the master's signals stay gunicorn's own
     from gevent import monkey
 
     monkey.patch_all(thread=False, signal=False)
     # before anything imports prometheus_client (see prepare_metrics_dir)
-    from webhook.wsgi import WebhookApplication, prepare_metrics_dir
+    from webhook.admission.wsgi import WebhookApplication, prepare_metrics_dir
 
     metrics_dir = prepare_metrics_dir(settings.workers)
     WebhookApplication(settings, metrics_dir).run()
@@ -335,15 +335,15 @@ def consume(
     stdout = None if no_stdout else sys.stdout.buffer
     if settings.listen:
         # before anything imports prometheus_client (see prepare_metrics_dir)
-        from webhook.wsgi import prepare_metrics_dir
+        from webhook.admission.wsgi import prepare_metrics_dir
 
         # the intake and the pipeline process; in the state dir: a kill -9 leaves no trace
         prepare_metrics_dir(2, settings.state_dir / "metrics")
-        from webhook import consumer_app
+        from webhook.attribution import app as consumer_app
 
         consumer_app.serve_consumer(settings, stdout)
         return
-    from webhook import consumer_app
+    from webhook.attribution import app as consumer_app
 
     assert input_path is not None
     # batch mode gives a lost database 60 s to come back, then fails clearly
@@ -440,7 +440,7 @@ def _db_option(func: F) -> F:
 @contextlib.contextmanager
 def _reader(db: str) -> Iterator[Any]:
     """An existing store, opened for one command and closed after it."""
-    from webhook.store import open_store
+    from webhook.sessions.store import open_store
 
     if db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).exists():
         raise click.ClickException(
@@ -512,7 +512,7 @@ def sessions(
 
     A replayed session names nobody as its user: the user its token claims is shown apart.
     """
-    from webhook.store import SessionQuery
+    from webhook.sessions.store import SessionQuery
 
     query = SessionQuery(
         user=user,
@@ -694,7 +694,7 @@ def ui(
         raise click.UsageError(problem)
     with _reader(settings.db):
         pass  # the same clear error as the other readers when there is no store
-    from webhook.ui.serve import serve_ui
+    from webhook.sessions.ui.serve import serve_ui
 
     serve_ui(settings, workers=workers)
 
@@ -747,10 +747,10 @@ def audit_ingest(
     container without it is a finding. Malformed lines are reported by number and
     skipped; the rest is ingested.
     """
-    from webhook.auditlog import AuditIngestor
-    from webhook.consumer import FileFollower
-    from webhook.store import open_store
-    from webhook.store.writer import StoreWriter
+    from webhook.attribution.pipeline import FileFollower
+    from webhook.sessions.auditlog import AuditIngestor
+    from webhook.sessions.store import open_store
+    from webhook.sessions.store.writer import StoreWriter
 
     logging.basicConfig(level="INFO", format="%(message)s", stream=sys.stderr)
     ingestor = AuditIngestor(

@@ -39,10 +39,10 @@ from typing import Any
 
 import jsonpatch
 
-from webhook.certs import generate_certs
+from webhook.admission.certs import generate_certs
+from webhook.attribution.falco import format_time_ns
+from webhook.attribution.procfs import ProcFS
 from webhook.errors import WhoexecError
-from webhook.falco import format_time_ns
-from webhook.procfs import ProcFS
 
 NAMESPACE, POD, CONTAINER = "shop", "web-7d9f8b6c5-x2k4q", "app"
 POD_UID = "c0ffee00-1111-4222-8333-444455556666"

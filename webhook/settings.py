@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from webhook.admission import AdmissionPolicy
+from webhook.admission.decide import AdmissionPolicy
 from webhook.errors import ConfigError
 
 PREFIX = "WHOEXEC_"

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from webhook.falco import format_time_ns
-from webhook.procfs import ProcFS
+from webhook.attribution.falco import format_time_ns
+from webhook.attribution.procfs import ProcFS
 
 from .conftest import BIN, WHOEXEC, Cluster, Webhook
 from .harness import eventually

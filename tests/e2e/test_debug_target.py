@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from webhook.falco import format_time_ns
+from webhook.attribution.falco import format_time_ns
+from webhook.attribution.procfs import ProcFS
 from webhook.identity import verify_token
 from webhook.keyfiles import load_key_ring
-from webhook.procfs import ProcFS
 
 from .conftest import Cluster, Webhook, token_from_environ
 from .harness import eventually

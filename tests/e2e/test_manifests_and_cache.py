@@ -3,7 +3,7 @@
 410 Gone is not provoked here: kube-apiserver 1.37.2 serves a pod watch from its watch
 cache, which replays everything it holds even for ``resourceVersion=1`` after an etcd
 compaction (tried); it answers 410 only once its window has moved on, which takes
-evicted events older than 75 s. tests/test_podcache.py covers 410 with a fake that
+evicted events older than 75 s. tests/admission/test_podcache.py covers 410 with a fake that
 compacts at a chosen moment."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from webhook import podcache
+from webhook.admission import podcache
 
 from .conftest import BIN, WHOEXEC, Cluster, Webhook
 from .harness import MANIFESTS, eventually

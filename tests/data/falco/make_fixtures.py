@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from webhook.falco import format_time_ns
+from webhook.attribution.falco import format_time_ns
 from webhook.identity import Identity, Signer, sign_identity
 
 HERE = Path(__file__).parent

@@ -1,0 +1,355 @@
+"""The pod cache against a fake apiserver, for what the real one will not do on request:
+outages, hangs, and a compaction or a bookmark at a chosen moment. Listing, watching,
+resuming, 410 Gone and look-ups are proven on the real apiserver in
+tests/e2e/test_manifests_and_cache.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fake_apiserver import FakeApiserver, make_pod
+from webhook.admission.podcache import PodCache, api_client
+
+
+@pytest.fixture
+def apiserver() -> Iterator[FakeApiserver]:
+    server = FakeApiserver()
+    server.add(make_pod("shop", "web-0", "uid-web-0", 0))
+    server.add(
+        make_pod("shop", "distroless-0", "uid-dl-0", 0, annotations={"whoexec.io/inject": "false"})
+    )
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def cache(apiserver) -> Iterator[PodCache]:
+    pods = PodCache(
+        api_client(apiserver.url, 1.0), lookup_timeout=0.3, watch_timeout=30, backoff=(0.05, 0.2)
+    )
+    pods.start()
+    assert pods.synced.wait(10), "the cache never synced"
+    apiserver.wait_for(lambda: apiserver.open_watches == 1, what="the cache's watch")
+    yield pods
+    pods.stop()
+
+
+def test_a_compaction_while_disconnected_answers_410_and_the_cache_relists(cache, apiserver):
+    version = apiserver.watches[-1]
+    apiserver.before_next_watch(lambda: apiserver.add(make_pod("shop", "missed", "uid-m", 0)))
+    apiserver.before_next_watch(apiserver.compact)
+    apiserver.end_watches()
+    # the cache's own count: the fake counts a list before its page is even sent
+    apiserver.wait_for(lambda: cache.relists == 2, what="the relist")
+    assert apiserver.watches[1] == version, "it resumed from its version"
+    assert apiserver.expired == [version], "which was too old: 410 Gone"
+    assert apiserver.lists == 2
+    apiserver.wait_for(lambda: ("shop", "missed") in cache._pods, what="the relisted pod")
+    apiserver.wait_for(lambda: len(apiserver.watches) == 3, what="the new watch")
+    assert apiserver.watches[2] == str(apiserver.rv), "watching again from the new list"
+
+
+def test_a_watch_that_ends_resumes_from_its_version_and_misses_nothing(cache, apiserver):
+    apiserver.add(make_pod("shop", "web-1", "uid-web-1", 0))
+    apiserver.wait_for(lambda: ("shop", "web-1") in cache._pods, what="the event")
+    version = str(apiserver.rv)
+    # changed while the cache was between two watches: replayed by the resumed one
+    apiserver.before_next_watch(lambda: apiserver.delete("shop", "web-1"))
+    apiserver.end_watches()
+    apiserver.wait_for(lambda: ("shop", "web-1") not in cache._pods, what="the deletion")
+    assert apiserver.watches[1] == version, "from the last event it applied"
+    assert apiserver.lists == 1 and cache.relists == 1, "no relist"
+
+
+def test_a_bookmark_moves_the_version_a_watch_resumes_from(cache, apiserver):
+    # other resources changed: the resourceVersion is etcd's, shared by every kind
+    apiserver.rv += 50
+    apiserver.bookmark()
+    apiserver.end_watches()
+    apiserver.wait_for(lambda: len(apiserver.watches) == 2, what="the resumed watch")
+    assert apiserver.watches[1] == str(apiserver.rv)
+    assert apiserver.lists == 1
+
+
+def test_an_outage_is_retried_with_backoff_then_relisted(cache, apiserver):
+    apiserver.down = True
+    apiserver.end_watches()
+    apiserver.wait_for(lambda: apiserver.refused >= 3, what="retries during the outage")
+    assert cache.ready() is None, "a synced cache keeps answering from what it has"
+    apiserver.add(make_pod("shop", "during-outage", "uid-during", 0))
+    apiserver.down = False
+    apiserver.wait_for(lambda: ("shop", "during-outage") in cache._pods, what="the relist")
+    assert apiserver.lists == 2
+
+
+def during_an_outage(apiserver: FakeApiserver, change) -> None:
+    apiserver.down = True
+    apiserver.end_watches()
+    apiserver.wait_for(lambda: apiserver.refused >= 2, what="retries during the outage")
+    change()
+    apiserver.down = False
+
+
+def during_a_compaction(apiserver: FakeApiserver, change) -> None:
+    # changed and compacted while the cache was between two watches: its resumed watch
+    # gets 410 Gone, and the deletion reaches it only through the relist
+    apiserver.before_next_watch(change)
+    apiserver.before_next_watch(apiserver.compact)
+    apiserver.end_watches()
+
+
+@pytest.mark.parametrize("gap", [during_an_outage, during_a_compaction], ids=["outage", "410"])
+def test_a_pod_deleted_while_the_cache_was_not_watching_is_gone_after_the_relist(apiserver, gap):
+    # room for three pods: a relist that kept what it had would go past it
+    cache = PodCache(
+        api_client(apiserver.url, 1.0),
+        max_pods=3,
+        lookup_timeout=10.0,  # the look-up below must be answered, even on a loaded machine
+        watch_timeout=30,
+        backoff=(0.05, 0.2),
+    )
+    cache.start()
+    try:
+        assert cache.synced.wait(10), "the cache never synced"
+        assert set(cache._pods) == {("shop", "web-0"), ("shop", "distroless-0")}
+
+        def change() -> None:
+            apiserver.delete("shop", "web-0")
+            apiserver.add(make_pod("shop", "web-0-new", "uid-new", 0))
+            apiserver.add(make_pod("shop", "worker-0", "uid-worker", 0))
+
+        gap(apiserver, change)
+        apiserver.wait_for(lambda: cache.relists == 2, what="the relist")
+        assert set(cache._pods) == {
+            ("shop", "distroless-0"),
+            ("shop", "web-0-new"),
+            ("shop", "worker-0"),
+        }, "exactly what the apiserver lists: the deleted pod's UID and opt-out are gone"
+        assert len(cache) == 3 <= cache.max_pods
+        # and an exec into the deleted pod's name asks the apiserver, which says it is gone
+        assert cache.lookup("shop", "web-0") == (None, "not-found")
+    finally:
+        cache.stop()
+
+
+def test_the_cache_holds_at_most_max_pods_dropping_the_pod_it_has_known_longest(apiserver):
+    cache = PodCache(
+        api_client(apiserver.url, 1.0), max_pods=2, watch_timeout=30, backoff=(0.05, 0.2)
+    )
+    cache.start()
+    try:
+        assert cache.synced.wait(10), "the cache never synced"
+        apiserver.wait_for(lambda: apiserver.open_watches == 1, what="the cache's watch")
+        apiserver.add(make_pod("shop", "web-1", "uid-web-1", 0))
+        apiserver.wait_for(lambda: ("shop", "web-1") in cache._pods, what="the event")
+        # the relist put distroless-0 first (the list is in UID order): it went first
+        assert set(cache._pods) == {("shop", "web-0"), ("shop", "web-1")}
+    finally:
+        cache.stop()
+
+
+def test_a_hanging_apiserver_costs_the_lookup_timeout_not_the_hang(cache, apiserver):
+    apiserver.hang_gets = 60.0
+    facts, how = cache.lookup("shop", "slow-0")
+    assert (facts, how) == (None, "timeout")
+    # the answer came while the apiserver was still hanging: the look-up did not wait
+    assert apiserver.gets_answered == 0
+    assert apiserver.gets == ["shop/slow-0"], "exactly one attempt, no retries"
+
+
+def test_unsynced_cache_is_not_ready(apiserver):
+    apiserver.down = True
+    pods = PodCache(api_client(apiserver.url, 1.0), backoff=(0.05, 0.1))
+    pods.start()
+    try:
+        apiserver.wait_for(lambda: apiserver.refused >= 2, what="the failed lists")
+        assert pods.ready() == "the pod cache has not synced yet"
+        assert not pods.synced.is_set()
+    finally:
+        pods.stop()
+
+
+# --- the webhook with a pod cache ---------------------------------------------------------
+
+
+@pytest.fixture
+def pod_aware_client(cache, signer, trusted):
+    from tests.conftest import NOW
+    from webhook.admission.decide import AdmissionPolicy
+    from webhook.admission.server import WebhookState, create_app
+
+    state = WebhookState(
+        AdmissionPolicy(env_trusted_namespaces=("*",)),
+        signer,
+        trusted,
+        1 << 20,
+        clock=lambda: NOW,
+        pods=cache,
+    )
+    return create_app(state).test_client()
+
+
+def exec_review(pod: str) -> dict:
+    from tests.conftest import load_json
+
+    review = load_json("admission/exec_interactive_shell.json")
+    review["request"]["name"] = pod
+    return review
+
+
+def answer(client, pod: str) -> dict:
+    reply = client.post("/mutate", json=exec_review(pod))
+    assert reply.status_code == 200
+    return reply.get_json()["response"]
+
+
+def command_of(response: dict, pod: str) -> list[str]:
+    import base64
+    import json
+
+    import jsonpatch
+
+    ops = json.loads(base64.b64decode(response["patch"]))
+    return jsonpatch.apply_patch(exec_review(pod)["request"]["object"], ops)["command"]
+
+
+def test_exec_into_a_cached_pod_carries_its_uid(pod_aware_client, trusted):
+    from tests.conftest import NOW
+    from webhook.identity import verify_token
+
+    response = answer(pod_aware_client, "web-0")
+    assert response["auditAnnotations"]["pod-lookup"] == "cached"
+    token = command_of(response, "web-0")[1].split("=", 1)[1]
+    assert verify_token(token, trusted, now=NOW).pod_uid == "uid-web-0"
+
+
+def test_exec_into_a_pod_with_the_static_env_uses_it(pod_aware_client, apiserver):
+    apiserver.add(
+        make_pod(
+            "shop",
+            "distroless-1",
+            "uid-dl-1",
+            0,
+            image="gcr.io/distroless/static:nonroot",
+            volumes=[{"name": "whoexec-env", "emptyDir": {}}],
+        )
+    )
+    response = answer(pod_aware_client, "distroless-1")
+    assert command_of(response, "distroless-1")[0] == "/.whoexec/env"
+
+
+def test_exec_into_an_opted_out_pod_is_allowed_with_a_warning(pod_aware_client):
+    response = answer(pod_aware_client, "distroless-0")
+    assert response["allowed"] is True and "patch" not in response
+    assert response["auditAnnotations"]["outcome"] == "skipped-pod-opt-out"
+    assert response["warnings"]
+
+
+def test_cache_miss_on_a_slow_apiserver_proceeds_without_pod_data(pod_aware_client, apiserver):
+    apiserver.hang_gets = 60.0
+    response = answer(pod_aware_client, "brand-new")
+    assert apiserver.gets_answered == 0, "admitted while the apiserver still hangs"
+    assert response["auditAnnotations"]["pod-lookup"] == "timeout"
+    assert response["auditAnnotations"]["outcome"] == "injected"
+    assert command_of(response, "brand-new")[0] == "/usr/bin/env"
+
+
+def test_readyz_waits_for_the_pod_cache(apiserver, signer, trusted):
+    from webhook.admission.decide import AdmissionPolicy
+    from webhook.admission.server import WebhookState, create_app
+
+    pods = PodCache(api_client(apiserver.url, 1.0), watch_timeout=5)
+    client = create_app(
+        WebhookState(
+            AdmissionPolicy(env_trusted_namespaces=("*",)), signer, trusted, 1024, pods=pods
+        )
+    ).test_client()
+    assert client.get("/readyz").status_code == 503
+    pods.start()
+    try:
+        assert pods.synced.wait(10)
+        assert client.get("/readyz").status_code == 200
+    finally:
+        pods.stop()
+
+
+@pytest.mark.slow
+def test_real_serve_with_kube_starts_the_cache_in_every_worker(apiserver, tmp_path):
+    """`whoexec serve --kube URL`: the cache is started after gunicorn forks its workers,
+    and each worker's watch gets every event (watchers do not share them)."""
+    import base64
+    import http.client
+    import json
+    import os
+    import ssl
+    import time
+
+    from click.testing import CliRunner
+
+    from tests.conftest import http_ok
+    from tests.servers import ServerProcess, serve_argv
+    from webhook.cli import main
+    from webhook.identity import verify_token
+    from webhook.keyfiles import load_key_ring
+
+    certs = tmp_path / "certs"
+    assert CliRunner().invoke(main, ["certs", "--out", str(certs)]).exit_code == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
+    server = ServerProcess(
+        serve_argv(
+            certs,
+            "--workers",
+            "2",
+            "--kube",
+            apiserver.url,
+            "--env-trusted-namespace",
+            "*",
+        ),
+        tmp_path / "serve.log",
+        env,
+    )
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+
+    def connect() -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection("localhost", server.port, context=context, timeout=5)
+
+    def mutate(pod: str) -> dict:
+        conn = connect()
+        try:
+            conn.request(
+                "POST",
+                "/mutate",
+                body=json.dumps(exec_review(pod)).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            reply = conn.getresponse()
+            assert reply.status == 200
+            return json.loads(reply.read())["response"]
+        finally:
+            conn.close()
+
+    try:
+        server.wait_until(lambda: http_ok(connect, "/readyz"), "whoexec serve --kube")
+        apiserver.wait_for(lambda: apiserver.open_watches == 2, what="a watch per worker")
+        apiserver.add(make_pod("shop", "web-2", "uid-web-2", 0))  # after both synced
+        version = str(apiserver.rv)
+        # what the fake has sent says nothing of what a worker has applied: each worker
+        # resumes an ended watch from the last event it applied, so both asking for
+        # web-2's version is both caches holding it
+        apiserver.end_watches()
+        apiserver.wait_for(
+            lambda: apiserver.watches[-2:] == [version] * 2 and apiserver.open_watches == 2,
+            what="both workers' watches resumed after the event",
+        )
+        ring = load_key_ring([certs / "identity.pub"])
+        for _ in range(6):  # new connections: both workers answer some
+            response = mutate("web-2")
+            assert response["auditAnnotations"]["pod-lookup"] == "cached"
+            ops = json.loads(base64.b64decode(response["patch"]))
+            token = ops[0]["value"][1].split("=", 1)[1]
+            assert verify_token(token, ring, now=int(time.time())).pod_uid == "uid-web-2"
+        assert apiserver.gets == [], "the watch event reached both workers"
+    finally:
+        server.stop()

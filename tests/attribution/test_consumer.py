@@ -1,0 +1,802 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import DATA
+from tests.servers import closed_port
+from webhook.attribution.falco import parse_alert
+from webhook.attribution.inbox import InboxLogReader, InboxWriter
+from webhook.attribution.lineage import Attributor, TokenVerifier
+from webhook.attribution.pipeline import (
+    DeadLetters,
+    FileFollower,
+    ForwardSink,
+    InboxReader,
+    MemorySink,
+    Pipeline,
+)
+from webhook.cli import main
+from webhook.keyfiles import load_key_ring
+
+FALCO = DATA / "falco"
+PUB = str(FALCO / "identity.pub")
+GRANDCHILD = FALCO / "shell_and_grandchild.jsonl"
+
+
+def pipeline_with_sink(hold: float = 0.0) -> tuple[Pipeline, MemorySink]:
+    sink = MemorySink()
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    return Pipeline(Attributor(verifier, hold_seconds=hold), [sink]), sink
+
+
+def users(alerts) -> list[tuple[str, str | None]]:
+    return [
+        (a["rule"], a["output_fields"].get("whoexec.user.name"))
+        for a in alerts
+        if a["source"] == "syscall"
+    ]
+
+
+# --- batch and stdin ----------------------------------------------------------------------
+
+
+def test_batch_mode_writes_enriched_alerts_to_stdout_and_exits_0():
+    result = CliRunner().invoke(
+        main, ["consume", "--input", str(GRANDCHILD), "--identity-pub", PUB, "--hold", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    alerts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert users(alerts) == [
+        ("Terminal shell in container", "alice@corp.example"),
+        ("Read sensitive file untrusted", "alice@corp.example"),
+    ]
+    assert "3 alerts read" in result.stderr
+
+
+@pytest.mark.slow
+def test_stdin_pipe_as_a_real_subprocess():
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook.cli", "consume", "--input", "-", "--identity-pub", PUB],
+        input=GRANDCHILD.read_bytes(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    alerts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [a["output_fields"]["whoexec.attribution"] for a in alerts] == ["verified"] * 2
+
+
+def test_broken_lines_are_counted_and_never_stop_the_stream(tmp_path):
+    lines = GRANDCHILD.read_bytes().splitlines()
+    internal = {
+        "hostname": "node-a",
+        "output": "Falco internal: syscall event drop. 815508 system calls dropped",
+        "output_fields": {},
+        "priority": "Debug",
+        "rule": "Falco internal: syscall event drop",
+        "source": "internal",
+        "tags": [],
+        "time": "2026-11-22T10:00:01.000000000Z",
+    }
+    mixed = tmp_path / "events.json"
+    mixed.write_bytes(
+        b"\n".join(
+            [
+                lines[0],
+                b"{not json",
+                json.dumps(internal).encode(),
+                b'{"rule": 5}',
+                b"[1, 2]",  # an array is a batch: two items that are not alerts
+                lines[1][: len(lines[1]) // 2],  # a line cut in half
+                lines[1],
+                lines[2],
+            ]
+        )
+        + b"\n"
+    )
+    result = CliRunner().invoke(
+        main, ["consume", "--input", str(mixed), "--identity-pub", PUB, "--hold", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2
+    assert "6 lines skipped" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input", str(GRANDCHILD)], "no identity public key"),
+        (["--input", "/nonexistent/events.json", "--identity-pub", PUB], "cannot read --input"),
+        (["--identity-pub", PUB], "give --input"),
+        (["--input", "-", "--follow", "--identity-pub", PUB], "--follow needs --input FILE"),
+        (["--input", str(GRANDCHILD), "--identity-pub", "/nonexistent.pub"], "cannot read"),
+    ],
+)
+def test_consume_usage_errors_are_clear(args, message):
+    result = CliRunner().invoke(main, ["consume", *args])
+    assert result.exit_code in (1, 2)
+    assert message in result.output
+
+
+# --- following a file ---------------------------------------------------------------------
+
+
+class Follow:
+    """A follower running in a thread, as `whoexec consume --follow` runs it."""
+
+    def __init__(self, path: Path, state: Path) -> None:
+        self.pipeline, self.sink = pipeline_with_sink()
+        self.follower = FileFollower(path, state, poll=0.02)
+        self.thread = threading.Thread(target=self.follower.run, args=(self.pipeline,))
+        self.thread.start()
+
+    def wait_for(self, count: int) -> list:
+        wait_until(lambda: len(self.sink.alerts) >= count)
+        return self.sink.alerts
+
+    def wait_seen(self, what: str, at_least: int = 1) -> None:
+        """Wait until the follower has noticed something: caught_up, truncations..."""
+        wait_until(lambda: getattr(self.follower, what) >= at_least)
+
+    def stop(self) -> None:
+        self.follower.stop()
+        self.thread.join(timeout=10)
+
+
+def append(path: Path, lines: list[bytes]) -> None:
+    with path.open("ab") as out:
+        out.write(b"".join(line + b"\n" for line in lines))
+
+
+def rule_lines(rule: str, n: int) -> list[bytes]:
+    """Unrelated-container alerts (attribution none) with distinct, countable rule names."""
+    template = parse_alert((FALCO / "unrelated_container.jsonl").read_bytes().splitlines()[1])
+    out = []
+    for i in range(n):
+        alert = {**template, "rule": f"{rule} {i}"}
+        out.append(json.dumps(alert).encode())
+    return out
+
+
+def test_follow_survives_rotation_and_truncation(tmp_path):
+    log = tmp_path / "events.json"
+    append(log, rule_lines("first", 3))
+    follow = Follow(log, tmp_path / "state" / "events.offset")
+    try:
+        assert len(follow.wait_for(3)) == 3
+        log.rename(tmp_path / "events.json.1")  # logrotate: rename, then a new file
+        append(tmp_path / "events.json.1", rule_lines("late-in-old-file", 1))
+        append(log, rule_lines("second", 2))
+        assert len(follow.wait_for(6)) == 6
+        log.write_bytes(b"")  # copytruncate
+        follow.wait_seen("truncations")  # seen as a truncation, before anything is appended
+        append(log, rule_lines("after-truncate", 1))
+        alerts = follow.wait_for(7)
+    finally:
+        follow.stop()
+    assert (follow.follower.rotations, follow.follower.truncations) == (1, 1)
+    rules = [a["rule"] for a in alerts]
+    assert rules == [
+        "first 0",
+        "first 1",
+        "first 2",
+        "late-in-old-file 0",
+        "second 0",
+        "second 1",
+        "after-truncate 0",
+    ]
+
+
+def test_follow_resumes_at_the_saved_offset_after_a_restart(tmp_path):
+    log = tmp_path / "events.json"
+    state = tmp_path / "state" / "events.offset"
+    append(log, rule_lines("before", 4))
+    first = Follow(log, state)
+    assert len(first.wait_for(4)) == 4
+    first.stop()
+    append(log, rule_lines("while-down", 2))
+    with log.open("ab") as out:
+        out.write(b'{"partial": ')  # a line the writer has not finished yet
+    second = Follow(log, state)
+    try:
+        second.wait_for(2)
+        second.wait_seen("caught_up")  # it read up to the partial line and holds it
+        assert second.pipeline.stats.get("skipped_not_an_alert", 0) == 0
+        with log.open("ab") as out:
+            out.write(b'"no"}\n')  # the writer finishes the line: not an alert, skipped
+        append(log, rule_lines("after", 1))
+        alerts = second.wait_for(3)
+    finally:
+        second.stop()
+    assert [a["rule"] for a in alerts] == ["while-down 0", "while-down 1", "after 0"]
+    assert second.pipeline.stats["skipped_not_an_alert"] == 1
+
+
+def test_follow_waits_for_a_file_that_does_not_exist_yet(tmp_path):
+    log = tmp_path / "later.json"
+    follow = Follow(log, tmp_path / "later.offset")
+    try:
+        follow.wait_seen("absent_polls", 2)  # it looked, and looked again
+        append(log, rule_lines("x", 1))
+        assert len(follow.wait_for(1)) == 1
+    finally:
+        follow.stop()
+
+
+# --- forwarding ---------------------------------------------------------------------------
+
+
+class Downstream:
+    """A real HTTP server on 127.0.0.1 standing in for falcosidekick.
+
+    Its port is bound from the start and listened on only by ``start()``: until then a
+    connection is refused, and no other process can take the port."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.bodies: list[dict] = []
+        self.fail_first = fail_first
+        self.unavailable_for: set[str] = set()  # rules answered 503, every time
+        self.gate: threading.Event | None = None  # when set up, requests wait for it
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with outer.lock:
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                if outer.gate is not None:
+                    outer.gate.wait(30)
+                with outer.lock:
+                    outer.in_flight -= 1
+                    alert = json.loads(body)
+                    if outer.fail_first > 0:
+                        outer.fail_first -= 1
+                        status = 503
+                    elif alert["rule"] in outer.unavailable_for:
+                        status = 503
+                    else:
+                        outer.bodies.append(alert)
+                        status = 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        self.server.server_bind()
+        self.port = self.server.server_address[1]
+        self.started = False
+
+    def start(self) -> None:
+        self.server.server_activate()
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.started = True
+
+    def stop(self) -> None:
+        if self.started:
+            self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def downstream() -> Iterator[Downstream]:
+    server = Downstream(fail_first=2)
+    yield server
+    server.stop()
+
+
+def wait_until(condition, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_forward_sink_loses_nothing_while_the_downstream_is_down(tmp_path, downstream):
+    sink = ForwardSink(
+        f"http://127.0.0.1:{downstream.port}/", tmp_path / "spool.db", backoff=(0.02, 0.1)
+    )
+    try:
+        alerts = [parse_alert(line) for line in rule_lines("fwd", 20)]
+        sink.write(alerts[:10])  # nobody listens yet: connection refused, retried
+        wait_until(lambda: sink.retries >= 2)
+        assert len(sink.spool) == 10 and sink.delivered == 0
+        downstream.start()  # then two 503s, then 200s
+        sink.write(alerts[10:])
+        wait_until(lambda: len(downstream.bodies) == 20)
+    finally:
+        sink.close()
+    assert sorted(b["rule"] for b in downstream.bodies) == sorted(f"fwd {i}" for i in range(20))
+    assert sink.delivered == 20
+
+
+def test_forward_spool_survives_a_restart(tmp_path, downstream):
+    url = f"http://127.0.0.1:{downstream.port}/"
+    first = ForwardSink(url, tmp_path / "spool.db", backoff=(0.02, 0.05))
+    first.write([parse_alert(line) for line in rule_lines("kept", 5)])
+    first._stop.set()  # a crash: the threads stop, nothing was delivered
+    for worker in first._workers:
+        worker.join()
+    downstream.fail_first = 0
+    downstream.start()
+    second = ForwardSink(url, tmp_path / "spool.db", backoff=(0.02, 0.05))
+    try:
+        wait_until(lambda: len(downstream.bodies) == 5)
+    finally:
+        second.close()
+    assert sorted(b["rule"] for b in downstream.bodies) == [f"kept {i}" for i in range(5)]
+
+
+def test_one_failing_alert_is_retried_apart_and_never_holds_back_the_rest(tmp_path, downstream):
+    downstream.fail_first = 0
+    downstream.unavailable_for = {"fwd 0"}  # this one answers 503, the others 200
+    downstream.start()
+    sink = ForwardSink(
+        f"http://127.0.0.1:{downstream.port}/", tmp_path / "spool.db", backoff=(0.02, 0.05)
+    )
+    try:
+        sink.write([parse_alert(line) for line in rule_lines("fwd", 30)])
+        wait_until(lambda: sink.delivered == 29)
+        wait_until(lambda: sink.retries >= 3)  # "fwd 0" keeps being retried meanwhile
+        assert len(sink.spool) == 1
+        downstream.unavailable_for = set()
+        wait_until(lambda: sink.delivered == 30)
+    finally:
+        sink.close()
+    assert sorted(b["rule"] for b in downstream.bodies) == sorted(f"fwd {i}" for i in range(30))
+
+
+def test_forwarding_runs_concurrently_within_its_bound(tmp_path, downstream):
+    downstream.fail_first = 0
+    downstream.gate = threading.Event()  # a slow downstream: every answer waits
+    downstream.start()
+    sink = ForwardSink(f"http://127.0.0.1:{downstream.port}/", tmp_path / "spool.db", concurrency=4)
+    try:
+        sink.write([parse_alert(line) for line in rule_lines("slow", 20)])
+        wait_until(lambda: downstream.in_flight == 4)
+        assert sink.max_in_flight_seen == 4, "as many as allowed, and no more"
+        downstream.gate.set()
+        wait_until(lambda: sink.delivered == 20)
+    finally:
+        sink.close()
+    assert downstream.max_in_flight == 4
+
+
+def test_forward_spool_is_bounded_and_counts_what_it_drops(tmp_path):
+    with closed_port() as port:
+        sink = ForwardSink(
+            f"http://127.0.0.1:{port}/", tmp_path / "spool.db", max_items=3, backoff=(5.0, 5.0)
+        )
+        try:
+            sink.write([parse_alert(line) for line in rule_lines("b", 5)])
+            assert (len(sink.spool), sink.spool.dropped) == (3, 2)
+        finally:
+            sink._stop.set()
+            for worker in sink._workers:
+                worker.join()
+            sink.spool.close()
+
+
+# --- the HTTP intake ----------------------------------------------------------------------
+
+
+def inbox_with(tmp_path: Path, lines: list[bytes]) -> Path:
+    """An inbox as the intake leaves it: these lines accepted, nothing processed yet."""
+    writer = InboxWriter(tmp_path / "inbox")
+    writer.put_many(lines)
+    writer.close()
+    return tmp_path / "inbox"
+
+
+def left_in(inbox: Path) -> list[bytes]:
+    """What a pipeline restarted now would be handed."""
+    reader, found = InboxLogReader(inbox), []
+    while batch := reader.read(100):
+        found.extend(body for _, body in batch)
+    return found
+
+
+def test_inbox_keeps_accepted_alerts_across_a_crash(tmp_path):
+    inbox = inbox_with(tmp_path, GRANDCHILD.read_bytes().splitlines())
+    # the pipeline process crashed before it read anything
+    pipeline, sink = pipeline_with_sink()
+    reader = InboxReader(pipeline, InboxLogReader(inbox))
+    reader.stop()
+    reader.run()  # after the restart: drains what was accepted
+    assert [u for _, u in users(sink.alerts)] == ["alice@corp.example"] * 2
+    assert left_in(inbox) == []
+
+
+class BrokenSink:
+    """A sink whose disk is full: it refuses every batch."""
+
+    def write(self, alerts) -> None:
+        raise OSError(28, "No space left on device")
+
+    def close(self) -> None:
+        pass
+
+
+def test_inbox_items_leave_only_after_every_sink_took_them(tmp_path):
+    lines = GRANDCHILD.read_bytes().splitlines()
+    inbox = inbox_with(tmp_path, lines)
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    pipeline = Pipeline(Attributor(verifier), [MemorySink(), BrokenSink()])
+    failing = InboxReader(pipeline, InboxLogReader(inbox, save_every=0))
+    with pytest.raises(OSError, match="No space left"):
+        failing.process_pending()
+    assert left_in(inbox) == lines, "nothing is acknowledged that a sink did not take"
+    pipeline, sink = pipeline_with_sink()
+    reader = InboxReader(pipeline, InboxLogReader(inbox, save_every=0))
+    assert reader.process_pending() == 3
+    assert [u for _, u in users(sink.alerts)] == ["alice@corp.example"] * 2
+    assert left_in(inbox) == []
+
+
+def test_an_alert_held_for_its_late_root_stays_in_the_inbox_across_a_crash(tmp_path):
+    child, root = (FALCO / "out_of_order.jsonl").read_bytes().splitlines()
+    writer = InboxWriter(tmp_path / "inbox")
+    writer.put_many([child])
+    pipeline, sink = pipeline_with_sink(hold=60.0)
+    first = InboxReader(pipeline, InboxLogReader(tmp_path / "inbox", save_every=0))
+    assert first.process_pending() == 1
+    assert (sink.alerts, pipeline.attributor.held) == ([], 1)
+    assert left_in(tmp_path / "inbox") == [child], "held back, so not acknowledged"
+    # kill -9 of the pipeline process: the held alert was only in its memory
+    writer.put_many([root])
+    pipeline, sink = pipeline_with_sink(hold=60.0)
+    second = InboxReader(pipeline, InboxLogReader(tmp_path / "inbox", save_every=0))
+    assert second.process_pending() == 2  # the held one again, then its root
+    assert users(sink.alerts) == [("Read sensitive file untrusted", "alice@corp.example")]
+    assert left_in(tmp_path / "inbox") == []
+
+
+def dead_letters(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("time_field", "why"),
+    [("2026-13-01T00:00:00Z", "is not a valid date"), ("bogus", "is not RFC 3339")],
+)
+def test_an_alert_that_cannot_be_read_is_dead_lettered_and_the_rest_goes_on(
+    tmp_path, time_field, why
+):
+    good = rule_lines("good", 2)
+    bad = json.dumps({**json.loads(good[0]), "rule": "bad", "time": time_field}).encode()
+    inbox = inbox_with(tmp_path, [good[0], bad, good[1]])
+    pipeline, sink = pipeline_with_sink()
+    pipeline.dead_letters = DeadLetters(tmp_path / "dead-letters.jsonl")
+    assert InboxReader(pipeline, InboxLogReader(inbox, save_every=0)).process_pending() == 3
+    assert [a["rule"] for a in sink.alerts] == ["good 0", "good 1"]
+    assert left_in(inbox) == [], "the bad one is accounted for too: in the dead letters"
+    (letter,) = dead_letters(tmp_path / "dead-letters.jsonl")
+    assert letter["reason"] == "not_an_alert" and why in letter["detail"]
+    assert json.loads(letter["line"])["rule"] == "bad", "kept as it came"
+    assert pipeline.stats["skipped_not_an_alert"] == 1
+
+
+class Fussy:
+    """A sink that cannot take one alert (its data, not its disk), and takes the rest."""
+
+    def __init__(self) -> None:
+        self.alerts: list[dict] = []
+
+    def write(self, alerts) -> None:
+        if any(a["rule"] == "poison 1" for a in alerts):
+            raise ValueError("cannot store this one")
+        self.alerts.extend(alerts)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sink_failing_on_one_alert_costs_that_alert_alone(tmp_path):
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    fussy, other = Fussy(), MemorySink()
+    pipeline = Pipeline(
+        Attributor(verifier),
+        [fussy, other],
+        dead_letters=DeadLetters(tmp_path / "dead-letters.jsonl"),
+    )
+    pipeline.feed(rule_lines("poison", 3))
+    assert [a["rule"] for a in fussy.alerts] == ["poison 0", "poison 2"]
+    assert [a["rule"] for a in other.alerts] == ["poison 0", "poison 1", "poison 2"]
+    (letter,) = dead_letters(tmp_path / "dead-letters.jsonl")
+    assert (letter["reason"], letter["where"]) == ("sink_error", "file line 2 (Fussy)")
+    assert "ValueError: cannot store this one" in letter["detail"]
+
+
+class BuggyAttributor(Attributor):
+    """A defect in the core, on one alert."""
+
+    def submit(self, alert, now):
+        if alert["rule"] == "trigger 1":
+            raise KeyError("proc.pid")
+        return super().submit(alert, now)
+
+
+def test_a_defect_on_one_alert_never_stops_the_stream(tmp_path):
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    sink = MemorySink()
+    pipeline = Pipeline(
+        BuggyAttributor(verifier), [sink], dead_letters=DeadLetters(tmp_path / "dead.jsonl")
+    )
+    assert pipeline.feed(rule_lines("trigger", 3)) == 3
+    assert [a["rule"] for a in sink.alerts] == ["trigger 0", "trigger 2"]
+    (letter,) = dead_letters(tmp_path / "dead.jsonl")
+    assert letter["reason"] == "error" and "KeyError" in letter["detail"]
+
+
+def test_the_dead_letter_file_is_bounded(tmp_path):
+    letters = DeadLetters(tmp_path / "dead.jsonl", max_bytes=1000)
+    for n in range(20):
+        letters.add("not_json", "http line 1", b"x" * 200, f"broken {n}")
+    assert (tmp_path / "dead.jsonl").stat().st_size <= 1000
+    assert (tmp_path / "dead.jsonl.1").stat().st_size <= 1000
+    assert letters.written == 20
+
+
+def test_intake_serves_health_and_metrics_through_flask(tmp_path):
+    from webhook.attribution.app import create_consumer_app
+
+    client = create_consumer_app().test_client()
+    assert client.get("/healthz").status_code == 200
+    assert b"whoexec_consumer_alerts_in" in client.get("/metrics").data
+
+
+def test_readiness_follows_the_pipeline_heartbeat(tmp_path):
+    from webhook.attribution.app import create_consumer_app
+
+    heartbeat = tmp_path / "pipeline.alive"
+    client = create_consumer_app(heartbeat).test_client()
+    assert client.get("/readyz").status_code == 503
+    heartbeat.touch()
+    assert client.get("/readyz").status_code == 200
+    os.utime(heartbeat, (time.time() - 60, time.time() - 60))
+    assert client.get("/readyz").status_code == 503
+
+
+# --- the store over HTTP ------------------------------------------------------------------
+
+
+@pytest.fixture
+def api(tmp_path, store_url):
+    from webhook.attribution.app import create_consumer_app
+    from webhook.sessions.store import open_store
+
+    store = open_store(store_url)
+    app = create_consumer_app(store=store)
+    yield app.test_client()
+    store.close()
+
+
+def test_k8s_audit_takes_the_audit_webhook_backend_event_list(api):
+    body = (DATA / "audit" / "eventlist.json").read_bytes()
+    reply = api.post("/k8s-audit", data=body, content_type="application/json")
+    assert reply.status_code == 200
+    assert reply.get_json()["exec"] == 5, "exec events: alice's three stages, bob, dave"
+    assert reply.get_json()["unattributed"] == 1
+    findings = api.get("/api/findings?since=2020-01-01T00:00:00Z").get_json()
+    assert findings[0]["kind"] == "Exec not attributed by the webhook"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [(b"{]", "not JSON"), (b'{"kind":"Event"}', "EventList"), (b'{"kind":"EventList"}', "items")],
+)
+def test_k8s_audit_refuses_what_is_not_an_event_list(api, body, message):
+    reply = api.post("/k8s-audit", data=body, content_type="application/json")
+    assert reply.status_code == 400
+    assert message in reply.get_json()["error"]
+
+
+def test_api_answers_the_same_queries_as_the_cli(api):
+    api.post("/k8s-audit", data=(DATA / "audit" / "eventlist.json").read_bytes())
+    since = "since=2020-01-01T00:00:00Z"
+    sessions = api.get(f"/api/sessions?{since}&user=dave@corp.example").get_json()
+    assert [s["command"] for s in sessions] == [["psql", "-U", "app"]]
+    sid = sessions[0]["session_id"]
+    assert api.get(f"/api/sessions/{sid}").get_json()["pod"] == "payments-0"
+    assert api.get("/api/sessions/unknown").status_code == 404
+    users = api.get(f"/api/users?{since}").get_json()
+    assert {u["user_name"] for u in users} == {"alice@corp.example", "dave@corp.example"}
+    assert api.get("/api/sessions?since=yesterday").status_code == 400
+
+
+def test_api_without_a_store_says_so(tmp_path):
+    from webhook.attribution.app import create_consumer_app
+
+    client = create_consumer_app().test_client()
+    reply = client.get("/api/sessions")
+    assert reply.status_code == 404
+    assert "--db" in reply.get_json()["error"]
+
+
+def test_alerts_left_in_an_older_version_s_sqlite_inbox_are_moved_not_lost(tmp_path):
+    from webhook.attribution.app import move_sqlite_inbox
+    from webhook.attribution.spool import Spool
+
+    lines = GRANDCHILD.read_bytes().splitlines()
+    old = Spool(tmp_path / "inbox.db")
+    old.put_many(lines)
+    old.close()
+    writer = InboxWriter(tmp_path / "inbox")
+    assert move_sqlite_inbox(tmp_path / "inbox.db", writer) == 3
+    assert left_in(tmp_path / "inbox") == lines
+    assert not list(tmp_path.glob("inbox.db*")), "moved once: the old inbox is gone"
+    assert move_sqlite_inbox(tmp_path / "inbox.db", writer) == 0
+
+
+def test_the_consumer_s_metrics_live_in_its_state_dir_and_start_clean(tmp_path, monkeypatch):
+    from webhook.admission.wsgi import prepare_metrics_dir
+
+    # set first, so that monkeypatch takes back what prepare_metrics_dir sets (a delenv of
+    # an absent variable records nothing: the directory leaked into every later test)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    stale = tmp_path / "state" / "metrics" / "counter_12345.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by a consumer killed with -9")
+    directory = prepare_metrics_dir(2, tmp_path / "state" / "metrics")
+    assert directory == tmp_path / "state" / "metrics"
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(directory)
+    assert list(directory.iterdir()) == [], "what a killed run left is gone"
+    assert directory.stat().st_mode & 0o077 == 0
+
+
+def test_a_line_is_done_only_once_every_alert_it_carried_is():
+    # an inbox body can carry several alerts: it may be forgotten only when the last of
+    # them, held back for a late root, has reached the sinks
+    now = [0.0]
+    done: list[object] = []
+    sink = MemorySink()
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    pipeline = Pipeline(
+        Attributor(verifier, hold_seconds=5), [sink], clock=lambda: now[0], on_done=done.extend
+    )
+    template = json.loads(rule_lines("x", 1)[0])
+    on_the_host = {**template, "rule": "on the host"}
+    on_the_host["output_fields"] = {**template["output_fields"], "container.id": "host"}
+    in_a_container = {**template, "rule": "in a container"}  # held: its root may come
+    pipeline.feed([json.dumps([on_the_host, in_a_container]).encode()], tags=["body-1"])
+    assert [a["rule"] for a in sink.alerts] == ["on the host"]
+    assert (done, pipeline.attributor.held) == ([], 1)
+    now[0] = 5.0
+    pipeline.tick()
+    assert [a["rule"] for a in sink.alerts] == ["on the host", "in a container"]
+    assert done == ["body-1"]
+
+
+def test_each_input_that_is_no_alert_is_dead_lettered_with_its_reason_and_place(tmp_path, caplog):
+    from prometheus_client import REGISTRY
+
+    def skipped(reason: str) -> float:
+        return (
+            REGISTRY.get_sample_value("whoexec_consumer_lines_skipped_total", {"reason": reason})
+            or 0
+        )
+
+    before = {reason: skipped(reason) for reason in ("not_json", "not_an_alert", "internal")}
+    good = json.loads(rule_lines("good", 1)[0])
+    internal = {**good, "source": "internal", "rule": "Falco internal: syscall event drop"}
+    pipeline, sink = pipeline_with_sink()
+    pipeline.dead_letters = DeadLetters(tmp_path / "dead.jsonl")
+    lines = [
+        b"not json",
+        b"\xff\xfe{",  # not even UTF-8: kept, with replacement characters
+        json.dumps([{"rule": 1}, good]).encode(),  # one bad item of two
+        json.dumps([internal, good]).encode(),  # Falco's own message, then an alert
+    ]
+    assert pipeline.feed(lines) == 2
+    assert [a["rule"] for a in sink.alerts] == ["good 0", "good 0"]
+    letters = dead_letters(tmp_path / "dead.jsonl")
+    assert all(isinstance(letter.pop("time"), float) for letter in letters)
+    details = [letter.pop("detail") for letter in letters]
+    assert letters == [
+        {"reason": "not_json", "where": "file line 1", "line": "not json"},
+        {"reason": "not_json", "where": "file line 2", "line": "\ufffd\ufffd{"},
+        {"reason": "not_an_alert", "where": "file line 3", "line": '{"rule":1}'},
+    ]
+    assert details[0] == "invalid literal, expected 'null': line 1 column 1 (char 0)"
+    assert details[2] == "field 'rule' must be str, got int"
+    assert (pipeline.stats["skipped_not_json"], pipeline.stats["skipped_not_an_alert"]) == (2, 1)
+    assert pipeline.stats["skipped_internal"] == 1, "counted, but no data to keep"
+    after = {reason: skipped(reason) - before[reason] for reason in before}
+    assert after == {"not_json": 2, "not_an_alert": 1, "internal": 1}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "skipped input: not_an_alert: file line 3: field 'rule' must be str, got int" in warned
+    assert (
+        "skipped input: internal: file line 4: Falco internal message " + repr(internal["rule"])
+        in warned
+    )
+
+
+def test_a_dead_letter_keeps_2000_characters_of_detail_and_rotates_past_its_bound(tmp_path):
+    path = tmp_path / "state" / "dead" / "letters.jsonl"  # its folders are made
+    letters = DeadLetters(path, max_bytes=10_000)
+    letters.add("error", "http line 1", "x", "d" * 5000)
+    (first,) = dead_letters(path)
+    assert first["detail"] == "d" * 2000
+    letters.max_bytes = path.stat().st_size + 100  # the next one does not fit
+    letters.add("error", "http line 1", "x", "d" * 5000)
+    assert len(dead_letters(path.with_name("letters.jsonl.1"))) == 1
+    assert len(dead_letters(path)) == 1
+    assert letters.written == 2
+
+
+def test_a_dead_letter_that_cannot_be_written_is_still_counted_and_logged(tmp_path, caplog):
+    from prometheus_client import REGISTRY
+
+    def dead(reason: str) -> float:
+        return (
+            REGISTRY.get_sample_value("whoexec_consumer_dead_letters_total", {"reason": reason})
+            or 0
+        )
+
+    path = tmp_path / "dead.jsonl"
+    path.mkdir()  # a folder where the file should be
+    before = dead("not_json")
+    letters = DeadLetters(path)
+    letters.add("not_json", "http line 1", b"x", "broken")
+    assert letters.written == 1 and dead("not_json") == before + 1
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.getMessage() == f"cannot write the dead-letter file {path}: Is a directory"
+
+
+def test_a_line_whose_alert_failed_is_done_too_so_the_inbox_never_hands_it_out_again(tmp_path):
+    from prometheus_client import REGISTRY
+
+    def alerts_in() -> float:
+        return REGISTRY.get_sample_value("whoexec_consumer_alerts_in_total", {"input": "file"}) or 0
+
+    before = alerts_in()
+    done: list[object] = []
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    pipeline = Pipeline(
+        BuggyAttributor(verifier),
+        [MemorySink()],
+        dead_letters=DeadLetters(tmp_path / "dead.jsonl"),
+        on_done=done.extend,
+    )
+    lines = rule_lines("trigger", 3)
+    assert pipeline.feed(lines, tags=["a", "b", "c"]) == 3
+    assert sorted(done) == ["a", "b", "c"]
+    (letter,) = dead_letters(tmp_path / "dead.jsonl")
+    assert (letter["reason"], letter["where"], letter["detail"]) == (
+        "error",
+        "file line 2",
+        "KeyError: 'proc.pid'",
+    )
+    assert json.loads(letter["line"]) == json.loads(lines[1])
+    pipeline.feed(rule_lines("more", 2))
+    assert pipeline.stats["alerts_in"] == 5 and alerts_in() == before + 5
+
+
+def test_closing_hands_out_what_is_held_and_its_lines_are_done():
+    done: list[object] = []
+    verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
+    sink = MemorySink()
+    pipeline = Pipeline(Attributor(verifier, hold_seconds=60), [sink], on_done=done.extend)
+    pipeline.feed(rule_lines("held", 2), tags=["one", "two"])
+    assert (done, sink.alerts) == ([], [])
+    pipeline.close()
+    assert [a["rule"] for a in sink.alerts] == ["held 0", "held 1"]
+    assert done == ["one", "two"]

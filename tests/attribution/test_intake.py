@@ -1,0 +1,607 @@
+"""The HTTP intake: every body is durable before its 200, or refused whole with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import DATA
+from webhook.attribution.inbox import InboxLogReader, InboxWriter
+from webhook.attribution.intake import (
+    FalcoEndpoint,
+    IntakeServer,
+    _Connection,
+    bind,
+    new_event_loop,
+)
+from webhook.errors import SpoolFull
+
+LINES = (DATA / "falco" / "shell_and_grandchild.jsonl").read_bytes().splitlines()
+FALCO_HEADERS = {"Content-Type": "application/json", "User-Agent": "falcosecurity/falco"}
+
+
+def echo_app(environ, start_response):
+    """A WSGI app that shows what it was handed."""
+    body = environ["wsgi.input"].read()
+    seen = {
+        "method": environ["REQUEST_METHOD"],
+        "path": environ["PATH_INFO"],
+        "query": environ["QUERY_STRING"],
+        "agent": environ.get("HTTP_USER_AGENT"),
+        "type": environ.get("CONTENT_TYPE"),
+        "length": environ["CONTENT_LENGTH"],
+        "body": body.decode(),
+        "peer": environ["REMOTE_ADDR"],
+    }
+    start_response("201 CREATED", [("Content-Type", "application/json"), ("X-Seen", "yes")])
+    return [json.dumps(seen).encode()]
+
+
+class Running:
+    """An IntakeServer on its own event loop thread, on a port the kernel picked."""
+
+    def __init__(self, server: IntakeServer, inbox_dir: Path) -> None:
+        self.server, self.inbox_dir = server, inbox_dir
+        self.sock = bind("127.0.0.1:0")
+        self.port = self.sock.getsockname()[1]
+        self.loop = new_event_loop(server.tls is not None)  # as run_intake does
+        self.stop = asyncio.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.loop.run_until_complete(self.server.serve(self.sock, self.stop))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(30)
+        self.loop.close()
+
+    def connection(self, ctx: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+        if ctx is None:
+            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        return http.client.HTTPSConnection("localhost", self.port, context=ctx, timeout=10)
+
+    def post(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
+        conn = self.connection()
+        try:
+            conn.request("POST", "/falco", body=body, headers=headers or FALCO_HEADERS)
+            reply = conn.getresponse()
+            return reply.status, dict(reply.getheaders()), json.loads(reply.read())
+        finally:
+            conn.close()
+
+    def raw(self, data: bytes, then: bytes = b"") -> bytes:
+        """Send bytes as they are; everything the server answers until it closes."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(data)
+            if then:
+                sock.sendall(then)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def inbox(self) -> list[bytes]:
+        reader = InboxLogReader(self.inbox_dir)
+        found: list[bytes] = []
+        while batch := reader.read(100):
+            found.extend(body for _, body in batch)
+        return found
+
+
+@pytest.fixture
+def start(tmp_path) -> Iterator:
+    running: list[Running] = []
+
+    def start_server(
+        inbox=None, *, max_body_bytes=1 << 20, app=echo_app, heartbeat=None, **options
+    ) -> Running:
+        inbox_dir = tmp_path / f"inbox-{len(running)}"
+        writer = inbox if inbox is not None else InboxWriter(inbox_dir)
+        falco = FalcoEndpoint(writer, max_body_bytes, heartbeat=heartbeat)
+        server = IntakeServer(falco, app, max_body_bytes=max_body_bytes, **options)
+        running.append(Running(server, inbox_dir))
+        return running[-1]
+
+    yield start_server
+    for server in running:
+        server.close()
+
+
+def test_one_post_per_alert_on_new_connections_like_falco(start):
+    intake = start()
+    for line in LINES:
+        status, _, reply = intake.post(line)
+        assert (status, reply) == (200, {"accepted": 1, "rejected": 0, "errors": []})
+    assert intake.inbox() == LINES
+
+
+def test_posts_on_one_kept_alive_connection_like_falco_with_keep_alive(start):
+    intake = start()
+    conn = intake.connection()
+    for line in LINES:
+        conn.request("POST", "/falco", body=line, headers=FALCO_HEADERS)
+        reply = conn.getresponse()
+        assert reply.status == 200 and reply.getheader("Connection") is None
+        reply.read()
+    conn.close()
+    assert intake.inbox() == LINES
+
+
+def test_curl_s_expect_100_continue_is_answered_before_the_body(start):
+    # curl (Falco's http_output) sends the body only after "100 Continue", or after 1 s
+    intake = start()
+    head = (
+        b"POST /falco HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(LINES[0])
+    )
+    with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as sock:
+        sock.sendall(head)
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n", "asked for the body"
+        sock.sendall(LINES[0])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert intake.inbox() == LINES[:1]
+
+
+def test_an_ndjson_batch_and_a_chunked_body_are_accepted_whole(start):
+    intake = start()
+    assert intake.post(b"\n".join(LINES) + b"\n")[2]["accepted"] == 3
+    body = LINES[0]
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    answer = intake.raw(
+        b"POST /falco HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n" + chunked
+    )
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert intake.inbox() == [*LINES, LINES[0]]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error", "kept"),
+    [
+        (b"this is not json", 400, "line 1: not JSON", []),
+        (LINES[0] + b"\n{broken\n" + LINES[1], 200, "line 2: not JSON", [LINES[0], LINES[1]]),
+        (b"\n".join(LINES * 4), 413, "12 lines in one body, over 10", []),
+    ],
+    ids=["not-json", "one-bad-line", "too-many-lines"],
+)
+def test_bad_bodies_are_refused_whole_or_their_bad_lines_counted(start, body, status, error, kept):
+    intake = start()
+    intake.server.falco.max_lines = 10
+    got, _, reply = intake.post(body)
+    assert got == status
+    assert error in (reply.get("error") or reply["errors"][0])
+    assert intake.inbox() == kept
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_a_byte_of_it_is_sent(start):
+    intake = start(max_body_bytes=1024)
+    # the 1 GiB body is never sent: the answer comes on the headers alone
+    answer = intake.raw(b"POST /falco HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"body over 1024 bytes" in answer and b"Connection: close" in answer
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_limit(start):
+    intake = start(max_body_bytes=1024)
+    chunk = b"%x\r\n%s\r\n" % (600, b"x" * 600)
+    answer = intake.raw(
+        b"POST /falco HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk + chunk
+    )
+    assert answer.startswith(b"HTTP/1.1 413 ") and intake.inbox() == []
+
+
+# --- every bound of the intake, at it and one past it ---------------------------------------
+# A sender drops what it was refused (Falco ignores the status): a bound that is one off
+# loses a body that was within it.
+
+
+def json_body(size: int) -> bytes:
+    """A one-line JSON body of exactly ``size`` bytes."""
+    body = b'{"p":"' + b"a" * (size - 8) + b'"}'
+    assert len(body) == size
+    return body
+
+
+@pytest.mark.parametrize(("extra", "status"), [(0, 200), (1, 413)], ids=["at", "over"])
+def test_a_body_of_max_lines_lines_is_accepted_and_one_more_is_refused_whole(start, extra, status):
+    intake = start()
+    intake.server.falco.max_lines = 3
+    lines = [json_body(20 + n) for n in range(3 + extra)]
+    # blank lines are no lines: they neither count nor reach the inbox
+    got, _, reply = intake.post(b"\n\n".join(lines) + b"\n  \n")
+    assert got == status
+    if status == 200:
+        assert reply == {"accepted": 3, "rejected": 0, "errors": []}
+        assert intake.inbox() == lines
+    else:
+        assert reply == {"error": "4 lines in one body, over 3", "accepted": 0}
+        assert intake.inbox() == []
+
+
+def test_the_default_line_bound_is_10000_lines():
+    assert FalcoEndpoint(FullInbox(), 1024).max_lines == 10_000
+
+
+@pytest.mark.parametrize(("size", "status"), [(1024, 200), (1025, 413)], ids=["at", "over"])
+def test_a_declared_body_of_the_byte_limit_is_accepted_and_one_byte_more_is_refused(
+    start, size, status
+):
+    intake = start(max_body_bytes=1024)
+    body = json_body(size)
+    # one byte over is refused on the headers alone: its body is never sent (a body sent
+    # after the refusal would meet a closed connection, and a reset)
+    answer = intake.raw(
+        b"POST /falco HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % size,
+        body if status == 200 else b"",
+    )
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert intake.inbox() == ([body] if status == 200 else [])
+
+
+@pytest.mark.parametrize(("size", "status"), [(1024, 200), (1025, 413)], ids=["at", "over"])
+def test_a_chunked_body_of_the_byte_limit_is_accepted_and_one_byte_more_is_refused(
+    start, size, status
+):
+    intake = start(max_body_bytes=1024)
+    body = json_body(size)
+    half = size // 2
+    chunked = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (half, body[:half], size - half, body[half:])
+    answer = intake.raw(
+        b"POST /falco HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n" + chunked
+    )
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert intake.inbox() == ([body] if status == 200 else [])
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+@pytest.mark.parametrize(("size", "status"), [(1024, 201), (1025, 413)], ids=["at", "over"])
+def test_a_body_for_another_route_is_held_to_the_same_byte_limit(start, chunked, size, status):
+    # an audit webhook batch (POST /k8s-audit) goes to the Flask app
+    intake = start(max_body_bytes=1024)
+    body = b"x" * size
+    head = b"POST /k8s-audit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    if chunked:
+        answer = intake.raw(
+            head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (size, body)
+        )
+    else:
+        answer = intake.raw(
+            head + b"Content-Length: %d\r\n\r\n" % size, body if status == 201 else b""
+        )
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    if status == 201:
+        assert answer.endswith(b'"body": "%s", "peer": "127.0.0.1"}' % body)
+
+
+def request_with_headers(header_bytes: int, count: int = 1) -> bytes:
+    """A GET whose ``count`` headers weigh ``header_bytes`` as the intake counts them
+    (name, value and 4 bytes of ": " and CRLF each)."""
+    pads = [b"X-%03d" % n for n in range(count)]
+    value_bytes = header_bytes - sum(len(p) + 4 for p in pads)
+    values = [b"v" * (value_bytes // count + (n < value_bytes % count)) for n in range(count)]
+    lines = b"".join(b"%s: %s\r\n" % (p, v) for p, v in zip(pads, values, strict=True))
+    return b"GET /h HTTP/1.1\r\n" + lines + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (request_with_headers(2048), 201),
+        (request_with_headers(2049), 431),
+        (request_with_headers(1200, count=100), 201),
+        (request_with_headers(1200, count=101), 431),
+        (b"GET /" + b"t" * 2047 + b" HTTP/1.1\r\n\r\n", 201),  # a target of 2048 bytes
+        (b"GET /" + b"t" * 2048 + b" HTTP/1.1\r\n\r\n", 431),
+    ],
+    ids=["header-bytes-at", "header-bytes-over", "100-headers", "101-headers", "target-at",
+         "target-over"],
+)  # fmt: skip
+def test_headers_and_the_target_are_accepted_up_to_their_bounds_and_refused_past_them(
+    start, request_bytes, status
+):
+    intake = start(max_header_bytes=2048)
+    with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+
+
+def test_at_max_connections_the_longest_idle_gives_way_and_the_new_one_is_served(start):
+    # #21: at the global cap the connection that has waited longest with no request under
+    # way is closed to make room; a new connection is never dropped in silence
+    intake = start(max_connections=2)
+    open_ones = [intake.connection(), intake.connection()]
+    try:
+        for conn in open_ones:  # both accepted and served, and kept open
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read()
+        with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 2"), answer[:40]
+        open_ones[1].request("GET", "/healthz")  # the younger idle one is still served
+        assert open_ones[1].getresponse().status == 201
+    finally:
+        for conn in open_ones:
+            conn.close()
+
+
+@pytest.mark.parametrize(("age", "refused"), [(30.0, False), (30.5, True)])
+def test_the_pipeline_is_down_only_once_its_heartbeat_is_older_than_stale_after(
+    tmp_path, age, refused
+):
+    now = 1000.0
+    heartbeat = tmp_path / "pipeline.alive"
+    heartbeat.touch()
+    os.utime(heartbeat, (now - age, now - age))
+    falco = FalcoEndpoint(
+        InboxWriter(tmp_path / "inbox"), 1024, heartbeat=heartbeat, clock=lambda: now
+    )
+    assert (falco.before_body(10) is not None) is refused
+
+
+class FullInbox:
+    def put_many(self, bodies: list[bytes]) -> None:
+        raise SpoolFull("the inbox holds 100 of 100 bytes: 1 more do not fit")
+
+
+class FailingDisk:
+    def put_many(self, bodies: list[bytes]) -> None:
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize(
+    ("inbox", "error"),
+    [(FullInbox(), "holds 100 of 100 bytes"), (FailingDisk(), "cannot write the inbox")],
+    ids=["full", "disk-failing"],
+)
+def test_an_inbox_that_cannot_take_a_body_answers_503_with_retry_after(start, inbox, error):
+    intake = start(inbox)
+    status, headers, reply = intake.post(LINES[0])
+    assert (status, headers["Retry-After"], reply["accepted"]) == (503, "5", 0)
+    assert error in reply["error"]
+
+
+def test_intake_refuses_while_the_pipeline_has_not_run_for_a_while(tmp_path):
+    now = [1000.0]
+    heartbeat = tmp_path / "pipeline.alive"
+    writer = InboxWriter(tmp_path / "inbox")
+    falco = FalcoEndpoint(writer, 1 << 20, heartbeat=heartbeat, clock=lambda: now[0])
+    assert falco.before_body(100) is None  # starting: the same grace
+    heartbeat.touch()
+    os.utime(heartbeat, (now[0] - 31, now[0] - 31))
+    now[0] += 2  # past the once-a-second cache
+    status, reply = falco.before_body(100) or (0, b"")
+    assert status == 503 and b"has not run for 33s" in reply
+    os.utime(heartbeat, (now[0], now[0]))
+    now[0] += 2
+    assert falco.before_body(100) is None
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+        (b"POST /falco HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400),
+    ],
+    ids=["garbage", "bad-length", "long-target", "big-header", "upgrade"],
+)
+def test_a_malformed_request_gets_a_clear_answer_and_the_connection_closes(
+    start, request_bytes, status
+):
+    answer = start().raw(request_bytes)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:100]
+    assert b"Connection: close" in answer
+
+
+def test_every_other_route_goes_to_the_wsgi_app_with_its_request(start):
+    intake = start()
+    conn = intake.connection()
+    conn.request(
+        "POST", "/k8s-audit?x=1&y=%2F", body=b'{"items":[]}', headers={"User-Agent": "kube"}
+    )
+    reply = conn.getresponse()
+    seen = json.loads(reply.read())
+    assert (reply.status, reply.getheader("X-Seen")) == (201, "yes")
+    assert seen == {
+        "method": "POST",
+        "path": "/k8s-audit",
+        "query": "x=1&y=%2F",
+        "agent": "kube",
+        "type": None,
+        "length": "12",
+        "body": '{"items":[]}',
+        "peer": "127.0.0.1",
+    }
+    conn.request("GET", "/falco")  # not a POST: the app's, not the intake's
+    reply = conn.getresponse()
+    assert json.loads(reply.read())["method"] == "GET"
+    conn.close()
+
+
+def test_pipelined_requests_are_answered_in_order(start):
+    intake = start()
+    one = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
+    two = b"POST /falco HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(LINES[0]),
+        LINES[0],
+    )
+    three = b"GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = intake.raw(one + two + three)
+    assert answer.index(b'"path": "/first"') < answer.index(b'"accepted":1')
+    assert answer.index(b'"accepted":1') < answer.index(b'"path": "/third"')
+
+
+def test_an_app_that_fails_gets_a_500_and_the_server_goes_on(start):
+    def broken(environ, start_response):
+        raise RuntimeError("boom")
+
+    intake = start(app=broken)
+    conn = intake.connection()
+    conn.request("GET", "/api/sessions")
+    reply = conn.getresponse()
+    assert (reply.status, json.loads(reply.read())) == (500, {"error": "internal error"})
+    conn.close()
+    assert intake.post(LINES[0])[0] == 200
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive(start):
+    intake = start(keepalive=0.2)
+    with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):  # returns b"" once the server closed it
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 201 ")
+
+
+def test_tls_takes_a_rotated_certificate_for_new_connections(start, tmp_path):
+    from click.testing import CliRunner
+
+    from webhook.cli import main
+    from webhook.tls import ReloadingContext
+
+    certs = tmp_path / "certs"
+    assert CliRunner().invoke(main, ["certs", "--out", str(certs)]).exit_code == 0
+    intake = start(tls=ReloadingContext(certs / "tls.crt", certs / "tls.key").current)
+
+    def served_certificate() -> bytes:
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        ctx.check_hostname = False
+        with (
+            socket.create_connection(("127.0.0.1", intake.port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls_sock,
+        ):
+            assert tls_sock.version() in ("TLSv1.2", "TLSv1.3")
+            der = tls_sock.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+
+    first = served_certificate()
+    assert CliRunner().invoke(main, ["certs", "--out", str(certs), "--force"]).exit_code == 0
+    assert served_certificate() != first, "the new certificate, without a restart"
+
+
+class FakeTransport:
+    """What a connection writes, and whether it closed."""
+
+    def __init__(self) -> None:
+        self.written, self.closed = b"", False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 1234)
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@settings(max_examples=200)
+@given(st.lists(st.binary(max_size=300), max_size=6))
+def test_hostile_bytes_never_break_the_server_and_never_reach_the_inbox_unless_json(
+    tmp_path_factory, pieces
+):
+    inbox = InboxWriter(tmp_path_factory.mktemp("inbox"))
+    kept: list[bytes] = []
+
+    class Recording:
+        def put_many(self, bodies: list[bytes]) -> None:
+            for body in bodies:
+                json.loads(body)  # only JSON lines get this far
+            kept.extend(bodies)
+            inbox.put_many(bodies)
+
+    server = IntakeServer(FalcoEndpoint(Recording(), 4096), echo_app, max_body_bytes=4096)
+    loop = asyncio.new_event_loop()
+    server.loop = loop
+    transport = FakeTransport()
+    connection = _Connection(server)
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    for piece in pieces:
+        connection.data_received(b"POST /falco HTTP/1.1\r\nContent-Length: 10\r\n\r\n" + piece)
+    loop.close()
+    for answer in transport.written.split(b"HTTP/1.1 ")[1:]:
+        assert answer[:3].isdigit(), "every answer is a status line"
+    inbox.close()
+
+
+def test_refused_bodies_are_logged_once_per_reason_in_an_interval(tmp_path, caplog, monkeypatch):
+    from webhook.attribution import intake
+    from webhook.attribution.pipeline import RateLimitedLog
+
+    now = [0.0]
+    monkeypatch.setattr(intake, "_intake_log", RateLimitedLog(clock=lambda: now[0], topic="intake"))
+    falco = FalcoEndpoint(InboxWriter(tmp_path / "inbox"), 1024)
+    caplog.set_level("WARNING", logger="whoexec.consumer")
+    for _ in range(200):
+        assert (falco.before_body(5000) or (0, b""))[0] == 413
+        assert falco.accept(b"not json")[0] == 400
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines  # one per reason, not 400
+    now[0] += 11
+    assert falco.accept(b"not json")[0] == 400
+    assert "(199 more since the last report)" in caplog.records[-1].getMessage()
+
+
+def test_a_refusal_on_the_headers_comes_after_the_answers_before_it(start):
+    intake = start(max_body_bytes=1024)
+    first = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
+    huge = b"POST /falco HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n"
+    answer = intake.raw(first + huge)
+    assert answer.index(b'"path": "/first"') < answer.index(b"HTTP/1.1 413 ")
+    assert answer.endswith(b'{"error":"body over 1024 bytes","accepted":0}')
+
+
+def test_a_request_that_arrives_before_the_connection_is_handed_over_is_answered(tmp_path):
+    # under TLS, start_tls passes on the first request (it rides with the client's
+    # Finished) before it returns the connection's transport
+    inbox = InboxWriter(tmp_path / "inbox")
+    server = IntakeServer(FalcoEndpoint(inbox, 4096), echo_app)
+    server.loop = asyncio.new_event_loop()
+    connection = _Connection(server)
+    connection.data_received(
+        b"POST /falco HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(LINES[0]), LINES[0])
+    )
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    server.loop.close()
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    inbox.close()
+    reader = InboxLogReader(tmp_path / "inbox")
+    assert [body for _, body in reader.read(10)] == LINES[:1]

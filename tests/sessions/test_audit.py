@@ -1,0 +1,219 @@
+"""kubectl debug in the audit log: the ``pods/ephemeralcontainers`` event carries the
+webhook's session id, is linked to the debug session, and a debug session is not
+"missing from the audit log"."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from tests.conftest import DATA
+from webhook.attribution.lineage import Attributor, TokenVerifier
+from webhook.attribution.pipeline import MemorySink, Pipeline
+from webhook.identity import Identity, sign_identity
+from webhook.sessions.audit import check_event, exec_audit
+from webhook.sessions.auditlog import AuditIngestor
+from webhook.sessions.store import SessionQuery, open_store
+from webhook.sessions.store.sql import FINDING_NOT_IN_AUDIT_LOG
+from webhook.sessions.store.writer import FINDING_UNATTRIBUTED, StoreWriter
+
+WEBHOOK = "exec.whoexec.io"
+#: the real event of `kubectl debug -n shop web-0 --image=... -c debugger --target=app
+#: --attach=false -- sh -c 'sleep 1000'` by alice on the e2e cluster (Kubernetes 1.37.2,
+#: audit level Metadata), as its audit log wrote it
+REAL = json.loads((DATA / "audit" / "kubectl-debug-target.json").read_text())
+SID = REAL["annotations"][f"{WEBHOOK}/session-id"]
+ISSUED = 1796326954  # the event's own second: the webhook minted the token then
+EVER = -(2**62)
+
+
+def debug_event(**changes) -> dict:
+    """The real event, with ``changes``."""
+    return {**copy.deepcopy(REAL), **changes}
+
+
+def test_a_debug_container_s_event_is_a_session_event_with_the_webhook_s_session_id():
+    audit = exec_audit(check_event(debug_event()), WEBHOOK)
+    assert audit is not None
+    assert (audit.subresource, audit.verb, audit.session_id) == (
+        "ephemeralcontainers",
+        "patch",
+        SID,
+    )
+    assert (audit.namespace, audit.pod, audit.user) == ("shop", "web-0", "alice")
+    # at the Metadata level the container and the command are in the body, not the URI
+    assert (audit.container, audit.command) == ("", ())
+    assert not audit.unattributed
+
+
+@pytest.mark.parametrize("verb", ["patch", "update"])
+def test_both_verbs_kubectl_uses_to_add_a_debug_container_count(verb):
+    audit = exec_audit(check_event(debug_event(verb=verb)), WEBHOOK)
+    assert audit is not None and audit.session_id == SID
+
+
+def test_reading_the_ephemeral_containers_is_no_session():
+    assert exec_audit(check_event(debug_event(verb="get")), WEBHOOK) is None
+
+
+def test_a_debug_container_the_webhook_did_not_tag_is_unattributed_unless_none_was_added():
+    bare = debug_event(annotations={"authorization.k8s.io/decision": "allow"})  # webhook down
+    audit = exec_audit(check_event(bare), WEBHOOK)
+    assert audit is not None and audit.unattributed
+    same = debug_event(annotations={f"{WEBHOOK}/outcome": "skipped-no-new-container"})
+    audit = exec_audit(check_event(same), WEBHOOK)
+    assert audit is not None and not audit.unattributed
+
+
+# --- in the store ----------------------------------------------------------------------------
+
+
+def debug_session_alerts(signer) -> list[bytes]:
+    """The debug container's first process (a --target container: vpid 9, no parent named)
+    and a `cat /etc/shadow` under it, as Falco reports them."""
+    token = sign_identity(
+        Identity(SID, "alice", "", ("devs",), "shop", "web-0", "debugger-x7k", ISSUED, "uid-W"),
+        signer,
+    )
+    start = ISSUED * 10**9 + 300_000_000
+
+    def alert(rule: str, pid: int, **fields) -> bytes:
+        return json.dumps(
+            {
+                "hostname": "node-a",
+                "output": rule,
+                "priority": "Warning",
+                "rule": rule,
+                "source": "syscall",
+                "tags": ["whoexec"] if rule.startswith("Whoexec") else [],
+                "time": "2026-12-03T19:42:35.000000000Z",
+                "output_fields": {
+                    "container.id": "5e1f00d2a9b3",
+                    "container.name": "debugger-x7k",
+                    "k8s.ns.name": "shop",
+                    "k8s.pod.name": "web-0",
+                    "k8s.pod.uid": "uid-W",
+                    "proc.pid": pid,
+                    "proc.env[WHOEXEC_IDENTITY]": token,
+                    **fields,
+                },
+            }
+        ).encode()
+
+    return [
+        alert(
+            "Whoexec exec entry",
+            900,
+            **{"proc.vpid": 9, "proc.pname": None, "proc.pid.ts": start, "proc.args": ""},
+        ),
+        alert(
+            "Read sensitive file untrusted",
+            901,
+            **{"proc.vpid": 10, "proc.apid[1]": 900, "proc.pid.ts": start + 10**8},
+        ),
+    ]
+
+
+def consume(url: str, trusted, lines: list[bytes]) -> None:
+    writer = StoreWriter(open_store(url))
+    pipeline = Pipeline(Attributor(TokenVerifier(trusted)), [MemorySink(), writer])
+    pipeline.observe(writer.record)
+    pipeline.feed(lines)
+    pipeline.close()
+
+
+def ingest(url: str, *events: dict) -> AuditIngestor:
+    ingestor = AuditIngestor(StoreWriter(open_store(url)), WEBHOOK)
+    ingestor.feed([json.dumps(e).encode() for e in events], where="audit.log")
+    ingestor.close()
+    return ingestor
+
+
+#: an exec an hour later: the audit log has moved on past the debug session
+LATER_EXEC = {
+    **debug_event(
+        auditID="a0d1e2b3-0000-4000-8000-0000000000ee",
+        stageTimestamp="2026-12-03T20:42:35.000000Z",
+        requestURI="/api/v1/namespaces/shop/pods/web-0/exec?command=true&container=app",
+        verb="create",
+        annotations={f"{WEBHOOK}/session-id": "another", f"{WEBHOOK}/outcome": "injected"},
+    ),
+    "objectRef": {"resource": "pods", "namespace": "shop", "name": "web-0", "subresource": "exec"},
+    "responseStatus": {"code": 101},
+}
+NOW = (ISSUED + 7200) * 10**9
+
+
+def test_a_debug_session_is_linked_to_its_audit_event_and_not_missing_from_the_log(
+    store_url, signer, trusted
+):
+    consume(store_url, trusted, debug_session_alerts(signer))
+    ingestor = ingest(store_url, debug_event(), LATER_EXEC)
+    assert ingestor.stats["ephemeralcontainers"] == 1
+    store = open_store(store_url)
+    try:
+        assert store.crosscheck(NOW, 60 * 10**9) == 0, "the debug event is the session's"
+        session = store.session(SID)
+        assert session is not None
+        assert (session["user_name"], session["attribution"]) == ("alice", "verified")
+        assert session["container"] == "debugger-x7k", "from the token: the event has none"
+        assert session["learnt_from"] == ["token", "admission", "audit"]
+        (audit,) = session["audit_events"]
+        assert (audit["subresource"], audit["verb"]) == ("ephemeralcontainers", "patch")
+        assert [a["rule"] for a in session["alerts"]] == ["Read sensitive file untrusted"]
+        assert [f["kind"] for f in store.findings(EVER)] == []
+    finally:
+        store.close()
+
+
+def test_without_its_debug_event_the_session_is_missing_from_the_audit_log(
+    store_url, signer, trusted
+):
+    consume(store_url, trusted, debug_session_alerts(signer))
+    ingest(store_url, LATER_EXEC)
+    store = open_store(store_url)
+    try:
+        assert store.crosscheck(NOW, 60 * 10**9) == 1
+        (finding,) = store.findings(EVER)
+        assert (finding["kind"], finding["session_id"]) == (FINDING_NOT_IN_AUDIT_LOG, SID)
+        assert "no exec or debug event in the audit log" in finding["detail"]
+    finally:
+        store.close()
+
+
+def test_a_debug_event_seen_first_makes_a_pending_session_that_names_its_pod(store_url):
+    ingest(store_url, debug_event())
+    store = open_store(store_url)
+    try:
+        (row,) = store.sessions(SessionQuery(since_ns=EVER))
+        assert (row["session_id"], row["attribution"], row["user_name"]) == (
+            SID,
+            "pending",
+            "alice",
+        )
+        assert (row["namespace"], row["pod"], row["container"], row["command"]) == (
+            "shop",
+            "web-0",
+            None,
+            None,
+        )
+    finally:
+        store.close()
+
+
+def test_a_debug_container_added_without_the_webhook_is_a_finding(store_url):
+    bare = debug_event(annotations={"authorization.k8s.io/decision": "allow"})
+    ingestor = ingest(store_url, bare)
+    assert ingestor.stats["unattributed"] == 1
+    store = open_store(store_url)
+    try:
+        (finding,) = store.findings(EVER)
+        assert finding["kind"] == FINDING_UNATTRIBUTED
+        assert finding["detail"].startswith(
+            "alice added a debug container to shop/web-0 without a whoexec identity: no "
+            "whoexec annotation"
+        )
+    finally:
+        store.close()
