@@ -64,7 +64,8 @@ def serve_variant(variant: str, certs: Path, port: int) -> None:
     settings = Settings.from_env(
         os.environ, bind=f"127.0.0.1:{port}", log_level="warning", env_trusted_namespaces=("*",)
     )
-    from webhook.admission.wsgi import WebhookApplication, prepare_metrics_dir
+    from webhook.admission.wsgi import WebhookApplication
+    from webhook.serving import prepare_metrics_dir
 
     if variant == "bare-flask":
         from werkzeug.serving import make_server

@@ -197,7 +197,8 @@ def serve(
 
     monkey.patch_all(thread=False, signal=False)
     # before anything imports prometheus_client (see prepare_metrics_dir)
-    from webhook.admission.wsgi import WebhookApplication, prepare_metrics_dir
+    from webhook.admission.wsgi import WebhookApplication
+    from webhook.serving import prepare_metrics_dir
 
     metrics_dir = prepare_metrics_dir(settings.workers)
     WebhookApplication(settings, metrics_dir).run()
@@ -335,7 +336,7 @@ def consume(
     stdout = None if no_stdout else sys.stdout.buffer
     if settings.listen:
         # before anything imports prometheus_client (see prepare_metrics_dir)
-        from webhook.admission.wsgi import prepare_metrics_dir
+        from webhook.serving import prepare_metrics_dir
 
         # the intake and the pipeline process; in the state dir: a kill -9 leaves no trace
         prepare_metrics_dir(2, settings.state_dir / "metrics")

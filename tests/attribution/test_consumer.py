@@ -646,7 +646,7 @@ def test_alerts_left_in_an_older_version_s_sqlite_inbox_are_moved_not_lost(tmp_p
 
 
 def test_the_consumer_s_metrics_live_in_its_state_dir_and_start_clean(tmp_path, monkeypatch):
-    from webhook.admission.wsgi import prepare_metrics_dir
+    from webhook.serving import prepare_metrics_dir
 
     # set first, so that monkeypatch takes back what prepare_metrics_dir sets (a delenv of
     # an absent variable records nothing: the directory leaked into every later test)

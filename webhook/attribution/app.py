@@ -367,8 +367,8 @@ def serve_consumer(settings: Settings, stdout: IO[bytes] | None) -> None:
     """The HTTP intake (this process) appends to a durable inbox; one pipeline process,
     forked and supervised, reads it. The process table is state, so attribution runs in
     exactly one process; the intake is an event loop (:mod:`webhook.attribution.intake`)."""
-    from webhook.admission.wsgi import multiprocess_registry, raise_open_files_limit
     from webhook.attribution.intake import FalcoEndpoint, IntakeServer, bind, run_intake
+    from webhook.serving import multiprocess_registry, raise_open_files_limit
 
     load_key_ring(settings.identity_pub)  # fail before forking if the keys are unusable
     if settings.db:

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from webhook.admission.wsgi import configure
+from webhook.serving import configure
 from webhook.settings import Settings
 from webhook.tls import ReloadingContext
 
