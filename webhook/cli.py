@@ -748,7 +748,7 @@ def audit_ingest(
     container without it is a finding. Malformed lines are reported by number and
     skipped; the rest is ingested.
     """
-    from webhook.attribution.pipeline import FileFollower
+    from webhook.follow import FileFollower
     from webhook.sessions.auditlog import AuditIngestor
     from webhook.sessions.store import open_store
     from webhook.sessions.store.writer import StoreWriter

@@ -20,13 +20,13 @@ from webhook.attribution.inbox import InboxLogReader, InboxWriter
 from webhook.attribution.lineage import Attributor, TokenVerifier
 from webhook.attribution.pipeline import (
     DeadLetters,
-    FileFollower,
     ForwardSink,
     InboxReader,
     MemorySink,
     Pipeline,
 )
 from webhook.cli import main
+from webhook.follow import FileFollower
 from webhook.keyfiles import load_key_ring
 
 FALCO = DATA / "falco"

@@ -454,7 +454,7 @@ def test_batch_mode_gives_up_after_max_wait_and_keeps_the_batch(tmp_path):
 
 
 def test_audit_log_is_followed_across_rotation_into_the_store(tmp_path):
-    from webhook.attribution.pipeline import FileFollower
+    from webhook.follow import FileFollower
 
     url = f"sqlite:///{tmp_path}/follow.db"
     log = tmp_path / "audit.log"

@@ -37,7 +37,6 @@ from webhook.attribution.lineage import (
 )
 from webhook.attribution.pipeline import (
     DeadLetters,
-    FileFollower,
     FileSink,
     ForwardSink,
     InboxReader,
@@ -48,6 +47,7 @@ from webhook.attribution.pipeline import (
 )
 from webhook.attribution.spool import Spool
 from webhook.errors import ConfigError, MalformedAuditEvent, StoreUnavailable
+from webhook.follow import FileFollower
 from webhook.keyfiles import load_key_ring
 from webhook.sessions.store.sql import SqlStore
 from webhook.settings import Settings, is_loopback

@@ -8,14 +8,12 @@ output). Sinks: stdout, a file, an HTTP forward with an on-disk spool, the sessi
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import os
 import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -84,14 +82,6 @@ DEAD_LETTERS = Counter(
     "Input that could not be processed, kept in the dead-letter file, by reason.",
     ["reason"],
 )
-
-
-class LineConsumer(Protocol):
-    """What a followed file feeds: the alert pipeline, or the audit ingestor."""
-
-    def feed(self, lines: Iterable[bytes | str], where: str = "") -> int: ...
-
-    def tick(self) -> None: ...
 
 
 class Sink(Protocol):
@@ -627,115 +617,6 @@ def read_batch(pipeline: Pipeline, stream: IO[bytes], chunk: int = 512) -> int:
             batch = []
     total += pipeline.feed(batch)
     return total
-
-
-@dataclass
-class FollowState:
-    """Where a followed file was read up to, saved so a restart resumes there."""
-
-    device: int
-    inode: int
-    offset: int
-
-
-class FileFollower:
-    """``tail -F``: follows a path across rotation (rename + new file) and truncation.
-
-    The offset is saved (atomically, in ``state_path``) only after the pipeline's sinks
-    accepted the lines, so a restart resumes after the last handled line: at-least-once.
-    A file rotated while the consumer was down is not found again; its unread tail is lost
-    (documented), the new file is read from the start.
-    """
-
-    def __init__(self, path: Path, state_path: Path, poll: float = 0.2) -> None:
-        self.path = path
-        self.state_path = state_path
-        self.poll = poll
-        self._stop = threading.Event()
-        # what the follower has seen, for its operator's log and for tests to wait on
-        self.absent_polls = 0  # polls while the file did not exist
-        self.caught_up = 0  # polls with nothing new to read
-        self.rotations = 0
-        self.truncations = 0
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _load_state(self) -> FollowState | None:
-        try:
-            data = json.loads(self.state_path.read_text())
-            return FollowState(int(data["device"]), int(data["inode"]), int(data["offset"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def _save_state(self, state: FollowState) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state.__dict__))
-        os.replace(tmp, self.state_path)
-
-    def _open(self, saved: FollowState | None) -> tuple[IO[bytes], FollowState] | None:
-        try:
-            handle = self.path.open("rb")
-        except FileNotFoundError:
-            return None
-        st = os.fstat(handle.fileno())
-        offset = 0
-        if saved and (saved.device, saved.inode) == (st.st_dev, st.st_ino):
-            offset = saved.offset if saved.offset <= st.st_size else 0
-        handle.seek(offset)
-        return handle, FollowState(st.st_dev, st.st_ino, offset)
-
-    def run(self, pipeline: LineConsumer) -> None:
-        saved = self._load_state()
-        opened = None
-        partial = b""
-        rotated = False
-        while not self._stop.is_set():
-            if opened is None:
-                opened = self._open(saved)
-                partial, rotated = b"", False
-                if opened is None:
-                    self.absent_polls += 1
-                    pipeline.tick()
-                    self._stop.wait(self.poll)
-                    continue
-            handle, state = opened
-            data = handle.read(1 << 20)
-            if data:
-                data = partial + data
-                cut = data.rfind(b"\n") + 1
-                lines, partial = data[:cut].splitlines(), data[cut:]
-                if lines:
-                    pipeline.feed(lines, where=str(self.path))
-                state.offset = handle.tell() - len(partial)
-                self._save_state(state)
-                saved = state
-                continue
-            pipeline.tick()
-            if rotated:
-                # the old file was read to its end after the rotation was seen: move on
-                handle.close()
-                opened, saved = None, None
-                continue
-            try:
-                st: os.stat_result | None = os.stat(self.path)
-            except FileNotFoundError:
-                st = None
-            if st is not None and (st.st_dev, st.st_ino) != (state.device, state.inode):
-                rotated = True  # read what was appended to the old file meanwhile, then switch
-                self.rotations += 1
-                continue
-            if st is not None and st.st_size < state.offset:
-                handle.seek(0)
-                state.offset, partial = 0, b""
-                self.truncations += 1
-                log.info("%s was truncated; reading it from the start", self.path)
-                continue
-            self.caught_up += 1
-            self._stop.wait(self.poll)
-        if opened is not None:
-            opened[0].close()
 
 
 class InboxReader:
