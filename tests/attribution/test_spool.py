@@ -138,11 +138,11 @@ class LockedConnection:
 
 
 def test_a_locked_database_is_waited_for_not_taken_for_an_error(tmp_path, monkeypatch):
-    from webhook.attribution import spool as spool_module
+    from webhook import wal
 
     fake = LockedConnection(times=2)
-    monkeypatch.setattr(spool_module.sqlite3, "connect", lambda *a, **k: fake)
-    assert spool_module.connect_wal(tmp_path / "forward.db") is fake
+    monkeypatch.setattr(wal.sqlite3, "connect", lambda *a, **k: fake)
+    assert wal.connect_wal(tmp_path / "forward.db") is fake
     assert fake.statements == ["PRAGMA journal_mode=WAL"] * 3 + ["PRAGMA synchronous=NORMAL"]
     assert not fake.closed
 
@@ -150,10 +150,10 @@ def test_a_locked_database_is_waited_for_not_taken_for_an_error(tmp_path, monkey
 def test_any_other_database_error_is_raised_at_once_and_the_connection_closed(
     tmp_path, monkeypatch
 ):
-    from webhook.attribution import spool as spool_module
+    from webhook import wal
 
     fake = LockedConnection(times=5, error="disk I/O error")
-    monkeypatch.setattr(spool_module.sqlite3, "connect", lambda *a, **k: fake)
+    monkeypatch.setattr(wal.sqlite3, "connect", lambda *a, **k: fake)
     with pytest.raises(sqlite3.OperationalError, match=r"^disk I/O error$"):
-        spool_module.connect_wal(tmp_path / "forward.db")
+        wal.connect_wal(tmp_path / "forward.db")
     assert fake.statements == ["PRAGMA journal_mode=WAL"] and fake.closed

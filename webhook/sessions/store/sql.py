@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from webhook.attribution.spool import connect_wal
 from webhook.errors import ConfigError, StoreError, StoreUnavailable
 from webhook.sessions.store.model import (
     ATTRIBUTION_RANK,
@@ -25,6 +24,7 @@ from webhook.sessions.store.model import (
     Batch,
     SessionQuery,
 )
+from webhook.wal import connect_wal
 
 #: schema migrations, applied in order inside one transaction each; never edit a
 #: released one, add a new version instead (upgrades must not lose data)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from webhook.attribution.spool import connect_wal
+from webhook.wal import connect_wal
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS ui_sessions (
     digest TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, expires REAL NOT NULL)"""
