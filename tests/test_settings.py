@@ -152,7 +152,9 @@ def test_a_static_env_path_whose_directory_cannot_be_mounted_is_refused(path):
     ("path", "mounted_at"), [("/.whoexec/env", "/.whoexec"), ("/opt/who/bin/env", "/opt/who/bin")]
 )
 def test_the_static_env_is_mounted_at_the_directory_of_its_path(path, mounted_at):
-    policy = Settings.from_env({"WHOEXEC_ENV_VOLUME_PATH": path}).admission_policy
+    from webhook.admission.wsgi import admission_policy
+
+    policy = admission_policy(Settings.from_env({"WHOEXEC_ENV_VOLUME_PATH": path}))
     assert policy.env_mount_dir == mounted_at
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from webhook.admission.decide import AdmissionPolicy
 from webhook.errors import ConfigError
 
 PREFIX = "WHOEXEC_"
@@ -171,24 +170,6 @@ class Settings:
         settings = dataclasses.replace(self, **changes)
         settings.validate()
         return settings
-
-    @property
-    def admission_policy(self) -> AdmissionPolicy:
-        return AdmissionPolicy(
-            identity_variable=self.identity_variable,
-            env_path=self.env_path,
-            exclude_namespaces=self.exclude_namespaces,
-            exclude_users=self.exclude_users,
-            exclude_groups=self.exclude_groups,
-            clock_skew_seconds=self.clock_skew_seconds,
-            env_volume_path=self.env_volume_path,
-            images_without_env=self.images_without_env,
-            env_trusted_namespaces=self.env_trusted_namespaces,
-            env_trusted_images=self.env_trusted_images,
-            static_env_cpu=self.static_env_cpu,
-            static_env_memory=self.static_env_memory,
-            static_env_image=self.static_env_image,
-        )
 
 
 def _convert(name: str, raw: str, default: Any) -> Any:

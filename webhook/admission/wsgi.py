@@ -16,12 +16,32 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from webhook.admission.decide import AdmissionPolicy
 from webhook.errors import ConfigError
 from webhook.keyfiles import IDENTITY_KEY, IDENTITY_PUB, TLS_CERT, TLS_KEY
 from webhook.serving import configure, multiprocess_registry, raise_open_files_limit
 from webhook.settings import Settings
 
 KEEPALIVE_SECONDS = 120
+
+
+def admission_policy(settings: Settings) -> AdmissionPolicy:
+    """The admission core's policy, from the settings."""
+    return AdmissionPolicy(
+        identity_variable=settings.identity_variable,
+        env_path=settings.env_path,
+        exclude_namespaces=settings.exclude_namespaces,
+        exclude_users=settings.exclude_users,
+        exclude_groups=settings.exclude_groups,
+        clock_skew_seconds=settings.clock_skew_seconds,
+        env_volume_path=settings.env_volume_path,
+        images_without_env=settings.images_without_env,
+        env_trusted_namespaces=settings.env_trusted_namespaces,
+        env_trusted_images=settings.env_trusted_images,
+        static_env_cpu=settings.static_env_cpu,
+        static_env_memory=settings.static_env_memory,
+        static_env_image=settings.static_env_image,
+    )
 
 
 class WebhookApplication(BaseApplication):  # type: ignore[misc]
@@ -79,7 +99,7 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
                 lookup_timeout=settings.pod_lookup_timeout,
             )
         state = WebhookState(
-            policy=settings.admission_policy,
+            policy=admission_policy(settings),
             signer=signer,
             trusted_keys=trusted,
             max_body_bytes=settings.max_body_bytes,
