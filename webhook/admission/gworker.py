@@ -181,7 +181,7 @@ class DeadlineWorker(GeventWorker):  # type: ignore[misc]
     def patch(self) -> None:
         # threads stay threads: the pod cache's list+watch runs in one, with Events and
         # locks made before the fork; gevent's sockets work in any thread (a hub each).
-        # `whoexec serve` patches in the master already (webhook/cli.py): not twice
+        # `whoexec serve` patches in the master already (webhook/admission/commands.py): not twice
         if not monkey.is_module_patched("socket"):
             monkey.patch_all(thread=False)
         listeners: list[Any] = getattr(self, "sockets")  # noqa: B009 (gunicorn's, untyped)
