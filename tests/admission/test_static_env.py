@@ -61,7 +61,7 @@ def test_it_is_statically_linked_so_it_runs_in_images_without_a_c_library(static
 
 
 def test_it_fits_the_init_containers_volume_many_times_over(static_env):
-    # the pod CREATE mutation's emptyDir has sizeLimit 8Mi (webhook/admission/decide.py)
+    # the pod CREATE mutation's emptyDir has sizeLimit 8Mi (webhook/admission/pods.py)
     assert static_env.stat().st_size < 2 * 1024 * 1024
 
 
