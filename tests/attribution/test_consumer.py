@@ -18,14 +18,9 @@ from tests.servers import closed_port
 from webhook.attribution.falco import parse_alert
 from webhook.attribution.inbox import InboxLogReader, InboxWriter
 from webhook.attribution.lineage import Attributor, TokenVerifier
-from webhook.attribution.pipeline import (
-    DeadLetters,
-    ForwardSink,
-    InboxReader,
-    MemorySink,
-    Pipeline,
-)
+from webhook.attribution.pipeline import ForwardSink, InboxReader, MemorySink, Pipeline
 from webhook.cli import main
+from webhook.deadletters import DeadLetters
 from webhook.follow import FileFollower
 from webhook.keyfiles import load_key_ring
 

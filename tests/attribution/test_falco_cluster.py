@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import DATA
 from webhook.attribution.lineage import Attributor, Outcome, TokenVerifier
-from webhook.attribution.pipeline import DeadLetters, MemorySink, Pipeline
+from webhook.attribution.pipeline import MemorySink, Pipeline
+from webhook.deadletters import DeadLetters
 from webhook.keyfiles import load_key_ring
 
 CAPTURE = DATA / "falco-cluster-2026-12-03"

@@ -599,7 +599,7 @@ def test_each_alert_s_whole_attribution_and_each_finding_are_as_reviewed(scenari
 
 
 def test_real_falco_output_flows_through_and_its_placeholder_tokens_name_nobody(tmp_path):
-    from webhook.attribution.pipeline import DeadLetters
+    from webhook.deadletters import DeadLetters
 
     verifier = TokenVerifier(load_key_ring([FALCO / "identity.pub"]))
     sink = MemorySink()

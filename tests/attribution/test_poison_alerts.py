@@ -504,7 +504,8 @@ def test_a_database_lost_while_writing_apart_keeps_what_was_not_written(tmp_path
 
 def test_a_store_that_stays_down_stops_a_batch_run_and_dead_letters_nothing(keys, tmp_path):
     from webhook.attribution.lineage import Attributor, TokenVerifier
-    from webhook.attribution.pipeline import DeadLetters, Pipeline
+    from webhook.attribution.pipeline import Pipeline
+    from webhook.deadletters import DeadLetters
     from webhook.errors import StoreUnavailable
     from webhook.keyfiles import load_key_ring
     from webhook.sessions.store.writer import StoreWriter

@@ -36,7 +36,6 @@ from webhook.attribution.lineage import (
     TokenVerifier,
 )
 from webhook.attribution.pipeline import (
-    DeadLetters,
     FileSink,
     ForwardSink,
     InboxReader,
@@ -46,6 +45,7 @@ from webhook.attribution.pipeline import (
     read_batch,
 )
 from webhook.attribution.spool import Spool
+from webhook.deadletters import DeadLetters
 from webhook.errors import ConfigError, MalformedAuditEvent, StoreUnavailable
 from webhook.follow import FileFollower
 from webhook.keyfiles import load_key_ring

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 import threading
 import time
 from collections import Counter as Tally
@@ -33,6 +32,7 @@ from webhook.attribution.inbox import InboxLogReader
 from webhook.attribution.lineage import Attributor, Outcome, enrich, findings
 from webhook.attribution.plugin_fields import plugin_outcome
 from webhook.attribution.spool import Spool
+from webhook.deadletters import DeadLetters
 from webhook.errors import MalformedAlert, StoreRejected, StoreUnavailable
 from webhook.stopflag import StopFlag
 from webhook.text import loggable
@@ -77,11 +77,6 @@ SPOOL_DROPPED = Counter(
     "whoexec_consumer_spool_dropped", "Items dropped because a spool was full.", ["spool"]
 )
 FORWARDED = Counter("whoexec_consumer_forwarded", "Alerts forwarded, by result.", ["result"])
-DEAD_LETTERS = Counter(
-    "whoexec_consumer_dead_letters",
-    "Input that could not be processed, kept in the dead-letter file, by reason.",
-    ["reason"],
-)
 
 
 class Sink(Protocol):
@@ -314,42 +309,6 @@ class RateLimitedLog:
             self._last[reason] = now
         else:
             self._suppressed[reason] += 1
-
-
-class DeadLetters:
-    """Input that could not be processed, kept with the reason: one JSON line each.
-
-    Nothing read is lost without a trace: a line that is not JSON, an item that is not a
-    Falco alert, or an alert that made the pipeline fail is written here (``line`` as
-    received), and the pipeline goes on. Bounded: past ``max_bytes`` the file is rotated
-    once to ``<name>.1``.
-    """
-
-    def __init__(self, path: Path, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.written = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def add(self, reason: str, where: str, line: bytes | str, detail: str) -> None:
-        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-        record = {
-            "time": time.time(),
-            "reason": reason,
-            "where": where,
-            "detail": detail[:2000],
-            "line": text,
-        }
-        data = orjson.dumps(record) + b"\n"
-        try:
-            if self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
-                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            with self.path.open("ab") as out:
-                out.write(data)
-        except OSError as exc:  # the count and the log line still record it
-            log.error("cannot write the dead-letter file %s: %s", self.path, exc.strerror)
-        self.written += 1
-        DEAD_LETTERS.labels(reason).inc()
 
 
 def _as_received(item: object, line: bytes | str) -> bytes | str:

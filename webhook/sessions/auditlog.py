@@ -21,7 +21,7 @@ from webhook.sessions.store.writer import StoreWriter, facts_from_audit
 from webhook.text import loggable
 
 if TYPE_CHECKING:
-    from webhook.attribution.pipeline import DeadLetters
+    from webhook.deadletters import DeadLetters
 
 log = logging.getLogger("whoexec.audit")
 
