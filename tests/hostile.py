@@ -74,6 +74,8 @@ class Hostile:
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
+        self._stopping = False
+        self._writers: set[asyncio.StreamWriter] = set()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hostile", daemon=True)
 
@@ -119,33 +121,45 @@ class Hostile:
         self._ready.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), self.seconds)
-        for task in tasks:
+        # each slot ends by itself: a task cancelled inside open_connection leaks the
+        # transport it was about to return (an unclosed-transport warning at exit)
+        self._stopping = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+        _, pending = await asyncio.wait(tasks, timeout=10)
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _slot(self, attack: str, name: str, started: asyncio.Event) -> None:
         record = self.closed[attack]
-        while True:
+        while not self._stopping:
             began = time.monotonic()
             writer = None
             try:
                 reader, writer = await self._connect(attack)
+                if self._stopping:
+                    return
+                self._writers.add(writer)
                 record.opened += 1
                 with self._lock:
                     self._open.add(name)
                 started.set()
                 answer = await self._attack(attack, reader, writer)
-                record.closed_after.append(time.monotonic() - began)
-                record.answers.append(answer[:64])
+                if not self._stopping:  # else: closed by stop(), not by the server
+                    record.closed_after.append(time.monotonic() - began)
+                    record.answers.append(answer[:64])
             except (OSError, ssl.SSLError, EOFError):
                 # refused, reset, or a handshake the server gave up on: closed by the server
-                record.closed_after.append(time.monotonic() - began)
-                record.answers.append(b"")
+                if not self._stopping:
+                    record.closed_after.append(time.monotonic() - began)
+                    record.answers.append(b"")
                 started.set()
             finally:
                 with self._lock:
                     self._open.discard(name)
                 if writer is not None:
+                    self._writers.discard(writer)
                     writer.transport.abort()
             if not self.reopen:
                 return
