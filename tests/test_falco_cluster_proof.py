@@ -324,6 +324,20 @@ def test_a_session_s_process_whose_parent_falco_lost_is_believed_when_fresh():
     assert findings(alerts) == []
 
 
+def test_a_session_s_process_whose_parent_falco_lost_is_never_called_stale():
+    # the same real lines, judged with a one-second window: the session is older than that,
+    # and the lost parent means this may be a descendant of a root Falco missed
+    outcomes, alerts = replay(
+        "alerts-B.jsonl",
+        without_plugin_fields("alerts-B.jsonl", 1, 3),
+        policy=ReplayPolicy(fresh_seconds=1),
+    )
+    assert {o.attribution.status for o in outcomes} == {"unverified"}
+    assert "not judged a replay" in outcomes[0].attribution.reason
+    assert outcomes[0].attribution.claimed.user == ALICE
+    assert findings(alerts) == [(NOT_VERIFIABLE, "Warning", 5117)]
+
+
 # --- runs B, D and E: the plugin's fields, taken by the consumer ----------------------------
 
 PLUGIN_RUNS = ["alerts-B.jsonl", "alerts-D.jsonl", "alerts-E.jsonl"]
