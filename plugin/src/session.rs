@@ -248,6 +248,11 @@ pub struct Tracker {
 }
 
 const UNSEEN_BELOW: &str = "session root not seen: the token was brought by a process inside the container, below no known session";
+/// Seen on real Falco (issue #20's proof): when the kernel drops events, a process of a
+/// genuine session can reach the plugin with no parent in the thread table and the
+/// session's token in its inherited environment. It cannot be told from an entry, so a
+/// failed root check on it is no proof of a replay.
+const UNSEEN_NO_PARENT: &str = "session root not seen: the token is only in the environment of a process whose parent Falco does not know, so it may be a descendant of a session root Falco missed; not judged a replay";
 
 /// A token a process brings in its argv (`VAR=value`) or its environment.
 fn assignment<'a>(item: &'a [u8], variable: &str) -> Option<&'a [u8]> {
@@ -590,8 +595,11 @@ impl Tracker {
             } else {
                 None
             };
+            // the webhook's own execve carries the token in argv: that is a root wherever
+            // it runs; a token inherited in the environment below an unknown parent is not
+            let weak = !webhook_form && parent.is_none();
             let new = if let Some(token) = root_token {
-                Some(self.root(tid, ts_ns, &token, &container_id, entry))
+                Some(self.root(tid, ts_ns, &token, &container_id, entry, weak))
             } else {
                 // a token inside the container below no session this plugin knows
                 env_token
@@ -684,7 +692,18 @@ impl Tracker {
     }
 
     /// A session root candidate: judged once, here, with the execve's own time.
-    fn root(&mut self, tid: i64, ts_ns: u64, token: &str, container_id: &str, entry: bool) -> Tag {
+    /// `weak`: the token came from the environment of a process whose parent is unknown;
+    /// such a root is believed when its checks pass, and is `unverified` (not `replayed`)
+    /// when they fail (see `UNSEEN_NO_PARENT`).
+    fn root(
+        &mut self,
+        tid: i64,
+        ts_ns: u64,
+        token: &str,
+        container_id: &str,
+        entry: bool,
+        weak: bool,
+    ) -> Tag {
         let token: Arc<str> = token.into();
         let identity = match self.check(&token, ts_ns) {
             Ok(identity) => identity,
@@ -706,6 +725,9 @@ impl Tracker {
                     holder.0
                 );
             }
+        }
+        if !problem.is_empty() && weak {
+            return self.unseen(&token, ts_ns, container_id, UNSEEN_NO_PARENT);
         }
         if problem.is_empty() {
             self.metrics.roots += 1;
@@ -778,7 +800,9 @@ impl Tracker {
                 Some(p) => root.container_id.is_empty() || p.container_id != root.container_id,
             };
             let root_tag = match root.start_ns {
-                Some(start) => self.root(root.pid, start, root_token, &root.container_id, entry),
+                Some(start) => {
+                    self.root(root.pid, start, root_token, &root.container_id, entry, false)
+                }
                 None => self.unseen(
                     root_token,
                     u64::MAX / 2,

@@ -65,6 +65,11 @@ class ProcessRecord:
     #: below a parent whose whole environment (/proc) has no token. Only such a process
     #: can be a session root; a token seen only further down means the root is unseen
     entry: bool = False
+    #: an entry only because Falco named no parent, with the token only in its
+    #: environment: a process of a genuine session whose parent's events were dropped
+    #: looks the same (seen on real Falco, issue #20's proof), so a failed root check on
+    #: it is no proof of a replay
+    weak_entry: bool = False
 
 
 ProcessKey = tuple[str, int]  # (hostname, host pid)
@@ -383,6 +388,9 @@ class Attributor:
         if own_token is not None and (
             facts.token_in_args is not None or facts.is_container_entry or facts.vpid == 1
         ):
+            weak = facts.token_in_args is None and facts.vpid != 1 and facts.parent_unknown
+            # an alert that shows the entry for sure (its argv, a runtime parent) wins
+            record.weak_entry = weak and (record.weak_entry or not record.entry)
             record.entry = True
         self.table.put(key, record)
         # the alert's own ancestor chain (proc.apid[N]) links parents to grandparents
@@ -491,6 +499,19 @@ class Attributor:
             )
         binding = check_binding(identity, facts)
         problem = binding.mismatch or self._root_problem(identity, facts.host, root_pid, root)
+        if problem and not binding.mismatch and root.weak_entry:
+            return Attribution(
+                "unverified",
+                None,
+                root_pid,
+                via,
+                f"session root not seen: pid {root_pid} carries the token only in its "
+                "environment and Falco named no parent, so it may be a process of a session "
+                f"whose root Falco missed ({problem}); not judged a replay",
+                token=root_token,
+                claimed=identity,
+                incomplete=True,
+            )
         if problem:
             return Attribution(
                 "replayed",

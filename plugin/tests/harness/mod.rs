@@ -559,6 +559,11 @@ pub fn identity_pub() -> String {
     std::fs::read_to_string(path).expect("identity.pub")
 }
 
+/// The processes libsinsp's /proc scan finds when the next run starts.
+pub fn set_existing(existing: Vec<Proc>) {
+    EXISTING.with(|e| *e.borrow_mut() = existing);
+}
+
 pub struct Run {
     runner: CapturingPluginRunner,
     last: Option<falco_plugin_runner::Event>,
@@ -571,7 +576,7 @@ impl Run {
     }
 
     pub fn start_with_existing(events: Vec<Ev>, existing: Vec<Proc>) -> Self {
-        EXISTING.with(|e| *e.borrow_mut() = existing);
+        set_existing(existing);
         Self::start(events)
     }
 
