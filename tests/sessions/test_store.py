@@ -747,10 +747,10 @@ def test_a_replayed_root_s_session_holds_its_alerts_and_finding_and_names_nobody
     store.close()
 
 
-def _changed(**changes):
+def _changed(fields: dict | None = None, **changes):
+    # no state: each call makes the same change (a pop here emptied it after the first)
     def change(alert: dict) -> dict:
-        fields = {**alert["output_fields"], **changes.pop("fields", {})}
-        return {**alert, **changes, "output_fields": fields}
+        return {**alert, **changes, "output_fields": {**alert["output_fields"], **(fields or {})}}
 
     return change
 
