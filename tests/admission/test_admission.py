@@ -208,6 +208,39 @@ def test_exclusions_are_globs_and_allow_unchanged(signer, trusted, policy, outco
     assert ("patch" in response) is (outcome == "injected")
 
 
+@pytest.mark.parametrize(
+    ("groups", "outcome"),
+    [
+        # every one of 1,000 groups is read: none excluded, the exec gets its token
+        (["devs"] * 1000, "injected"),
+        # ... and the last of them is read too
+        (["devs"] * 999 + ["platform-admins"], "skipped-excluded-group"),
+        # past 1,000 the rest is never read, so an excluded group could hide there
+        (["devs"] * 1001, "skipped-too-many-groups"),
+    ],
+)
+def test_with_an_excluded_group_1000_groups_are_all_read_and_more_leave_the_exec_alone(
+    signer, trusted, groups, outcome
+):
+    review = load_json("admission/exec_interactive_shell.json")
+    review["request"]["userInfo"]["groups"] = groups
+    policy = dataclasses.replace(POLICY, exclude_groups=("platform-*",))
+    response = admit(review, signer, trusted, policy).response["response"]
+    assert response["allowed"] is True
+    assert response["auditAnnotations"]["outcome"] == outcome
+    assert ("patch" in response) is (outcome == "injected")
+
+
+def test_groups_past_the_first_1000_are_never_read_so_their_type_is_not_checked(signer, trusted):
+    review = load_json("admission/exec_interactive_shell.json")
+    review["request"]["userInfo"]["groups"] = ["devs"] * 1000 + [7]
+    response = admit(review, signer, trusted).response["response"]
+    assert response["auditAnnotations"]["outcome"] == "injected"
+    review["request"]["userInfo"]["groups"] = ["devs"] * 999 + [7]
+    with pytest.raises(MalformedReview, match=r"request\.userInfo\.groups\[999\] must be str"):
+        admit(review, signer, trusted)
+
+
 def test_ephemeral_container_gets_the_variable_in_its_env(signer, trusted):
     review = load_json("admission/debug_ephemeral_container.json")
     response = admit(review, signer, trusted).response["response"]
@@ -1162,3 +1195,15 @@ def test_a_caller_without_a_name_is_never_given_one(signer, trusted, absent):
             user_info.pop(key)
     annotations = admit(review, signer, trusted).response["response"]["auditAnnotations"]
     assert "user" not in annotations
+
+
+def test_a_value_nested_past_what_json_can_show_is_named_by_its_type(signer, trusted):
+    review = load_json("admission/exec_interactive_shell.json")
+    deep: object = []
+    for _ in range(300):
+        deep = [deep]
+    review["request"]["uid"] = deep
+    with pytest.raises(
+        MalformedReview, match=r"^request\.uid must be str, got a list nested more than 254"
+    ):
+        admit(review, signer, trusted)

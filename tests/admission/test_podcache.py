@@ -114,6 +114,9 @@ def test_a_pod_deleted_while_the_cache_was_not_watching_is_gone_after_the_relist
     try:
         assert cache.synced.wait(10), "the cache never synced"
         assert set(cache._pods) == {("shop", "web-0"), ("shop", "distroless-0")}
+        # synced comes before the watch is open: a watch opened just after the gap began
+        # would outlive it (30 s) and the cache would never be refused
+        apiserver.wait_for(lambda: apiserver.open_watches == 1, what="the cache's watch")
 
         def change() -> None:
             apiserver.delete("shop", "web-0")

@@ -16,6 +16,7 @@ from webhook.attribution.falco import (
     parse_time_ns,
     process_facts,
     render_json,
+    shallow_text,
     token_pattern,
 )
 from webhook.errors import MalformedAlert
@@ -314,3 +315,74 @@ def test_a_container_entry_is_started_by_the_runtime_named_or_not(fields, entry)
         check_alert(alert_with(**{**IN_A_CONTAINER, **fields})), VARIABLE, PATTERN
     )
     assert facts.is_container_entry is entry
+
+
+@pytest.mark.parametrize(
+    ("value", "read"),
+    [
+        (2**63 - 1, 2**63 - 1),  # the largest a 64-bit field holds
+        (2**63, None),  # past it: counted as absent, never stored as a number SQL refuses
+        (-(2**63), -(2**63)),
+        (-(2**63) - 1, None),
+        (-1000, -1000),
+        ("123456789012345678", 123456789012345678),  # older Falco's strings: 18 digits fit
+        ("1234567890123456789", None),  # 19 digits may not: absent
+        (True, None),  # JSON's true is not 1
+    ],
+)  # fmt: skip
+def test_a_number_is_read_only_within_64_bits(value, read):
+    facts = process_facts(
+        check_alert(alert_with(**{"proc.pid": 10, "proc.vpid": value})), VARIABLE, PATTERN
+    )
+    assert facts.vpid == read
+
+
+def test_an_alert_is_walked_for_its_depth_unless_its_text_was_counted_shallow():
+    deep: object = {}
+    for _ in range(40):
+        deep = {"x": deep}
+    alert = alert_with(**{"proc.pid": 10, "deep": deep})
+    with pytest.raises(MalformedAlert, match=r"^an alert nests at most 32 levels deep$"):
+        check_alert(alert)
+    assert check_alert(alert, shallow=True) is alert, "the caller vouches for its text"
+
+
+@pytest.mark.parametrize(
+    ("text", "shallow"),
+    [
+        ("[" * 32, True),
+        ("[" * 33, False),
+        ("{" * 33, False),
+        ("[" * 16 + "{" * 16, True),
+        ("[" * 16 + "{" * 16 + "[", False),  # both kinds count, together
+        ('{"a": "[[[[' + "x" * 10 + '"}', True),
+    ],
+)
+def test_a_text_with_at_most_32_opening_brackets_is_shallow_as_str_and_as_bytes(text, shallow):
+    assert shallow_text(text) is shallow
+    assert shallow_text(text.encode()) is shallow
+
+
+def test_a_uuid_that_is_not_a_string_is_refused_and_a_string_one_kept():
+    with pytest.raises(MalformedAlert, match=r"^field 'uuid' must be str$"):
+        check_alert({**GOOD, "uuid": 7})
+    assert check_alert({**GOOD, "uuid": "6f1c"})["uuid"] == "6f1c"
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("1677-09-21T00:12:43.145224192Z", -(2**63)),
+        ("2262-04-11T23:47:16.854775807Z", 2**63 - 1),
+    ],
+)
+def test_the_first_and_last_times_of_64_bit_nanoseconds_are_read(text, ns):
+    assert parse_time_ns(text) == ns
+
+
+@pytest.mark.parametrize(
+    "text", ["1677-09-21T00:12:43.145224191Z", "2262-04-11T23:47:16.854775808Z"]
+)
+def test_a_time_one_nanosecond_outside_64_bits_is_refused_naming_the_range(text):
+    with pytest.raises(MalformedAlert, match=r"is out of range \(1677 to 2262\)$"):
+        parse_time_ns(text)

@@ -1418,16 +1418,27 @@ def test_a_fully_bound_session_says_checked_and_raises_nothing(signer, trusted):
 
 
 def test_the_unchecked_binding_finding_is_raised_once_per_session_root(signer, trusted):
-    token, _ = make_token(signer)
-    lines = [json.dumps({**root_alert(40, token, **BY_ID), "tags": ["whoexec"]})]
-    for pid in (41, 42, 43):
-        child = alert_for(pid, **{"proc.apid[1]": 40, "proc.pid.ts": START + pid, **BY_ID})
-        lines.append(json.dumps({**child, "rule": READ_SHADOW}))
+    lines = []
+    for session, root in (("s-1", 40), ("s-2", 50)):  # two sessions, three alerts each
+        token, _ = make_token(signer, session_id=session)
+        lines.append(json.dumps({**root_alert(root, token, **BY_ID), "tags": ["whoexec"]}))
+        for pid in (root + 1, root + 2, root + 3):
+            child = alert_for(pid, **{"proc.apid[1]": root, "proc.pid.ts": START + pid, **BY_ID})
+            lines.append(json.dumps({**child, "rule": READ_SHADOW}))
     sink = MemorySink()
     pipeline = Pipeline(Attributor(TokenVerifier(trusted)), [sink], clock=FakeClock())
     pipeline.feed(lines)
     pipeline.close()
-    assert [a["rule"] for a in sink.alerts if a["source"] == "whoexec"] == [BINDING_UNCHECKED]
+    found = [a for a in sink.alerts if a["source"] == "whoexec"]
+    assert [(f["rule"], f["output_fields"]["whoexec.session.id"]) for f in found] == [
+        (BINDING_UNCHECKED, "s-1"),
+        (BINDING_UNCHECKED, "s-2"),
+    ]
+    # each names the first alert of its session that showed the gap: here its root
+    assert found[0]["output"].endswith(
+        "(session=s-1 k8s_user=alice@corp.example k8s_ns=shop k8s_pod_name=web-0 "
+        "container=None pid=40 proc=None)"
+    )
     assert {a["output_fields"]["whoexec.binding"] for a in sink.alerts} == {"unchecked"}
 
 
@@ -1560,3 +1571,77 @@ def test_a_child_of_a_busybox_shell_named_exe_is_not_taken_for_a_session_entry(s
     assert alert["output_fields"]["whoexec.attribution"] == "unverified"
     assert alert["output_fields"]["whoexec.claimed.user.name"] == identity.user
     assert (finding["rule"], finding["priority"]) == ("Exec identity not verifiable", "Warning")
+
+
+STALE = START + 120 * 10**9  # two minutes after the token was issued: outside 30 s
+
+
+def judged_alone(trusted, **fields):
+    """The attribution of one process that is also the first this consumer sees."""
+    attributor = attributor_with(trusted)
+    facts = facts_for(700, **{"proc.vpid": 9, "proc.pid.ts": STALE, **fields})
+    attributor.learn(facts)
+    return attributor.attribute(facts)
+
+
+def test_a_stale_root_known_only_by_its_environment_and_no_parent_is_unverified_not_a_replay(
+    signer, trusted
+):
+    from webhook.attribution.lineage import Attribution
+
+    token, identity = make_token(signer)
+    attribution = judged_alone(
+        trusted,
+        **{"proc.pname": None, "proc.ppid": None, "proc.env[WHOEXEC_IDENTITY]": token},
+    )
+    assert attribution == Attribution(
+        "unverified",
+        None,
+        700,
+        "env",
+        "session root not seen: pid 700 carries the token only in its environment and Falco "
+        "named no parent, so it may be a process of a session whose root Falco missed "
+        "(stale: the session root started 120s after the token was issued (freshness "
+        "window 30s)); not judged a replay",
+        token=token,
+        claimed=identity,
+        incomplete=True,  # its real root may still arrive
+    )
+
+
+@pytest.mark.parametrize(
+    "shows_the_entry",
+    [
+        # its own argv carries the token (the env execve itself), parent unknown
+        {"proc.pname": None, "proc.ppid": None, "proc.args": "WHOEXEC_IDENTITY={token} sh"},
+        # a runtime parent named: the container's entry for sure, token only in its env
+        {"proc.pname": "runc:[2:INIT]", "proc.ppid": 5},
+        # pid 1 of its container (kubectl debug's own container): its entry for sure
+        {"proc.vpid": 1, "proc.pname": None, "proc.ppid": None},
+    ],
+    ids=["token-in-argv", "runtime-parent", "container-pid-1"],
+)
+def test_a_stale_root_that_shows_its_entry_is_a_replay_with_what_it_claims_and_left_unchecked(
+    signer, trusted, shows_the_entry
+):
+    from webhook.attribution.lineage import Attribution
+
+    token, identity = make_token(signer, pod_uid="uid-web-0")
+    fields = {
+        k: v.format(token=token) if isinstance(v, str) else v for k, v in shows_the_entry.items()
+    }
+    attribution = judged_alone(
+        trusted, **{**fields, "proc.env[WHOEXEC_IDENTITY]": token, "k8s.pod.uid": None}
+    )
+    assert attribution == Attribution(
+        "replayed",
+        None,
+        700,
+        attribution.via,
+        "stale: the session root started 120s after the token was issued (freshness window 30s)",
+        token=token,
+        claimed=identity,
+        root_start_ns=STALE,
+        binding="unchecked",
+        unchecked=("pod_uid",),
+    )

@@ -173,9 +173,9 @@ class _Context:
             session_id=session_id or self.request["uid"],
             user=user_info["username"],
             uid=user_info["uid"],
+            # more than MAX_GROUPS never fit in a token (each costs 3 bytes at least):
+            # sign_identity's fit_identity cuts them further and marks them cut
             groups=tuple(user_info["groups"][:MAX_GROUPS]),
-            # the token holds far fewer anyway (fit_identity cuts and marks them again)
-            groups_truncated=len(user_info["groups"]) > MAX_GROUPS,
             namespace=self.request["namespace"],
             pod=self.request["name"],
             container=container,
