@@ -69,14 +69,41 @@ STORMS = {
 }
 TICK = os.sysconf("SC_CLK_TCK")
 
+#: ``--reference-rule``: whoexec_plugin_rules.yaml's rule with its ``whoexec.*`` terms
+#: taken out, which Falco without the plugin can load: the same open-family rule on both
+#: sides, so that the ratio is the plugin's own cost and not that of one more rule
+REFERENCE_RULE = """
+- list: whoexec_sensitive_file_names
+  items: [/etc/shadow, /etc/gshadow, /etc/sudoers, /etc/pam.conf, /etc/security/pwquality.conf]
+- macro: whoexec_open_read
+  condition: >
+    evt.type in (open, openat, openat2) and evt.is_open_read = true and fd.typechar = 'f'
+    and fd.num >= 0
+- rule: Sensitive file read (reference, no whoexec fields)
+  desc: the example rule of whoexec_plugin_rules.yaml without its whoexec terms
+  condition: whoexec_open_read and fd.name in (whoexec_sensitive_file_names)
+  output: Sensitive file %fd.name read (process=%proc.name command=%proc.cmdline)
+  priority: WARNING
+"""
+
 
 def config(
-    tmp: Path, *, plugin: Path | None, pub: Path, metrics: Path, plugin_rules: bool = True
+    tmp: Path,
+    *,
+    plugin: Path | None,
+    pub: Path,
+    metrics: Path,
+    plugin_rules: bool = True,
+    reference_rule: bool = False,
 ) -> Path:
     rules = [
         os.environ["WHOEXEC_BENCH_FALCO_RULES"],
         str(ROOT / "manifests/falco/whoexec_rules.yaml"),
     ]
+    reference = plugin is None and reference_rule
+    if reference:
+        (tmp / "reference_rule.yaml").write_text(REFERENCE_RULE)
+        rules.append(str(tmp / "reference_rule.yaml"))
     engines = {
         name: {"enabled": False}
         for name in ("docker", "podman", "containerd", "cri", "lxc", "libvirt_lxc", "bpm")
@@ -113,6 +140,8 @@ def config(
             "libbpf_stats_enabled": False,
         },
     }
+    if reference:
+        cfg["rule_matching"] = "all"
     if plugin is not None:
         cfg["load_plugins"].append("whoexec")
         plugins.append(
@@ -160,10 +189,18 @@ def one_run(
     tokens: list[str],
     seconds: float,
     plugin_rules: bool = True,
+    reference_rule: bool = False,
 ) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="whoexec-falco-bench."))
     metrics = tmp / "metrics.jsonl"
-    cfg = config(tmp, plugin=plugin, pub=pub, metrics=metrics, plugin_rules=plugin_rules)
+    cfg = config(
+        tmp,
+        plugin=plugin,
+        pub=pub,
+        metrics=metrics,
+        plugin_rules=plugin_rules,
+        reference_rule=reference_rule,
+    )
     log = (tmp / "falco.log").open("wb")
     falco = subprocess.Popen(
         [os.environ["WHOEXEC_BENCH_FALCO"], "-c", str(cfg)],
@@ -242,12 +279,13 @@ def with_retries(
     tokens: list[str],
     seconds: float,
     plugin_rules: bool = True,
+    reference_rule: bool = False,
 ) -> dict[str, Any]:
     """A run, again when Falco failed to start: on a busy machine the kernel sometimes
     refuses to load a BPF program with EAGAIN, and the next start loads it."""
     for attempt in range(6):
         try:
-            return one_run(storm, plugin, pub, tokens, seconds, plugin_rules)
+            return one_run(storm, plugin, pub, tokens, seconds, plugin_rules, reference_rule)
         except RuntimeError as exc:
             if attempt == 5:
                 raise
@@ -271,6 +309,12 @@ def main() -> int:
         "--no-plugin-rules",
         action="store_true",
         help="Load the plugin without whoexec_plugin_rules.yaml and rule_matching: all.",
+    )
+    parser.add_argument(
+        "--reference-rule",
+        action="store_true",
+        help="Without the plugin, load its example rule minus the whoexec terms "
+        "(and rule_matching: all): one more open rule on both sides.",
     )
     parser.add_argument("--json", type=Path, help="Also write every run here.")
     args = parser.parse_args()
@@ -323,7 +367,13 @@ def main() -> int:
                     for n in range(args.procs)
                 ]
                 result = with_retries(
-                    storm, which, pub, tokens, args.seconds, not args.no_plugin_rules
+                    storm,
+                    which,
+                    pub,
+                    tokens,
+                    args.seconds,
+                    not args.no_plugin_rules,
+                    args.reference_rule,
                 )
                 runs.append(result)
                 print(
