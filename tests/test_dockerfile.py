@@ -12,10 +12,19 @@ STAGES = re.split(r"^FROM ", DOCKERFILE, flags=re.M)[1:]
 
 def test_multi_stage_on_one_slim_python_base_and_a_rust_stage_for_the_plugin():
     assert [stage.splitlines()[0] for stage in STAGES] == [
-        "python:3.11-slim-bookworm AS staticenv",
-        "python:3.11-slim-bookworm AS build",
-        "rust:1-slim-bookworm AS plugin",
-        "python:3.11-slim-bookworm",
+        "${PYTHON_IMAGE} AS staticenv",
+        "${PYTHON_IMAGE} AS build",
+        "${RUST_IMAGE} AS plugin",
+        "${PYTHON_IMAGE}",
+    ]
+
+
+def test_the_bases_are_build_arguments_that_default_to_the_public_images():
+    # e2e/image sets them to equivalents built from Debian's packages
+    preamble = re.split(r"^FROM ", DOCKERFILE, flags=re.M)[0]
+    assert re.findall(r"^ARG (\w+)=(\S+)$", preamble, re.M) == [
+        ("PYTHON_IMAGE", "python:3.11-slim-bookworm"),
+        ("RUST_IMAGE", "rust:1-slim-bookworm"),
     ]
 
 
@@ -55,8 +64,8 @@ def test_dockerignore_keeps_keys_certs_venvs_and_tests_out():
 def test_the_falco_plugin_is_built_in_its_own_stage_and_shipped_where_falco_copies_it_from():
     import yaml
 
-    (rust,) = [stage for stage in STAGES if stage.startswith("rust:")]
-    assert rust.startswith("rust:1-slim-bookworm AS plugin")
+    (rust,) = [stage for stage in STAGES if stage.startswith("${RUST_IMAGE}")]
+    assert rust.startswith("${RUST_IMAGE} AS plugin")
     assert "cargo build --release --locked" in rust
     shipped = "/opt/whoexec/plugin/libwhoexec.so"
     assert f"COPY --from=plugin /src/plugin/target/release/libwhoexec.so {shipped}" in STAGES[-1]

@@ -22,6 +22,12 @@ from .harness import (
 __all__ = ["BIN", "WHOEXEC", "Cluster", "Webhook", "token_from_environ"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """whoexec installed into the cluster (test_installed.py) replaces the host webhook's
+    configuration: those tests run last, the others keep their order."""
+    items.sort(key=lambda item: item.get_closest_marker("installed") is not None)
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     where = Path(f"/tmp/wx-{os.getpid()}")  # short: containerd's unix sockets live in it

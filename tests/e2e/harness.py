@@ -267,7 +267,11 @@ def start_cluster(where: Path) -> Cluster:
         [str(CLUSTER), "up", str(where)], capture_output=True, text=True, timeout=2400, check=False
     )
     if up.returncode != 0:
-        raise RuntimeError(f"e2e/cluster up failed:\n{up.stderr[-4000:]}")
+        # a negative code is the signal that ended it (the OOM killer says nothing itself)
+        raise RuntimeError(
+            f"e2e/cluster up exited with {up.returncode}:\n{up.stderr[-4000:]}"
+            f"\nits last output:\n{up.stdout[-1000:]}"
+        )
     return Cluster(where, json.loads((where / "images.json").read_text()))
 
 
