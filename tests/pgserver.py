@@ -11,7 +11,22 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TcpAccess:
+    """Also listen on ``address:port`` for the role ``whoexec`` with ``password``
+    (scram-sha-256) from ``clients`` (a CIDR): the e2e cluster's pods reach it so."""
+
+    address: str
+    port: int
+    clients: str
+    password: str
+
+    def url(self, database: str) -> str:
+        return f"postgresql://whoexec:{self.password}@{self.address}:{self.port}/{database}"
 
 
 def postgres_bin() -> Path | None:
@@ -20,12 +35,13 @@ def postgres_bin() -> Path | None:
 
 
 @contextmanager
-def throwaway_postgres() -> Iterator[str]:
+def throwaway_postgres(tcp: TcpAccess | None = None) -> Iterator[str]:
     """Start a server (as the `postgres` user when we are root, since PostgreSQL refuses
     to run as root); yield a superuser URL; stop and delete it.
 
-    It listens on a unix socket in its own directory only: no TCP port, so no two test
-    runs (or a test and anything else on the machine) can race for one."""
+    It listens on a unix socket in its own directory only, unless ``tcp`` says where
+    else: no TCP port, so no two test runs (or a test and anything else on the machine)
+    can race for one."""
     import psycopg
 
     bindir = postgres_bin()
@@ -45,6 +61,14 @@ def throwaway_postgres() -> Iterator[str]:
         subprocess.run([*as_user, *argv], check=True, capture_output=True, timeout=120)
 
     run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "whoexec", "--no-sync")
+    listen = "-c listen_addresses=''"
+    port = ""
+    if tcp is not None:
+        listen = f"-c listen_addresses='{tcp.address}' -p {tcp.port}"
+        port = f"&port={tcp.port}"
+        with (data / "pg_hba.conf").open("w") as hba:  # the socket as ever, TCP by password
+            hba.write("local all all trust\n")
+            hba.write(f"host all whoexec {tcp.clients} scram-sha-256\n")
     run(
         str(bindir / "pg_ctl"),
         "-D",
@@ -55,12 +79,11 @@ def throwaway_postgres() -> Iterator[str]:
         "-t",
         "60",
         "-o",
-        f"-k {base} -c listen_addresses='' -c fsync=off "
-        "-c full_page_writes=off -c synchronous_commit=off",
+        f"-k {base} {listen} -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
         "start",
     )
     try:
-        url = f"postgresql://whoexec@/postgres?host={base}"
+        url = f"postgresql://whoexec@/postgres?host={base}{port}"
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -70,6 +93,11 @@ def throwaway_postgres() -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+        if tcp is not None:
+            from psycopg import sql
+
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(sql.SQL("ALTER ROLE whoexec PASSWORD {}").format(tcp.password))
         yield url
     finally:
         subprocess.run(

@@ -66,5 +66,7 @@ def test_the_container_plugin_parses_before_whoexec_and_the_windows_are_the_cons
     assert plugin["init_config"]["root_skew_seconds"] == settings.root_skew_seconds
     mounted = {m["mountPath"] for m in load("values-plugin.yaml")["mounts"]["volumeMounts"]}
     assert str(Path(plugin["library_path"]).parent) in mounted
-    (key_file,) = plugin["init_config"]["public_key_files"]
-    assert str(Path(key_file).parent) in mounted
+    key_files = [Path(f) for f in plugin["init_config"]["public_key_files"]]
+    # the current key and the one before the last rotation, as the consumers trust them
+    assert [f.name for f in key_files] == ["identity.pub", "identity.previous.pub"]
+    assert all(str(f.parent) in mounted for f in key_files)

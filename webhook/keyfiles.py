@@ -18,6 +18,9 @@ TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
 IDENTITY_KEY = "identity.key"
 IDENTITY_PUB = "identity.pub"
+#: the identity public key before the last ``whoexec certs --rotate-identity`` (the same
+#: as ``identity.pub`` until the first): tokens minted with it keep verifying
+IDENTITY_PREVIOUS_PUB = "identity.previous.pub"
 #: the bearer token of the consumer's POST /k8s-audit and /api/* (--api-token-file)
 API_TOKEN = "api-token"  # noqa: S105 - a file name, not a token
 
@@ -60,3 +63,20 @@ def load_key_ring(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
     if not keys:
         raise ConfigError("no identity public key given (--identity-pub)")
     return key_ring(keys)
+
+
+def load_webhook_keys(
+    certs: Path, trusted: Iterable[Path] = ()
+) -> tuple[Signer, dict[str, Ed25519PublicKey]]:
+    """The webhook's signer from ``certs``, and the keys whose tokens it recognises as its
+    own earlier rewrites: its own, ``identity.pub`` and ``identity.previous.pub`` when
+    there (a rotation), and every ``--trusted-key``."""
+    signer = load_signer(certs / IDENTITY_KEY)
+    ring = {signer.kid: signer.public_key}
+    extra = list(trusted)  # each must be there: a missing --trusted-key is an error
+    extra += [
+        certs / name for name in (IDENTITY_PUB, IDENTITY_PREVIOUS_PUB) if (certs / name).is_file()
+    ]
+    if extra:
+        ring.update(load_key_ring(extra))
+    return signer, ring

@@ -5,6 +5,7 @@ import datetime
 import ipaddress
 import stat
 
+import pytest
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -12,8 +13,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from webhook.admission.certs import ALL_FILES, PRIVATE_FILES
 from webhook.cli import main
-from webhook.identity import key_id
-from webhook.keyfiles import load_key_ring, load_signer
+from webhook.errors import ConfigError
+from webhook.identity import Identity, key_id, sign_identity, verify_token
+from webhook.keyfiles import load_key_ring, load_signer, load_webhook_keys
+
+NOW = 1_790_000_000
+IDENTITY = Identity(
+    session_id="s-1",
+    user="alice",
+    uid="u-1",
+    groups=("devs",),
+    namespace="shop",
+    pod="web-0",
+    container="app",
+    issued_at=NOW,
+    pod_uid="0f3c",
+)
 
 
 def run_certs(tmp_path, *extra):
@@ -78,3 +93,85 @@ def test_certs_refuses_to_overwrite_without_force(tmp_path):
     assert (tmp_path / "certs" / "identity.key").read_bytes() == before
     assert run_certs(tmp_path, "--force").exit_code == 0
     assert (tmp_path / "certs" / "identity.key").read_bytes() != before
+
+
+def test_a_new_install_ships_its_one_key_as_the_previous_key_too(tmp_path):
+    run_certs(tmp_path)
+    out = tmp_path / "certs"
+    assert (out / "identity.previous.pub").read_bytes() == (out / "identity.pub").read_bytes()
+
+
+def test_rotating_the_identity_signs_with_a_new_key_and_keeps_the_old_one_trusted(tmp_path):
+    run_certs(tmp_path)
+    out = tmp_path / "certs"
+    untouched = {name: (out / name).read_bytes() for name in ("ca.crt", "tls.key", "api-token")}
+    old = load_signer(out / "identity.key")
+    token = sign_identity(IDENTITY, old)
+
+    result = run_certs(tmp_path, "--rotate-identity")
+
+    assert result.exit_code == 0, result.output
+    new = load_signer(out / "identity.key")
+    assert new.kid != old.kid
+    assert new.kid in result.output and old.kid in result.output
+    assert list(load_key_ring([out / "identity.pub"])) == [new.kid]
+    ring = load_key_ring([out])  # a consumer's --identity-pub directory (the ConfigMap)
+    assert set(ring) == {old.kid, new.kid}
+    assert verify_token(token, ring, NOW) == IDENTITY, "old sessions still verify"
+    assert stat.S_IMODE((out / "identity.key").stat().st_mode) == 0o600
+    assert {name: (out / name).read_bytes() for name in untouched} == untouched
+
+
+def test_a_second_rotation_drops_the_key_before_the_previous_one_and_says_so(tmp_path):
+    run_certs(tmp_path)
+    out = tmp_path / "certs"
+    first = load_signer(out / "identity.key").kid
+    run_certs(tmp_path, "--rotate-identity")
+    second = load_signer(out / "identity.key").kid
+
+    result = run_certs(tmp_path, "--rotate-identity")
+
+    third = load_signer(out / "identity.key").kid
+    assert set(load_key_ring([out])) == {second, third}
+    assert f"no longer trusted: {first}" in result.output
+
+
+def test_rotation_refuses_a_public_key_that_is_not_the_private_key_s_and_changes_nothing(
+    tmp_path,
+):
+    run_certs(tmp_path)
+    out = tmp_path / "certs"
+    stranger = tmp_path / "stranger"
+    run_certs(tmp_path, "--out", str(stranger))  # the last --out wins
+    (out / "identity.pub").write_bytes((stranger / "identity.pub").read_bytes())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    result = run_certs(tmp_path, "--rotate-identity")
+
+    assert result.exit_code == 1
+    assert "identity.pub is not the public key of" in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_rotation_without_keys_names_the_missing_file(tmp_path):
+    result = run_certs(tmp_path, "--rotate-identity")
+    assert result.exit_code == 1
+    assert "identity.key" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_webhook_recognises_its_rewrites_under_the_current_and_the_previous_key(tmp_path):
+    run_certs(tmp_path)
+    out = tmp_path / "certs"
+    old = load_signer(out / "identity.key").kid
+    run_certs(tmp_path, "--rotate-identity")
+
+    signer, trusted = load_webhook_keys(out)
+
+    assert set(trusted) == {old, signer.kid}
+
+
+def test_a_missing_trusted_key_is_an_error_not_skipped(tmp_path):
+    run_certs(tmp_path)
+    with pytest.raises(ConfigError, match=r"gone\.pub"):
+        load_webhook_keys(tmp_path / "certs", [tmp_path / "gone.pub"])

@@ -85,6 +85,7 @@ def self_signed_values(certs: Path) -> list[str]:
         "tls.ca": "ca.crt",
         "identity.key": "identity.key",
         "identity.pub": "identity.pub",
+        "identity.previousPub": "identity.previous.pub",
         "apiToken": "api-token",
     }
     return [arg for key, name in files.items() for arg in ("--set-file", f"{key}={certs / name}")]

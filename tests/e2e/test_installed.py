@@ -11,11 +11,13 @@ import json
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.pgserver import TcpAccess
 from webhook.identity import verify_token
 from webhook.keyfiles import load_key_ring
 
@@ -25,6 +27,8 @@ from .harness import BIN, MANIFESTS, WHOEXEC, eventually
 pytestmark = [pytest.mark.e2e, pytest.mark.installed]
 
 WEBHOOK = ["-l", "app.kubernetes.io/component=webhook"]
+#: the pod network's gateway: the node, as pods see it (e2e/cluster)
+GATEWAY = "10.244.0.1"
 SHOW = ["/bin/sh", "-c", 'echo "ok [$WHOEXEC_IDENTITY]"']
 
 
@@ -288,12 +292,6 @@ def test_with_every_webhook_pod_gone_exec_still_works_and_the_audit_log_flags_it
     assert identity is not None and identity.user == "carol", "attributed again"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a pod's connection to the consumer's ClusterIP times out in the e2e cluster "
-    "(pod to Service to a pod on the same bridge through kube-proxy's iptables; with "
-    "--masquerade-all too): not diagnosed yet. Pod to the apiserver's Service works",
-)
 def test_a_falco_alert_posted_from_a_pod_is_attributed_by_the_consumer_daemonset(
     cluster, installed, shop, carol
 ):
@@ -446,8 +444,189 @@ def test_a_rolling_restart_of_the_webhook_under_a_loop_of_execs_fails_none_and_d
     eventually(replaced, 120, "every webhook pod replaced")
 
 
+def readme_rotation_commands() -> list[str]:
+    """The deploy guide's "Rotating the identity key", as it is shown."""
+    readme = (MANIFESTS.parent / "README.md").read_text()
+    section = readme.split("### Rotating the identity key", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [" ".join(line.split()) for line in block.splitlines() if line.strip()]
+
+
+def exec_in_background(user: Path, script: str) -> subprocess.Popen[bytes]:
+    """``kubectl exec`` into web-0 as ``user``, left running."""
+    kubectl = [str(BIN / "kubectl"), "--kubeconfig", str(user), "exec", "-n", "installed"]
+    return subprocess.Popen(
+        [*kubectl, "web-0", "--", "sh", "-c", script],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def consumer_verdicts(installed: Install, alert: dict[str, Any]) -> dict[str, Any]:
+    """Post one Falco-shaped alert to the consumer pod (from the node, as the kubelet's
+    probes reach it), and the whoexec.* fields it printed for it."""
+    import urllib.request
+
+    (consumer,) = installed.pods("-l", "app.kubernetes.io/component=consumer")
+    request = urllib.request.Request(
+        f"http://{consumer['status']['podIP']}:2802/falco",
+        data=json.dumps(alert).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status in {200, 202, 204}
+    pid = alert["output_fields"]["proc.pid"]
+
+    def printed() -> dict[str, Any] | None:
+        logs = installed.run(f"kubectl -n whoexec logs {consumer['metadata']['name']}")
+        for line in reversed(logs.splitlines()):
+            if line.startswith("{"):
+                fields: dict[str, Any] = json.loads(line).get("output_fields", {})
+                if fields.get("proc.pid") == pid and "whoexec.attribution" in fields:
+                    return fields
+        return None
+
+    found: dict[str, Any] = eventually(printed, 60, f"the consumer's alert about pid {pid}")
+    return found
+
+
+def test_rotating_the_identity_key_as_the_readme_says_signs_anew_and_old_sessions_still_verify(
+    cluster, installed, shop, carol
+):
+    from webhook.identity import token_key_id
+
+    from .test_audit_and_chain import falco_alert_for, host_pid_of
+
+    old_kid = next(iter(installed.identity_ring()))
+    old = exec_in_background(carol, "sleep 43.21; true")
+    new = None
+    try:
+        old_pid = host_pid_of(b"sleep\x0043.21\x00")
+        commands = readme_rotation_commands()
+        assert commands[0].startswith("whoexec certs --rotate-identity")
+        for command in commands:
+            installed.run(command)
+        rolled_out(installed)
+        (new_kid,) = installed.identity_ring()
+        assert new_kid != old_kid
+
+        def signed_anew() -> str | None:  # until no webhook pod of before answers
+            done = cluster.kubectl("exec", "-n", "installed", "web-0", "--", *SHOW, user=carol)
+            token = done.stdout.decode().strip()[len("ok [") : -1]
+            return token if token_key_id(token) == new_kid else None
+
+        eventually(signed_anew, 120, "a token signed with the new key")
+        new = exec_in_background(carol, "sleep 43.22; true")
+        new_pid = host_pid_of(b"sleep\x0043.22\x00")
+        before = consumer_verdicts(installed, falco_alert_for(old_pid, shop))
+        after = consumer_verdicts(installed, falco_alert_for(new_pid, shop))
+    finally:
+        for session in (old, new):
+            if session is not None:
+                session.kill()
+                session.wait()
+    assert (before["whoexec.attribution"], before["whoexec.user.name"]) == ("verified", "carol")
+    assert (after["whoexec.attribution"], after["whoexec.user.name"]) == ("verified", "carol")
+    assert before["whoexec.session.id"] != after["whoexec.session.id"]
+
+
+@pytest.fixture(scope="module")
+def postgres_on_the_pod_network() -> Iterator[TcpAccess]:
+    """A real PostgreSQL (Debian's) on the node, listening on the pod network's gateway
+    for the role whoexec with a password: a database outside the cluster, as the
+    postgres overlay expects (db.example in its comment)."""
+    import secrets
+    import socket
+
+    import psycopg
+
+    from tests.pgserver import throwaway_postgres
+
+    with socket.socket() as probe:  # a free port on the gateway
+        probe.bind((GATEWAY, 0))
+        port = probe.getsockname()[1]
+    tcp = TcpAccess(GATEWAY, port, "10.244.0.0/24", secrets.token_urlsafe(18))
+    with throwaway_postgres(tcp) as admin:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE whoexec")
+        yield tcp
+
+
+def overlay_command(overlay: str, starts: str) -> str:
+    """A command an overlay's kustomization.yaml tells the operator to run."""
+    text = (MANIFESTS / "overlays" / overlay / "kustomization.yaml").read_text()
+    lines = [line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")]
+    (command,) = [line for line in lines if line.startswith(starts)]
+    return command
+
+
+def test_the_postgres_overlay_stores_sessions_in_a_real_postgresql_and_the_ui_shows_them(
+    cluster, installed, shop, carol, postgres_on_the_pod_network
+):
+    import urllib.request
+
+    import psycopg
+
+    from webhook.sessions.store.model import RANK_ATTRIBUTION
+
+    from .test_audit_and_chain import falco_alert_for, host_pid_of
+
+    tcp = postgres_on_the_pod_network
+    secret = overlay_command("postgres", "kubectl -n whoexec create secret generic whoexec-db")
+    example = secret.split("--from-literal=url=", 1)[1]
+    installed.run(secret.replace(example, tcp.url("whoexec")))
+    installed.run("kubectl apply -k manifests/overlays/postgres")
+    rolled_out(installed)
+    installed.run("kubectl -n whoexec rollout status deploy/whoexec-ui --timeout 240s", 260)
+
+    session = exec_in_background(carol, "sleep 43.24; true")
+    try:
+        pid = host_pid_of(b"sleep\x0043.24\x00")
+        verdict = consumer_verdicts(installed, falco_alert_for(pid, shop))
+    finally:
+        session.kill()
+        session.wait()
+    assert (verdict["whoexec.attribution"], verdict["whoexec.user.name"]) == ("verified", "carol")
+    session_id = verdict["whoexec.session.id"]
+
+    def stored() -> tuple[str, str] | None:
+        with psycopg.connect(tcp.url("whoexec")) as conn:
+            row = conn.execute(
+                "SELECT user_name, attribution_rank FROM sessions WHERE session_id = %s",
+                (session_id,),
+            ).fetchone()
+        return (row[0], RANK_ATTRIBUTION[row[1]]) if row else None
+
+    assert eventually(stored, 60, "the session in PostgreSQL") == ("carol", "verified")
+
+    # the UI as its manifest says to reach it: kubectl port-forward to its loopback
+    kubectl = [str(BIN / "kubectl"), "--kubeconfig", str(cluster.admin), "-n", "whoexec"]
+    forward = subprocess.Popen(
+        [*kubectl, "port-forward", "deploy/whoexec-ui", "18080:8080"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def listed() -> list[dict[str, Any]] | None:
+            url = "http://127.0.0.1:18080/sessions?format=json&user=carol&since=1h"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    rows: list[dict[str, Any]] = json.loads(answer.read())
+            except OSError:
+                return None
+            return rows or None
+
+        rows = eventually(listed, 60, "the UI's session list through port-forward")
+    finally:
+        forward.terminate()
+        forward.wait(10)
+    assert session_id in {row["session_id"] for row in rows}
+
+
 def test_uninstall_leaves_nothing_behind_that_breaks_pod_creation(cluster, installed):
-    installed.run("kubectl delete -k manifests/overlays/self-signed --wait=true", 300)
+    # the overlay applied last (the postgres test's): it holds the self-signed one
+    installed.run("kubectl delete -k manifests/overlays/postgres --wait=true", 300)
     assert cluster.kubectl("get", "mutatingwebhookconfiguration", "whoexec", check=False).returncode
     pod = cluster.pod("installed", "after-uninstall", cluster.images["with-env"], hostNetwork=False)
     assert "initContainers" not in pod["spec"]

@@ -22,17 +22,30 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from webhook.errors import ConfigError
+from webhook.identity import key_id
 from webhook.keyfiles import (
     API_TOKEN,
     CA_CERT,
     CA_KEY,
     IDENTITY_KEY,
+    IDENTITY_PREVIOUS_PUB,
     IDENTITY_PUB,
     TLS_CERT,
     TLS_KEY,
+    load_public_key,
+    load_signer,
 )
 
-ALL_FILES = (CA_CERT, CA_KEY, TLS_CERT, TLS_KEY, IDENTITY_KEY, IDENTITY_PUB, API_TOKEN)
+ALL_FILES = (
+    CA_CERT,
+    CA_KEY,
+    TLS_CERT,
+    TLS_KEY,
+    IDENTITY_KEY,
+    IDENTITY_PUB,
+    IDENTITY_PREVIOUS_PUB,
+    API_TOKEN,
+)
 PRIVATE_FILES = frozenset({CA_KEY, TLS_KEY, IDENTITY_KEY, API_TOKEN})
 
 
@@ -60,6 +73,12 @@ def _pem_key(key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey) -> bytes:
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
+    )
+
+
+def _public_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
@@ -184,12 +203,48 @@ def generate_certs(
         TLS_CERT: tls_cert.public_bytes(serialization.Encoding.PEM),
         TLS_KEY: _pem_key(tls_key),
         IDENTITY_KEY: _pem_key(identity_key),
-        IDENTITY_PUB: identity_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
+        IDENTITY_PUB: _public_pem(identity_key),
+        # no earlier key yet: the overlays and the chart always ship this file
+        IDENTITY_PREVIOUS_PUB: _public_pem(identity_key),
         # what the audit webhook backend and API readers send to the consumer
         API_TOKEN: (secrets.token_hex(32) + "\n").encode(),
     }
     for name, data in files.items():
         _write(out / name, data, private=name in PRIVATE_FILES)
     return CertBundle(out, base64.b64encode(ca_pem).decode("ascii"), dns_names)
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What ``whoexec certs --rotate-identity`` did, by key id."""
+
+    previous: str
+    current: str
+    dropped: str | None  # the key before ``previous``, trusted no longer
+
+
+def rotate_identity(out: Path) -> Rotation:
+    """A new identity key pair in ``out``; the current public key becomes
+    ``identity.previous.pub``, so tokens minted before keep verifying. The one before it
+    is dropped: sessions older than the last-but-one rotation no longer verify."""
+
+    current_pub = out / IDENTITY_PUB
+    signer = load_signer(out / IDENTITY_KEY)
+    public = load_public_key(current_pub)
+    if key_id(public) != signer.kid:
+        raise ConfigError(
+            f"{current_pub} is not the public key of {out / IDENTITY_KEY} "
+            f"(key id {key_id(public)!r}, the private key's is {signer.kid!r}); "
+            "nothing was changed"
+        )
+    dropped = None
+    previous_pub = out / IDENTITY_PREVIOUS_PUB
+    if previous_pub.is_file():
+        before = key_id(load_public_key(previous_pub))
+        dropped = before if before != signer.kid else None
+    new_key = Ed25519PrivateKey.generate()
+    # the old public key first: if this stops half way, nothing that verifies is lost
+    _write(previous_pub, current_pub.read_bytes(), private=False)
+    _write(out / IDENTITY_KEY, _pem_key(new_key), private=True)
+    _write(current_pub, _public_pem(new_key), private=False)
+    return Rotation(signer.kid, key_id(new_key.public_key()), dropped)

@@ -25,14 +25,34 @@ from webhook.commandline import friendly
 )
 @click.option("--days", type=click.IntRange(1, 3650), default=365, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
+@click.option(
+    "--rotate-identity",
+    is_flag=True,
+    help="Only replace the identity key pair in --out; the current public key becomes "
+    "identity.previous.pub, so tokens already minted keep verifying.",
+)
 @friendly
-def certs(service: str, namespace: str, out: Path, days: int, force: bool) -> None:
+def certs(
+    service: str, namespace: str, out: Path, days: int, force: bool, rotate_identity: bool
+) -> None:
     """Write a dev CA, the webhook's TLS certificate and the identity key pair.
 
     Private keys (ca.key, tls.key, identity.key) and api-token (the bearer token of the
     consumer's POST /k8s-audit and /api/*) are written with mode 0600. The base64
     caBundle for the MutatingWebhookConfiguration is printed on stdout.
+
+    With --rotate-identity, nothing else is touched: apply the manifests again, and the
+    webhook signs with the new key while the consumers trust both.
     """
+    if rotate_identity:
+        from webhook.admission.certs import rotate_identity as rotate
+
+        done = rotate(out)
+        click.echo(f"identity key rotated in {out}: new key id {done.current}", err=True)
+        click.echo(f"still trusted (identity.previous.pub): {done.previous}", err=True)
+        if done.dropped:
+            click.echo(f"no longer trusted: {done.dropped}", err=True)
+        return
     from webhook.admission.certs import generate_certs
 
     now = datetime.datetime.now(datetime.UTC)

@@ -18,7 +18,7 @@ from gunicorn.app.base import BaseApplication
 
 from webhook.admission.decide import AdmissionPolicy
 from webhook.errors import ConfigError
-from webhook.keyfiles import IDENTITY_KEY, IDENTITY_PUB, TLS_CERT, TLS_KEY
+from webhook.keyfiles import IDENTITY_KEY, TLS_CERT, TLS_KEY
 from webhook.serving import configure, multiprocess_registry, raise_open_files_limit
 from webhook.settings import Settings
 
@@ -69,16 +69,10 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
 
     def _build_app(self) -> Any:
         from webhook.admission.server import WebhookState, create_app
-        from webhook.keyfiles import load_key_ring, load_signer
+        from webhook.keyfiles import load_webhook_keys
 
         settings = self.settings
-        signer = load_signer(settings.certs / IDENTITY_KEY)
-        trusted = {signer.kid: signer.public_key}
-        extra = list(settings.trusted_keys)
-        if (settings.certs / IDENTITY_PUB).is_file():
-            extra.append(settings.certs / IDENTITY_PUB)
-        if extra:
-            trusted.update(load_key_ring(extra))
+        signer, trusted = load_webhook_keys(settings.certs, settings.trusted_keys)
         registry = multiprocess_registry if self.metrics_dir is not None else None
         tls = self.tls
 
