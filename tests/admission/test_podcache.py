@@ -356,3 +356,80 @@ def test_real_serve_with_kube_starts_the_cache_in_every_worker(apiserver, tmp_pa
         assert apiserver.gets == [], "the watch event reached both workers"
     finally:
         server.stop()
+
+
+def _named(exc: BaseException) -> str:
+    from webhook.admission.podcache import _classify
+
+    return _classify(exc)
+
+
+@pytest.mark.parametrize(
+    ("failure", "name"),
+    [
+        ("ApiException(status=404)", "not-found"),
+        ("ApiException(status=410)", "gone"),
+        ("ApiException(status=403)", "http-403"),
+        ("ApiException(status=500)", "http-500"),
+        ("WatchExpired('too old')", "gone"),
+        ("WatchFailed('500 boom')", "watch-error"),
+        ("ReadTimeoutError(None, '/api', 'read timed out')", "timeout"),
+        ("MaxRetryError(None, '/api', ConnectTimeoutError('connect timed out'))", "timeout"),
+        ("MaxRetryError(None, '/api', NewConnectionError(None, 'refused'))", "unreachable"),
+        ("ProtocolError('connection reset')", "unreachable"),
+        ("ConnectionResetError()", "unreachable"),
+        ("OSError('no route')", "unreachable"),
+        ("ValueError('not JSON')", "error"),
+        ("KeyError('metadata')", "error"),
+    ],
+)
+def test_a_failed_look_up_or_watch_is_named_by_its_cause(failure, name):
+    """The name is the look-up's outcome (``whoexec_pod_lookups{result}``, the admission's
+    log) and what decides between a relist now (410) and one after a back-off."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import (
+        ConnectTimeoutError,
+        MaxRetryError,
+        NewConnectionError,
+        ProtocolError,
+        ReadTimeoutError,
+    )
+
+    from webhook.admission.podcache import WatchExpired, WatchFailed
+
+    names = {
+        "ApiException": ApiException,
+        "ConnectTimeoutError": ConnectTimeoutError,
+        "MaxRetryError": MaxRetryError,
+        "NewConnectionError": NewConnectionError,
+        "ProtocolError": ProtocolError,
+        "ReadTimeoutError": ReadTimeoutError,
+        "WatchExpired": WatchExpired,
+        "WatchFailed": WatchFailed,
+    }
+    assert _named(eval(failure, names)) == name  # noqa: S307 - the table above
+
+
+def _lookups(result: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("whoexec_pod_lookups_total", {"result": result}) or 0.0
+
+
+def test_each_look_up_is_counted_by_how_it_was_answered(cache, apiserver):
+    before = {r: _lookups(r) for r in ("cached", "fetched", "not-found", "timeout")}
+    assert cache.lookup("shop", "web-0")[1] == "cached"
+    # a pod the watch has not delivered yet: the look-up asks the apiserver
+    apiserver.pods[("shop", "late-0")] = make_pod("shop", "late-0", "uid-late-0", 0)
+    assert cache.lookup("shop", "late-0")[1] == "fetched"
+    assert cache.lookup("shop", "late-0")[1] == "cached", "a fetched pod is cached"
+    assert cache.lookup("shop", "nobody")[1] == "not-found"
+    apiserver.hang_gets = 60.0
+    assert cache.lookup("shop", "slow-0")[1] == "timeout"
+    after = {r: _lookups(r) for r in before}
+    assert {r: after[r] - before[r] for r in before} == {
+        "cached": 2,
+        "fetched": 1,
+        "not-found": 1,
+        "timeout": 1,
+    }

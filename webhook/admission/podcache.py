@@ -274,7 +274,7 @@ LIST_PAGE = 500
 
 def _classify(exc: BaseException) -> str:
     from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import MaxRetryError, ProtocolError, TimeoutError
+    from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, TimeoutError
 
     if isinstance(exc, WatchExpired):
         return "gone"
@@ -287,9 +287,12 @@ def _classify(exc: BaseException) -> str:
         if exc.status == 410:
             return "gone"
         return f"http-{exc.status}"
-    if isinstance(exc, TimeoutError) or (
-        isinstance(exc, MaxRetryError) and isinstance(exc.reason, TimeoutError)
-    ):
+    cause = exc.reason if isinstance(exc, MaxRetryError) else exc
+    # urllib3 makes a refused connection a ConnectTimeoutError too (NewConnectionError
+    # subclasses it): the apiserver is unreachable, not slow
+    if isinstance(cause, NewConnectionError):
+        return "unreachable"
+    if isinstance(cause, TimeoutError):
         return "timeout"
     if isinstance(exc, MaxRetryError | ProtocolError | ConnectionError | OSError):
         return "unreachable"
