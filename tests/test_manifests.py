@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from webhook.cli import main
-from webhook.keyfiles import IDENTITY_KEY, IDENTITY_PUB, TLS_CERT, TLS_KEY
+from webhook.keyfiles import IDENTITY_KEY, IDENTITY_PREVIOUS_PUB, IDENTITY_PUB, TLS_CERT, TLS_KEY
 from webhook.settings import Settings
 
 ROOT = Path(__file__).parent.parent
@@ -152,10 +152,18 @@ def test_webhook_deployment_is_hardened_and_reads_the_files_serve_expects(tree):
     paths = {
         item["path"] for src in keys["projected"]["sources"] for item in src["secret"]["items"]
     }
-    assert paths == {TLS_CERT, TLS_KEY, IDENTITY_KEY, IDENTITY_PUB}
+    assert paths == {TLS_CERT, TLS_KEY, IDENTITY_KEY, IDENTITY_PUB, IDENTITY_PREVIOUS_PUB}
+    # the key before the last rotation is optional: a Secret made by hand without it
+    # (the cert-manager overlay's) must not keep the webhook from starting
+    (previous,) = [s for s in keys["projected"]["sources"] if s["secret"].get("optional")]
+    assert [i["path"] for i in previous["secret"]["items"]] == [IDENTITY_PREVIOUS_PUB]
     secrets = {o["metadata"]["name"].rsplit("-", 1)[0]: o for o in objects if o["kind"] == "Secret"}
     assert set(secrets["whoexec-tls"]["data"]) == {TLS_CERT, TLS_KEY}
-    assert set(secrets["whoexec-identity"]["data"]) == {IDENTITY_KEY, IDENTITY_PUB}
+    assert set(secrets["whoexec-identity"]["data"]) == {
+        IDENTITY_KEY,
+        IDENTITY_PUB,
+        IDENTITY_PREVIOUS_PUB,
+    }
     service = one(objects, "Service", "whoexec")
     assert service["spec"]["ports"][0]["port"] == 443
     assert service["spec"]["ports"][0]["targetPort"] == "https"
@@ -181,7 +189,8 @@ def test_consumer_daemonset_walks_proc_read_only_and_listens_where_falco_posts(t
     (pub,) = [v for v in spec["volumes"] if v["name"] == "identity-pub"]
     configmap = one(objects, "ConfigMap")
     assert configmap["metadata"]["name"] == pub["configMap"]["name"]
-    assert set(configmap["data"]) == {IDENTITY_PUB}
+    # the consumer trusts every *.pub in it: the current key and the one before
+    assert set(configmap["data"]) == {IDENTITY_PUB, IDENTITY_PREVIOUS_PUB}
 
 
 def test_network_policies_admit_only_the_api_server_port_and_falco(tree):

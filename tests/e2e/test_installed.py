@@ -244,6 +244,110 @@ def test_the_static_env_comes_from_the_real_image_and_a_distroless_pod_execs(
     assert identity is not None and identity.user == "carol"
 
 
+def test_exec_into_a_native_sidecar_and_the_main_container_through_the_in_cluster_webhook(
+    cluster, installed, carol
+):
+    sidecar = {
+        "name": "proxy",
+        "image": cluster.images["without-env"],
+        "imagePullPolicy": "Never",
+        "restartPolicy": "Always",
+        "command": ["/bin/sh", "-c", "sleep 100000"],
+    }
+    cluster.pod(
+        "installed",
+        "meshed-0",
+        cluster.images["with-env"],
+        hostNetwork=False,
+        initContainers=[sidecar],
+    )
+    for container in ("proxy", "app"):
+        done = cluster.kubectl(
+            "exec", "-n", "installed", "meshed-0", "-c", container, "--", *SHOW, user=carol
+        )
+        identity = identity_in(done.stdout, installed)
+        assert identity is not None and (identity.user, identity.container) == (
+            "carol",
+            container,
+        )
+
+
+def _shape(cluster: Cluster, namespace: str, which: str) -> tuple[dict[str, Any], list[str]]:
+    """One pod shape of tests/e2e/test_never_breaks.py, and the init containers it must
+    come out with."""
+    from .test_never_breaks import RESTRICTED, namespace_with, pod_body
+
+    image = cluster.images["with-env"]
+    if which == "windows":
+        namespace_with(cluster, namespace)
+        body = pod_body(namespace, "mcr.microsoft.com/windows/nanoserver:ltsc2022")
+        body["spec"]["os"] = {"name": "windows"}
+        body["spec"]["containers"][0].pop("command")
+        return body, []
+    if which == "quota":
+        quota = {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "limits"},
+            "spec": {"hard": {"limits.cpu": "2", "limits.memory": "1Gi"}},
+        }
+        namespace_with(cluster, namespace, quota)
+        limits = {"resources": {"limits": {"cpu": "200m", "memory": "64Mi"}}}
+        return pod_body(namespace, image, container=limits), ["whoexec-env"]
+    if which == "limitrange":
+        limit_range = {
+            "apiVersion": "v1",
+            "kind": "LimitRange",
+            "metadata": {"name": "min"},
+            "spec": {
+                "limits": [
+                    {
+                        "type": "Container",
+                        "min": {"cpu": "100m", "memory": "32Mi"},
+                        "default": {"cpu": "200m", "memory": "64Mi"},
+                        "defaultRequest": {"cpu": "150m", "memory": "48Mi"},
+                    }
+                ]
+            },
+        }
+        namespace_with(cluster, namespace, limit_range)
+        return pod_body(namespace, image), ["whoexec-env"]
+    if which == "our-name":
+        namespace_with(cluster, namespace)
+        return pod_body(namespace, image, container_name="whoexec-env"), []
+    if which == "init-containers":
+        namespace_with(cluster, namespace)
+        migrate = {"name": "migrate", "image": image, "command": ["true"]}
+        return pod_body(namespace, image, initContainers=[migrate]), ["whoexec-env", "migrate"]
+    assert which == "restricted"
+    namespace_with(cluster, namespace, labels={"pod-security.kubernetes.io/enforce": "restricted"})
+    body = pod_body(
+        namespace,
+        cluster.images["without-env"],
+        container=RESTRICTED,
+        securityContext={"seccompProfile": {"type": "RuntimeDefault"}},
+    )
+    return body, ["whoexec-env"]
+
+
+@pytest.mark.parametrize(
+    "which", ["windows", "quota", "limitrange", "our-name", "init-containers", "restricted"]
+)
+def test_every_pod_shape_the_suite_covers_is_admitted_through_the_in_cluster_webhook(
+    cluster, installed, which
+):
+    from .test_never_breaks import admitted, init_names
+
+    namespace = f"shape-{which}"
+    body, expected = _shape(cluster, namespace, which)
+    assert init_names(admitted(cluster, body)) == expected
+    if which == "restricted":  # and it runs: the init container passes the restricted PSS
+        cluster.kubectl("create", "-f", "-", stdin=json.dumps(body))
+        cluster.kubectl(
+            "wait", "-n", namespace, "--for=condition=Ready", "pod/shape", "--timeout=90s"
+        )
+
+
 def test_a_caller_who_sets_the_identity_is_refused_by_the_in_cluster_webhook(
     cluster, installed, shop, carol
 ):
