@@ -22,7 +22,7 @@ from webhook.identity import verify_token
 from webhook.keyfiles import load_key_ring
 
 from .conftest import Cluster, Webhook, token_from_environ
-from .harness import BIN, MANIFESTS, WHOEXEC, eventually
+from .harness import BIN, MANIFESTS, WHOEXEC, eventually, wait_for_webhook
 
 pytestmark = [pytest.mark.e2e, pytest.mark.installed]
 
@@ -143,26 +143,7 @@ def why_not_ready(install: Install) -> str:
 
 def wait_until_the_webhook_is_called(cluster: Cluster) -> None:
     cluster.kubectl("create", "namespace", "installed", check=False)
-
-    def mutated() -> bool:
-        done = cluster.kubectl(
-            "run",
-            "-n",
-            "installed",
-            f"p{time.monotonic_ns()}",
-            "--image",
-            cluster.images["with-env"],
-            "--image-pull-policy",
-            "Never",
-            "--dry-run=server",
-            "-o",
-            "json",
-            "--",
-            "true",
-        )
-        return '"whoexec-env"' in done.stdout.decode()
-
-    eventually(mutated, 60, "the apiserver calling the in-cluster webhook")
+    wait_for_webhook(cluster, 60)
 
 
 @pytest.fixture(scope="module")
@@ -272,74 +253,16 @@ def test_exec_into_a_native_sidecar_and_the_main_container_through_the_in_cluste
         )
 
 
-def _shape(cluster: Cluster, namespace: str, which: str) -> tuple[dict[str, Any], list[str]]:
-    """One pod shape of tests/e2e/test_never_breaks.py, and the init containers it must
-    come out with."""
-    from .test_never_breaks import RESTRICTED, namespace_with, pod_body
-
-    image = cluster.images["with-env"]
-    if which == "windows":
-        namespace_with(cluster, namespace)
-        body = pod_body(namespace, "mcr.microsoft.com/windows/nanoserver:ltsc2022")
-        body["spec"]["os"] = {"name": "windows"}
-        body["spec"]["containers"][0].pop("command")
-        return body, []
-    if which == "quota":
-        quota = {
-            "apiVersion": "v1",
-            "kind": "ResourceQuota",
-            "metadata": {"name": "limits"},
-            "spec": {"hard": {"limits.cpu": "2", "limits.memory": "1Gi"}},
-        }
-        namespace_with(cluster, namespace, quota)
-        limits = {"resources": {"limits": {"cpu": "200m", "memory": "64Mi"}}}
-        return pod_body(namespace, image, container=limits), ["whoexec-env"]
-    if which == "limitrange":
-        limit_range = {
-            "apiVersion": "v1",
-            "kind": "LimitRange",
-            "metadata": {"name": "min"},
-            "spec": {
-                "limits": [
-                    {
-                        "type": "Container",
-                        "min": {"cpu": "100m", "memory": "32Mi"},
-                        "default": {"cpu": "200m", "memory": "64Mi"},
-                        "defaultRequest": {"cpu": "150m", "memory": "48Mi"},
-                    }
-                ]
-            },
-        }
-        namespace_with(cluster, namespace, limit_range)
-        return pod_body(namespace, image), ["whoexec-env"]
-    if which == "our-name":
-        namespace_with(cluster, namespace)
-        return pod_body(namespace, image, container_name="whoexec-env"), []
-    if which == "init-containers":
-        namespace_with(cluster, namespace)
-        migrate = {"name": "migrate", "image": image, "command": ["true"]}
-        return pod_body(namespace, image, initContainers=[migrate]), ["whoexec-env", "migrate"]
-    assert which == "restricted"
-    namespace_with(cluster, namespace, labels={"pod-security.kubernetes.io/enforce": "restricted"})
-    body = pod_body(
-        namespace,
-        cluster.images["without-env"],
-        container=RESTRICTED,
-        securityContext={"seccompProfile": {"type": "RuntimeDefault"}},
-    )
-    return body, ["whoexec-env"]
-
-
 @pytest.mark.parametrize(
     "which", ["windows", "quota", "limitrange", "our-name", "init-containers", "restricted"]
 )
 def test_every_pod_shape_the_suite_covers_is_admitted_through_the_in_cluster_webhook(
     cluster, installed, which
 ):
-    from .test_never_breaks import admitted, init_names
+    from .test_never_breaks import admitted, init_names, pod_shape
 
     namespace = f"shape-{which}"
-    body, expected = _shape(cluster, namespace, which)
+    body, expected = pod_shape(cluster, namespace, which)
     assert init_names(admitted(cluster, body)) == expected
     if which == "restricted":  # and it runs: the init container passes the restricted PSS
         cluster.kubectl("create", "-f", "-", stdin=json.dumps(body))
@@ -421,23 +344,7 @@ def test_a_falco_alert_posted_from_a_pod_is_attributed_by_the_consumer_daemonset
     assert poster["status"]["podIP"].startswith("10.244.0.")
     service = cluster.get("-n", "whoexec", "service", "whoexec-consumer")["spec"]["clusterIP"]
     marker = "41.75"
-    session = subprocess.Popen(
-        [
-            str(BIN / "kubectl"),
-            "--kubeconfig",
-            str(carol),
-            "exec",
-            "-n",
-            "installed",
-            "web-0",
-            "--",
-            "sh",
-            "-c",
-            f"sleep {marker}; true",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    session = exec_in_background(carol, f"sleep {marker}; true")
     try:
         pid = host_pid_of(f"sleep\0{marker}\0".encode())
         alert = json.dumps(falco_alert_for(pid, shop))

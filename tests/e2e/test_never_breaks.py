@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 
@@ -159,70 +160,91 @@ def init_names(pod: dict) -> list[str]:
     return [c["name"] for c in pod["spec"].get("initContainers", [])]
 
 
-def test_a_windows_pod_is_still_admitted_and_left_alone(cluster, webhook):
-    namespace_with(cluster, "win")
-    body = pod_body("win", "mcr.microsoft.com/windows/nanoserver:ltsc2022", os={"name": "windows"})
-    body["spec"]["containers"][0].pop("command")
-    assert init_names(admitted(cluster, body)) == []
-
-
-def test_a_namespace_with_a_quota_on_limits_still_admits_pods(cluster, webhook):
-    quota = {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": "limits"},
-        "spec": {"hard": {"limits.cpu": "2", "limits.memory": "1Gi"}},
-    }
-    namespace_with(cluster, "quota", quota)
-    limits = {"resources": {"limits": {"cpu": "200m", "memory": "64Mi"}}}
-    pod = admitted(cluster, pod_body("quota", cluster.images["with-env"], container=limits))
-    assert init_names(pod) == ["whoexec-env"]
-
-
-def test_a_namespace_with_a_limitrange_minimum_still_admits_pods(cluster, webhook):
-    limit_range = {
-        "apiVersion": "v1",
-        "kind": "LimitRange",
-        "metadata": {"name": "min"},
-        "spec": {
-            "limits": [
-                {
-                    "type": "Container",
-                    "min": {"cpu": "100m", "memory": "32Mi"},
-                    "default": {"cpu": "200m", "memory": "64Mi"},
-                    "defaultRequest": {"cpu": "150m", "memory": "48Mi"},
-                }
-            ]
-        },
-    }
-    namespace_with(cluster, "limited", limit_range)
-    pod = admitted(cluster, pod_body("limited", cluster.images["with-env"]))
-    assert init_names(pod) == ["whoexec-env"]
-
-
-def test_a_container_named_like_ours_is_admitted_unchanged(cluster, webhook):
-    namespace_with(cluster, "collide")
-    body = pod_body("collide", cluster.images["with-env"], container_name="whoexec-env")
-    assert init_names(admitted(cluster, body)) == []
-
-
-def test_a_pod_with_init_containers_gets_ours_first(cluster, webhook):
-    namespace_with(cluster, "inits")
-    migrate = {"name": "migrate", "image": cluster.images["with-env"], "command": ["true"]}
-    body = pod_body("inits", cluster.images["with-env"], initContainers=[migrate])
-    assert init_names(admitted(cluster, body)) == ["whoexec-env", "migrate"]
-
-
-def test_a_restricted_namespace_still_runs_pods(cluster, webhook):
-    labels = {"pod-security.kubernetes.io/enforce": "restricted"}
-    namespace_with(cluster, "locked", labels=labels)
+def pod_shape(cluster: Cluster, namespace: str, which: str) -> tuple[dict[str, Any], list[str]]:
+    """A namespace set up for one pod shape that worked before whoexec, the pod, and the
+    init containers it must come out with (here through the host's webhook, in
+    test_installed.py through the in-cluster one)."""
+    image = cluster.images["with-env"]
+    if which == "windows":
+        namespace_with(cluster, namespace)
+        body = pod_body(namespace, "mcr.microsoft.com/windows/nanoserver:ltsc2022")
+        body["spec"]["os"] = {"name": "windows"}
+        body["spec"]["containers"][0].pop("command")
+        return body, []
+    if which == "quota":
+        quota = {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "limits"},
+            "spec": {"hard": {"limits.cpu": "2", "limits.memory": "1Gi"}},
+        }
+        namespace_with(cluster, namespace, quota)
+        limits = {"resources": {"limits": {"cpu": "200m", "memory": "64Mi"}}}
+        return pod_body(namespace, image, container=limits), ["whoexec-env"]
+    if which == "limitrange":
+        limit_range = {
+            "apiVersion": "v1",
+            "kind": "LimitRange",
+            "metadata": {"name": "min"},
+            "spec": {
+                "limits": [
+                    {
+                        "type": "Container",
+                        "min": {"cpu": "100m", "memory": "32Mi"},
+                        "default": {"cpu": "200m", "memory": "64Mi"},
+                        "defaultRequest": {"cpu": "150m", "memory": "48Mi"},
+                    }
+                ]
+            },
+        }
+        namespace_with(cluster, namespace, limit_range)
+        return pod_body(namespace, image), ["whoexec-env"]
+    if which == "our-name":
+        namespace_with(cluster, namespace)
+        return pod_body(namespace, image, container_name="whoexec-env"), []
+    if which == "init-containers":
+        namespace_with(cluster, namespace)
+        migrate = {"name": "migrate", "image": image, "command": ["true"]}
+        return pod_body(namespace, image, initContainers=[migrate]), ["whoexec-env", "migrate"]
+    assert which == "restricted"
+    namespace_with(cluster, namespace, labels={"pod-security.kubernetes.io/enforce": "restricted"})
     body = pod_body(
-        "locked",
+        namespace,
         cluster.images["without-env"],
         container=RESTRICTED,
         securityContext={"seccompProfile": {"type": "RuntimeDefault"}},
     )
-    assert init_names(admitted(cluster, body)) == ["whoexec-env"]
+    return body, ["whoexec-env"]
+
+
+def test_a_windows_pod_is_still_admitted_and_left_alone(cluster, webhook):
+    body, inits = pod_shape(cluster, "win", "windows")
+    assert init_names(admitted(cluster, body)) == inits == []
+
+
+def test_a_namespace_with_a_quota_on_limits_still_admits_pods(cluster, webhook):
+    body, inits = pod_shape(cluster, "quota", "quota")
+    assert init_names(admitted(cluster, body)) == inits == ["whoexec-env"]
+
+
+def test_a_namespace_with_a_limitrange_minimum_still_admits_pods(cluster, webhook):
+    body, inits = pod_shape(cluster, "limited", "limitrange")
+    assert init_names(admitted(cluster, body)) == inits == ["whoexec-env"]
+
+
+def test_a_container_named_like_ours_is_admitted_unchanged(cluster, webhook):
+    body, inits = pod_shape(cluster, "collide", "our-name")
+    assert init_names(admitted(cluster, body)) == inits == []
+
+
+def test_a_pod_with_init_containers_gets_ours_first(cluster, webhook):
+    body, inits = pod_shape(cluster, "inits", "init-containers")
+    assert init_names(admitted(cluster, body)) == inits == ["whoexec-env", "migrate"]
+
+
+def test_a_restricted_namespace_still_runs_pods(cluster, webhook):
+    body, inits = pod_shape(cluster, "locked", "restricted")
+    assert init_names(admitted(cluster, body)) == inits == ["whoexec-env"]
     cluster.kubectl("create", "-f", "-", stdin=json.dumps(body))
     cluster.kubectl("wait", "-n", "locked", "--for=condition=Ready", "pod/shape", "--timeout=90s")
 
