@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import signal
 import socket
@@ -288,7 +289,11 @@ class _Connection(asyncio.Protocol):
         #: requests, the keep-alive), "write" (its answers unread); "" while the app
         #: runs. One sweep for all connections, no timer per request
         self.phase = ""
-        self.deadline = self.since = 0.0
+        self.deadline = 0.0
+        #: when its phase began, as a count of phase changes across the server: uvloop's
+        #: clock moves in whole milliseconds, so two connections could tie on its time and
+        #: the one that gives way at the cap would be a coin toss, not the longest waiting
+        self.since = 0
         self.writing_paused = False
         self.reading_paused = False
 
@@ -314,7 +319,7 @@ class _Connection(asyncio.Protocol):
     def expect(self, phase: str, seconds: float) -> None:
         now = self.server.loop_or_fail().time()
         if phase != self.phase:
-            self.since = now
+            self.since = next(self.server.phase_changes)
         self.phase, self.deadline = phase, now + seconds
 
     @property
@@ -560,6 +565,7 @@ class IntakeServer:
         self.per_peer: dict[str, int] = {}
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="whoexec-http")
         self.connections: set[_Connection] = set()
+        self.phase_changes = itertools.count(1)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self.scheme = "https" if tls else "http"
