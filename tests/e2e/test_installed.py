@@ -319,14 +319,10 @@ def test_with_every_webhook_pod_gone_exec_still_works_and_the_audit_log_flags_it
     assert identity is not None and identity.user == "carol", "attributed again"
 
 
-def test_a_falco_alert_posted_from_a_pod_is_attributed_by_the_consumer_daemonset(
-    cluster, installed, shop, carol
-):
-    """Falco-shaped, from a real exec'd process's /proc facts (Falco itself is not built
-    here), posted from a pod labelled as Falco's to the node-local Service; the consumer
-    walks the node's /proc from its pod (hostPID, /host/proc) and names the user."""
-    from .test_audit_and_chain import falco_alert_for, host_pid_of
-
+@pytest.fixture(scope="module")
+def falco_pod(cluster: Cluster, installed: Install) -> str:
+    """A pod in Falco's namespace (not mutated), on the pod network: it posts alerts to
+    the consumer's node-local Service as Falco's http_output does (README, step 4)."""
     cluster.apply(
         {
             "apiVersion": "v1",
@@ -342,33 +338,67 @@ def test_a_falco_alert_posted_from_a_pod_is_attributed_by_the_consumer_daemonset
         command=["sleep", "100000"],
     )
     assert poster["status"]["podIP"].startswith("10.244.0.")
+    return "falco-0"
+
+
+def consumer_verdicts(installed: Install, falco_pod: str, alert: dict[str, Any]) -> dict[str, Any]:
+    """Post one Falco-shaped alert from ``falco_pod`` to the consumer's Service, and the
+    whoexec.* fields the consumer printed for it."""
+    cluster = installed.cluster
     service = cluster.get("-n", "whoexec", "service", "whoexec-consumer")["spec"]["clusterIP"]
-    marker = "41.75"
-    session = exec_in_background(carol, f"sleep {marker}; true")
+    post = (
+        "import sys, urllib.request\n"
+        f"request = urllib.request.Request('http://{service}:2802/falco', "
+        "data=sys.stdin.buffer.read(), headers={'Content-Type': 'application/json'})\n"
+        "print(urllib.request.urlopen(request, timeout=10).status)"
+    )
+    done = cluster.kubectl(
+        "exec",
+        "-i",
+        "-n",
+        "falco",
+        falco_pod,
+        "--",
+        "python",
+        "-c",
+        post,
+        stdin=json.dumps(alert),
+    )
+    assert done.stdout.decode().strip() in {"200", "202", "204"}
+    pid = alert["output_fields"]["proc.pid"]
+
+    def printed() -> dict[str, Any] | None:
+        logs = installed.run("kubectl -n whoexec logs ds/whoexec-consumer")
+        for line in reversed(logs.splitlines()):
+            if line.startswith("{"):
+                fields: dict[str, Any] = json.loads(line).get("output_fields", {})
+                if fields.get("proc.pid") == pid and "whoexec.attribution" in fields:
+                    return fields
+        return None
+
+    found: dict[str, Any] = eventually(printed, 60, f"the consumer's alert about pid {pid}")
+    return found
+
+
+def test_a_falco_alert_posted_from_a_pod_is_attributed_by_the_consumer_daemonset(
+    cluster, installed, shop, carol, falco_pod
+):
+    """Falco-shaped, from a real exec'd process's /proc facts (Falco itself is not built
+    here), posted from a pod labelled as Falco's to the node-local Service; the consumer
+    walks the node's /proc from its pod (hostPID, /host/proc) and names the user."""
+    from .test_audit_and_chain import falco_alert_for, host_pid_of
+
+    session = exec_in_background(carol, "sleep 41.75; true")
     try:
-        pid = host_pid_of(f"sleep\0{marker}\0".encode())
-        alert = json.dumps(falco_alert_for(pid, shop))
-        post = (
-            "import sys, urllib.request\n"
-            f"request = urllib.request.Request('http://{service}:2802/falco', "
-            "data=sys.stdin.buffer.read(), headers={'Content-Type': 'application/json'})\n"
-            "print(urllib.request.urlopen(request, timeout=10).status)"
-        )
-        done = cluster.kubectl(
-            "exec", "-i", "-n", "falco", "falco-0", "--", "python", "-c", post, stdin=alert
-        )
-        assert done.stdout.decode().strip() in {"200", "202", "204"}
-
-        def attributed() -> str:
-            logs = installed.run("kubectl -n whoexec logs ds/whoexec-consumer")
-            return "\n".join(line for line in logs.splitlines() if "k8s_user=" in line)
-
-        line = eventually(attributed, 60, "the consumer's enriched alert")
+        pid = host_pid_of(b"sleep\x0041.75\x00")
+        verdict = consumer_verdicts(installed, falco_pod, falco_alert_for(pid, shop))
     finally:
         session.kill()
         session.wait()
-    assert "k8s_user=carol" in line
-    # README step 7: the session in the consumer's store
+    assert (verdict["whoexec.attribution"], verdict["whoexec.user.name"]) == ("verified", "carol")
+    # README step 7: the enriched alert in the consumer's log, the session in its store
+    logs = installed.run("kubectl -n whoexec logs ds/whoexec-consumer")
+    assert any("k8s_user=carol" in line for line in logs.splitlines())
     sessions = installed.run(
         "kubectl -n whoexec exec ds/whoexec-consumer -- whoexec sessions --since 1h"
     )
@@ -473,36 +503,8 @@ def exec_in_background(user: Path, script: str) -> subprocess.Popen[bytes]:
     )
 
 
-def consumer_verdicts(installed: Install, alert: dict[str, Any]) -> dict[str, Any]:
-    """Post one Falco-shaped alert to the consumer pod (from the node, as the kubelet's
-    probes reach it), and the whoexec.* fields it printed for it."""
-    import urllib.request
-
-    (consumer,) = installed.pods("-l", "app.kubernetes.io/component=consumer")
-    request = urllib.request.Request(
-        f"http://{consumer['status']['podIP']}:2802/falco",
-        data=json.dumps(alert).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert answer.status in {200, 202, 204}
-    pid = alert["output_fields"]["proc.pid"]
-
-    def printed() -> dict[str, Any] | None:
-        logs = installed.run(f"kubectl -n whoexec logs {consumer['metadata']['name']}")
-        for line in reversed(logs.splitlines()):
-            if line.startswith("{"):
-                fields: dict[str, Any] = json.loads(line).get("output_fields", {})
-                if fields.get("proc.pid") == pid and "whoexec.attribution" in fields:
-                    return fields
-        return None
-
-    found: dict[str, Any] = eventually(printed, 60, f"the consumer's alert about pid {pid}")
-    return found
-
-
 def test_rotating_the_identity_key_as_the_readme_says_signs_anew_and_old_sessions_still_verify(
-    cluster, installed, shop, carol
+    cluster, installed, shop, carol, falco_pod
 ):
     from webhook.identity import token_key_id
 
@@ -529,8 +531,8 @@ def test_rotating_the_identity_key_as_the_readme_says_signs_anew_and_old_session
         eventually(signed_anew, 120, "a token signed with the new key")
         new = exec_in_background(carol, "sleep 43.22; true")
         new_pid = host_pid_of(b"sleep\x0043.22\x00")
-        before = consumer_verdicts(installed, falco_alert_for(old_pid, shop))
-        after = consumer_verdicts(installed, falco_alert_for(new_pid, shop))
+        before = consumer_verdicts(installed, falco_pod, falco_alert_for(old_pid, shop))
+        after = consumer_verdicts(installed, falco_pod, falco_alert_for(new_pid, shop))
     finally:
         for session in (old, new):
             if session is not None:
@@ -572,7 +574,7 @@ def overlay_command(overlay: str, starts: str) -> str:
 
 
 def test_the_postgres_overlay_stores_sessions_in_a_real_postgresql_and_the_ui_shows_them(
-    cluster, installed, shop, carol, postgres_on_the_pod_network
+    cluster, installed, shop, carol, falco_pod, postgres_on_the_pod_network
 ):
     import urllib.request
 
@@ -593,7 +595,7 @@ def test_the_postgres_overlay_stores_sessions_in_a_real_postgresql_and_the_ui_sh
     session = exec_in_background(carol, "sleep 43.24; true")
     try:
         pid = host_pid_of(b"sleep\x0043.24\x00")
-        verdict = consumer_verdicts(installed, falco_alert_for(pid, shop))
+        verdict = consumer_verdicts(installed, falco_pod, falco_alert_for(pid, shop))
     finally:
         session.kill()
         session.wait()
