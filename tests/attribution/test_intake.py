@@ -22,6 +22,7 @@ from webhook.attribution.intake import (
     FalcoEndpoint,
     IntakeServer,
     _Connection,
+    accept_lines,
     bind,
     new_event_loop,
 )
@@ -605,3 +606,88 @@ def test_a_request_that_arrives_before_the_connection_is_handed_over_is_answered
     inbox.close()
     reader = InboxLogReader(tmp_path / "inbox")
     assert [body for _, body in reader.read(10)] == LINES[:1]
+
+
+# --- what one POST /falco body becomes: accept_lines, without a server ------------------
+
+
+class MemoryInbox:
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def put_many(self, bodies: list[bytes]) -> None:
+        self.lines.extend(bodies)
+
+
+def _metric(name: str, reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, {"reason": reason}) or 0.0
+
+
+@pytest.mark.parametrize("body", [b"", b"\n", b"  \n\t\n"])
+def test_a_body_without_a_line_is_refused_and_says_so(body):
+    inbox = MemoryInbox()
+    status, reply = accept_lines(inbox, body)
+    assert (status, json.loads(reply)) == (
+        400,
+        {"accepted": 0, "rejected": 0, "errors": ["the body holds no JSON line"]},
+    )
+    assert inbox.lines == []
+
+
+def test_good_lines_are_kept_in_order_and_each_bad_one_is_named_by_its_number():
+    inbox = MemoryInbox()
+    before = _metric("whoexec_consumer_lines_skipped_total", "not_json")
+    status, reply = accept_lines(inbox, b'{"a": 1}\nnot json\n\n{"b": 2}\n')
+    answer = json.loads(reply)
+    assert (status, answer["accepted"], answer["rejected"]) == (200, 2, 1)
+    (error,) = answer["errors"]
+    assert error.startswith("line 2: not JSON: ")
+    assert inbox.lines == [b'{"a": 1}', b'{"b": 2}']
+    assert _metric("whoexec_consumer_lines_skipped_total", "not_json") == before + 1
+
+
+def test_a_body_of_only_bad_lines_is_refused_and_names_the_first_five():
+    inbox = MemoryInbox()
+    status, reply = accept_lines(inbox, b"\n".join(b"bad %d" % n for n in range(7)))
+    answer = json.loads(reply)
+    assert (status, answer["accepted"], answer["rejected"]) == (400, 0, 7)
+    assert [e.split(":")[0] for e in answer["errors"]] == [f"line {n}" for n in range(1, 6)]
+    assert inbox.lines == []
+
+
+def test_exactly_ten_thousand_lines_by_default_are_accepted_and_one_more_is_refused_whole():
+    line = b'{"rule": "r"}'
+    inbox = MemoryInbox()
+    status, reply = accept_lines(inbox, b"\n".join([line] * 10_000))
+    assert (status, json.loads(reply)["accepted"]) == (200, 10_000)
+    before = _metric("whoexec_consumer_intake_refused_total", "too_many_lines")
+    fresh = MemoryInbox()
+    status, reply = accept_lines(fresh, b"\n".join([line] * 10_001))
+    assert (status, json.loads(reply)) == (
+        413,
+        {"error": "10001 lines in one body, over 10000", "accepted": 0},
+    )
+    assert fresh.lines == []
+    assert _metric("whoexec_consumer_intake_refused_total", "too_many_lines") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("inbox", "reason", "says"),
+    [
+        (
+            FullInbox(),
+            "inbox_full",
+            "the inbox holds 100 of 100 bytes: 1 more do not fit; retry later",
+        ),
+        (FailingDisk(), "inbox_unwritable", "cannot write the inbox: [Errno 28] No space left"),
+    ],
+)
+def test_an_inbox_that_cannot_take_the_body_refuses_it_whole_with_503(inbox, reason, says):
+    before = _metric("whoexec_consumer_intake_refused_total", reason)
+    status, reply = accept_lines(inbox, b'{"a": 1}\n{"b": 2}\n')
+    answer = json.loads(reply)
+    assert (status, answer["accepted"]) == (503, 0)
+    assert answer["error"].startswith(says)
+    assert _metric("whoexec_consumer_intake_refused_total", reason) == before + 1
