@@ -213,7 +213,14 @@ def pipeline_unread(
     sent = 0
     stalled_since: float | None = None
     batch = request * max(1, 65536 // len(request))
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # a small receive window, as an attacker would choose: the answers it never reads
+        # fill it at once, so the server's own buffers fill within the attack however slow
+        # the machine is (with the default window, megabytes of answers, a loaded machine
+        # took longer than the attack to fill it and the server was never seen to pause)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", port))
         sock.setblocking(False)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and sent < max_bytes:
