@@ -32,6 +32,36 @@ def load_json(relative: str) -> Any:
     return json.loads((DATA / relative).read_text())
 
 
+def issue_client_certificate(certs: Path) -> None:
+    """``client.crt``/``client.key`` in ``certs`` (made by ``whoexec certs``), signed by its
+    CA for client authentication, as Falco's http_output presents one to an mTLS intake."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from webhook.admission.certs import issue_serving_certificate
+
+    ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
+    cert, key = issue_serving_certificate(
+        ca,
+        ca_key,  # type: ignore[arg-type]
+        ("falco",),
+        datetime.datetime.now(datetime.UTC),
+        1,
+        client=True,
+    )
+    (certs / "client.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (certs / "client.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
 def http_ok(connect: Callable[[], http.client.HTTPConnection], path: str) -> bool:
     """GET ``path`` answers 200 (False while the server is not up yet)."""
     conn = connect()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import json
 import os
@@ -15,12 +14,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from tests.conftest import DATA, http_ok
+from tests.conftest import DATA, http_ok, issue_client_certificate
 from tests.servers import ServerProcess
-from webhook.admission.certs import issue_serving_certificate
 from webhook.cli import main
 
 pytestmark = pytest.mark.slow
@@ -187,24 +183,7 @@ def test_sigterm_drains_what_was_accepted(start_intake):
 def certs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("consumer-tls") / "certs"
     assert CliRunner().invoke(main, ["certs", "--out", str(out)]).exit_code == 0
-    ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), None)
-    ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
-    cert, key = issue_serving_certificate(
-        ca,
-        ca_key,
-        ("falco",),
-        datetime.datetime.now(datetime.UTC),
-        1,
-        client=True,  # type: ignore[arg-type]
-    )
-    (out / "client.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (out / "client.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    issue_client_certificate(out)
     return out
 
 
