@@ -34,3 +34,13 @@ def test_a_capped_field_marks_the_cut_and_its_size():
     assert capped("x" * 70_000, 256) == "x" * 256 + "...[cut 69744 chars]"
     assert capped("short") == "short"
     assert len(loggable("p" * 70_000)) < 300
+
+
+def test_a_field_of_exactly_the_limit_is_not_cut_and_one_more_is():
+    assert capped("x" * 256) == "x" * 256
+    assert capped("x" * 257) == "x" * 256 + "...[cut 1 chars]"
+
+
+def test_a_loggable_field_keeps_the_limit_it_is_given():
+    assert loggable("p" * 20, limit=8) == "pppppppp...[cut 12 chars]"
+    assert loggable("a\nb" * 100, limit=4) == "a\\nb...[cut 396 chars]", "escaped, then cut"
