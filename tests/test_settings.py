@@ -89,6 +89,19 @@ def test_bad_values_name_the_variable_and_value(env, message):
         ({"WHOEXEC_UI_TOKEN": "t" * 15}, "ui_token must be at least 16 characters"),
         ({"WHOEXEC_MAX_BODY_BYTES": "1024"}, None),
         ({"WHOEXEC_MAX_BODY_BYTES": "1023"}, "max_body_bytes 1023 is below 1024"),
+        ({"WHOEXEC_HEADER_TIMEOUT": "60"}, None),
+        ({"WHOEXEC_HANDSHAKE_TIMEOUT": "1", "WHOEXEC_BODY_TIMEOUT": "0.5"}, None),
+        ({"WHOEXEC_HANDSHAKE_TIMEOUT": "60.5"}, "handshake_timeout 60.5 must be in (0, 60] "),
+        ({"WHOEXEC_WORKER_CONNECTIONS": "10"}, None),
+        ({"WHOEXEC_WORKER_CONNECTIONS": "9"}, "worker_connections 9 is below 10"),
+        ({"WHOEXEC_MAX_CONNECTIONS_PER_PEER": "1"}, None),
+        ({"WHOEXEC_MAX_CONNECTIONS": "10", "WHOEXEC_MAX_CONNECTIONS_PER_PEER": "10"}, None),
+        (
+            {"WHOEXEC_MAX_CONNECTIONS_PER_PEER": "0"},
+            "max_connections_per_peer 0 must be in [1, max_connections ",
+        ),
+        ({"WHOEXEC_UI_SESSION_SECONDS": "60"}, None),
+        ({"WHOEXEC_UI_SESSION_SECONDS": "59"}, "ui_session_seconds 59 is below 60"),
     ],
 )
 def test_each_bound_of_the_settings_holds_at_its_edge(env, message):
@@ -124,6 +137,15 @@ def test_numbers_and_optional_paths_are_read_as_their_types():
     settings = Settings.from_env({"WHOEXEC_HOLD_SECONDS": "2.5", "WHOEXEC_PROCFS": "/host/proc"})
     assert (settings.hold_seconds, settings.procfs) == (2.5, Path("/host/proc"))
     assert Settings.from_env({"WHOEXEC_PROCFS": ""}).procfs is None, "empty is unset"
+
+
+def test_a_changed_copy_of_the_settings_is_checked_like_the_original():
+    settings = Settings.from_env({})
+    changed = settings.replace(workers=3, bind="127.0.0.1:9443")
+    assert (changed.workers, changed.bind) == (3, "127.0.0.1:9443")
+    assert (settings.workers, settings.bind) == (2, "0.0.0.0:8443"), "the original is kept"
+    with pytest.raises(ConfigError, match="workers and threads must be >= 1, got 0/"):
+        settings.replace(workers=0)
 
 
 def test_a_flag_that_is_no_setting_is_a_config_error_naming_it():
