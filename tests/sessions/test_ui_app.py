@@ -16,6 +16,7 @@ from webhook.sessions.report import SESSION_COLUMNS
 from webhook.sessions.store import open_store
 from webhook.sessions.ui.app import CONTENT_SECURITY_POLICY, COOKIE, create_ui_app
 from webhook.settings import Settings, ui_exposure_problem
+from webhook.times import MAX_NS, MIN_NS
 
 from .uistore import ALICE, XSS_COMMAND, XSS_POD, FilledStore, fill_store
 
@@ -207,6 +208,61 @@ def test_findings_link_to_their_audit_event(client, filled):
     assert f'href="/audit/{filled.bob_audit_id}"' in html
     audit = page_text(client.get(f"/audit/{filled.bob_audit_id}"))
     assert "bob@corp.example" in audit and "whoexec did not attribute this exec" in audit
+
+
+EXPECTED_CURSOR = "after: expected <time_ns>:<session id> from the link"
+OUT_OF_RANGE = "after: the time is out of range (1677 to 2262)"
+
+
+@pytest.mark.parametrize(
+    ("after", "error"),
+    [
+        (f"{MIN_NS}:k", None),
+        (f"{MAX_NS}:k", None),
+        ("-5:k", None),
+        ("5:a:b", None),  # the id is everything after the first colon
+        (f"{MIN_NS - 1}:k", OUT_OF_RANGE),
+        (f"{MAX_NS + 1}:k", OUT_OF_RANGE),
+        ("9" * 20 + ":k", EXPECTED_CURSOR),
+        ("5:", EXPECTED_CURSOR),
+        ("abc:k", EXPECTED_CURSOR),
+        ("-:k", EXPECTED_CURSOR),
+        ("\u0665:k", EXPECTED_CURSOR),  # a digit, but not an ASCII one
+    ],
+)
+def test_a_page_cursor_is_read_at_every_edge_of_its_range(client, after, error):
+    response = client.get("/sessions", query_string={"after": after, "format": "json"})
+    if error is None:
+        assert response.status_code == 200, response.get_json()
+    else:
+        assert (response.status_code, response.get_json()) == (400, {"error": error})
+
+
+def test_an_error_page_says_its_status_and_a_csv_export_gets_its_error_as_json(client):
+    html = page_text(client.get("/sessions", query_string={"after": f"{MAX_NS + 1}:k"}))
+    assert "<title>Error 400" in html and "<h1>Error 400</h1>" in html
+    exported = client.get("/sessions", query_string={"after": "5:", "format": "csv"})
+    assert (exported.status_code, exported.get_json()) == (400, {"error": EXPECTED_CURSOR})
+
+
+def test_links_change_only_the_argument_they_name(client, filled):
+    html = page_text(client.get("/sessions", query_string={"since": "30d", "limit": "1"}))
+    older = re.search(r'id="older" href="([^"]+)"', html)
+    assert older is not None
+    assert older.group(1).startswith("/sessions?since=30d&amp;limit=1&amp;after=")
+    cursor = older.group(1).rsplit("after=", 1)[1]
+    second = page_text(client.get(older.group(1).replace("&amp;", "&")))
+    assert '<a href="/sessions?since=30d&amp;limit=1">« Newest</a>' in second
+    assert f'href="/sessions?since=30d&amp;limit=1&amp;after={cursor}&amp;format=json"' in second
+    paged = page_text(client.get(f"/sessions/{filled.alice}", query_string={"alerts_after": "5:k"}))
+    assert f'<a href="/sessions/{filled.alice}">First alerts</a>' in paged, "no argument left"
+
+
+def test_alert_counts_are_shown_by_priority_with_its_colour(client):
+    html = page_text(client.get("/sessions", query_string={"since": "30d"}))
+    assert '<span class="badge p-critical">Critical 1</span>' in html
+    assert '<span class="badge p-notice">Notice 1</span>' in html
+    assert "p-other" not in html, "every priority of the store is a known one"
 
 
 class DownStore:

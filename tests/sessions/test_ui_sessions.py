@@ -85,6 +85,11 @@ def test_a_new_token_ends_the_sessions_signed_in_with_the_old_one(tmp_path):
         "javascript:alert(1)",
         "/no-such-page",
         "/users\x00",
+        "/sessions/a b",  # each of these is a page of this app but for one character
+        "/sessions/a\\b",
+        "/sessions/a\x7fb",
+        "/sessions/a\u200eb",
+        "//sessions",
     ],
 )
 def test_sign_in_sends_a_browser_only_to_a_page_of_this_app(target):
@@ -105,6 +110,8 @@ def test_sign_in_keeps_a_page_of_this_app_with_its_query():
         ("127.0.0.1", True),
         ("127.3.2.1", True),
         ("::1", True),
+        ("::1%lo", True),
+        ("fe80::1%eth0", False),
         ("::ffff:127.0.0.1", True),
         ("localhost", True),
         ("127.0.0.1.example.com", False),

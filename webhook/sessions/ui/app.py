@@ -27,7 +27,6 @@ from webhook.sessions.report import (
     Columns,
     cell,
     csv_text,
-    priority_rank,
     with_utc,
 )
 from webhook.sessions.store.model import ATTRIBUTION_RANK, SessionQuery, Store
@@ -63,7 +62,6 @@ def create_ui_app(store: Store, auth_token: str = "", signed_in: UiSessions | No
     app.jinja_env.globals.update(
         utc=format_utc,
         priority_class=priority_class,
-        priority_rank=priority_rank,
         cell=cell,
         PRIORITIES=PRIORITIES,
     )
@@ -87,11 +85,10 @@ def create_ui_app(store: Store, auth_token: str = "", signed_in: UiSessions | No
             char.isspace() or not char.isprintable() or char == "\\" for char in target
         ):
             return "/"
-        parts = urlsplit(target)
-        if parts.scheme or parts.netloc or target.startswith("//"):
+        if target.startswith("//"):  # another host, in the scheme of this page
             return "/"
-        try:
-            app.url_map.bind("localhost").match(parts.path, method="GET")
+        try:  # as GET, bind's default method
+            app.url_map.bind("localhost").match(urlsplit(target).path)
         except HTTPException:  # no such page (or a redirect to another)
             return "/"
         return target
