@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from webhook.attribution.falco import check_alert, process_facts, token_pattern
 from webhook.attribution.lineage import Attributor, ProcessTable, TokenVerifier
-from webhook.attribution.procfs import ProcFS
+from webhook.attribution.procfs import START_TOLERANCE_NS, ProcFS
 from webhook.identity import Identity, sign_identity
 
 PROC = Path("/proc")
@@ -306,3 +307,148 @@ def test_a_living_ancestor_at_another_start_than_the_table_knows_is_a_reused_pid
 def spawn_root(spawn, token: str) -> int:
     """``env VAR=<token> sh`` whose shell runs a shell that sleeps; the root's pid."""
     return spawn("env", f"WHOEXEC_IDENTITY={token}", "sh", "-c", 'sh -c "sleep 30; true"; true').pid
+
+
+# --- a /proc written by the test: exact start times, gaps, reused pids and loops ---------
+
+BOOT_S = 1_795_000_000
+TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+class FakeProc:
+    """A procfs mount with the processes a test writes into it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pids: list[int] = []
+        root.mkdir()
+        (root / "stat").write_text(f"cpu  1 2 3\nbtime {BOOT_S}\n")
+
+    def add(self, pid: int, ppid: int, ticks: int, token: str | None = None) -> int:
+        """A process started ``ticks`` after boot; its start in ns."""
+        (self.root / str(pid)).mkdir()
+        self.pids.append(pid)
+        rest = " ".join(["S", str(ppid)] + ["0"] * 17 + [str(ticks)] + ["0"] * 10)
+        (self.root / str(pid) / "stat").write_text(f"{pid} (sh) {rest}\n")
+        env = b"PATH=/bin\0" + (f"WHOEXEC_IDENTITY={token}\0".encode() if token else b"")
+        (self.root / str(pid) / "environ").write_bytes(env)
+        return BOOT_S * 10**9 + ticks * TICK_NS
+
+
+@pytest.fixture
+def fake(tmp_path) -> FakeProc:
+    return FakeProc(tmp_path / "proc")
+
+
+def facts_of(pid: int, start_ns: int | None, *ancestors: int):
+    """The facts of an alert from ``pid`` whose proc.apid[N] are ``ancestors``."""
+    alert = alert_of_an_exited_child(pid, start_ns or time.time_ns(), *ancestors)
+    facts = process_facts(alert, "WHOEXEC_IDENTITY", token_pattern("WHOEXEC_IDENTITY"))
+    return dataclasses.replace(facts, start_ts=start_ns)
+
+
+def learnt(fake: FakeProc, facts, table=None) -> list[int]:
+    table = ProcessTable() if table is None else table
+    count = ProcFS(fake.root).learn(facts, table)
+    pids = sorted(pid for pid in fake.pids if table.get(("node-a", pid)) is not None)
+    assert count == len(pids)
+    return pids
+
+
+def test_the_alerting_process_is_believed_up_to_the_start_tolerance_and_no_further(fake):
+    start = fake.add(400, 300, 5_000)
+    assert learnt(fake, facts_of(400, start + START_TOLERANCE_NS)) == [400]
+    assert learnt(fake, facts_of(400, start - START_TOLERANCE_NS)) == [400]
+    assert learnt(fake, facts_of(400, start + START_TOLERANCE_NS + 1)) == []
+
+
+def test_an_exited_command_whose_parent_is_gone_too_is_attributed_through_the_next_one_up(
+    fake,
+):
+    root = fake.add(300, 1, 1_000, "v1.tok")
+    assert learnt(fake, facts_of(500, root + 10**9, 400, 300)) == [300]
+
+
+def test_an_ancestor_whose_pid_was_reused_is_passed_over_for_the_next_one_up(fake):
+    command_start = BOOT_S * 10**9 + 2_000 * TICK_NS
+    fake.add(400, 300, 9_000)  # started after the command: not its parent
+    fake.add(300, 1, 1_000, "v1.tok")
+    assert learnt(fake, facts_of(500, command_start, 400, 300)) == [300]
+
+
+def test_an_ancestor_that_started_up_to_the_tolerance_after_the_command_is_believed(fake):
+    parent = fake.add(400, 1, 2_000)
+    assert learnt(fake, facts_of(500, parent - START_TOLERANCE_NS, 400)) == [400]
+    assert learnt(fake, facts_of(500, parent - START_TOLERANCE_NS - 1, 400)) == []
+
+
+def test_an_ancestor_is_believed_at_the_start_the_table_knows_up_to_the_tolerance(fake):
+    from webhook.attribution.lineage import ProcessRecord
+
+    parent = fake.add(400, 1, 2_000)
+    for known, believed in (
+        (parent, [400]),
+        (parent + START_TOLERANCE_NS, [400]),
+        (parent - START_TOLERANCE_NS - 1, []),
+    ):
+        table = ProcessTable()
+        table.put(("node-a", 400), ProcessRecord(None, known, None))
+        count = ProcFS(fake.root).learn(facts_of(500, parent + 10**9, 400), table)
+        assert (count == 1) == bool(believed), known
+
+
+def test_the_walk_stops_below_pid_1_and_never_learns_it(fake):
+    init = fake.add(1, 0, 0)
+    start = fake.add(400, 1, 2_000)
+    fake.add(450, 400, 2_100)
+    assert learnt(fake, facts_of(450, None, 400, 1)) == [400, 450]
+    assert learnt(fake, facts_of(999, start + 10**9, 1)) == [], "only pid 1 is left"
+    assert learnt(fake, facts_of(1, init)) == [], "an alert of the node's init itself"
+
+
+def test_a_chain_deeper_than_64_is_learnt_64_deep(fake):
+    for pid in range(100, 170):
+        fake.add(pid, pid - 1 if pid > 100 else 1, 1_000)
+    assert learnt(fake, facts_of(169, None)) == list(range(106, 170))
+
+
+def test_a_parent_loop_from_reused_pids_is_learnt_once(fake):
+    fake.add(400, 401, 1_000)
+    fake.add(401, 400, 1_000)
+    assert learnt(fake, facts_of(400, None)) == [400, 401]
+
+
+def test_what_the_table_knew_of_a_process_is_kept_and_its_parent_learnt(fake):
+    from webhook.attribution.lineage import ProcessRecord
+
+    start = fake.add(400, 300, 2_000)
+    fake.add(300, 1, 1_000)
+    table = ProcessTable()
+    table.put(("node-a", 400), ProcessRecord(None, start - 5, "c0ffee", "v1.from-falco"))
+    learnt(fake, facts_of(400, start), table)
+    record = table.get(("node-a", 400))
+    assert (record.ppid, record.start_ts, record.container_id, record.token) == (
+        300,
+        start - 5,
+        "c0ffee",
+        "v1.from-falco",
+    )
+
+
+def test_the_process_under_one_without_the_token_is_where_the_token_entered(fake):
+    # env WHOEXEC_IDENTITY=... sh (the root, under a runtime shim without it), then a
+    # child that dropped the variable (env -u), then the alerting grandchild
+    fake.add(200, 1, 500)
+    fake.add(300, 200, 1_000, "v1.tok")
+    fake.add(400, 300, 1_100)
+    fake.add(450, 400, 1_200)
+    table = ProcessTable()
+    assert ProcFS(fake.root).learn(facts_of(450, None), table) == 4
+    entries = {pid: table.get(("node-a", pid)).entry for pid in fake.pids}
+    assert entries == {200: False, 300: True, 400: False, 450: False}
+
+
+def test_a_procfs_without_the_boot_time_is_refused_naming_its_stat(tmp_path):
+    (tmp_path / "stat").write_text("cpu  1 2 3\n")
+    with pytest.raises(OSError, match=f"^{tmp_path / 'stat'} has no btime line$"):
+        ProcFS(tmp_path)

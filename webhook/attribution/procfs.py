@@ -46,7 +46,6 @@ class ProcFS:
         if not match:
             raise OSError(f"{root / 'stat'} has no btime line")
         self._boot_ns = int(match.group(1)) * 1_000_000_000
-        self.reads = 0
 
     def read(self, pid: int) -> ProcInfo | None:
         """One process's parent, start time and identity token; None if it is gone."""
@@ -56,7 +55,6 @@ class ProcFS:
             environ = (base / "environ").read_bytes()
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             return None
-        self.reads += 1
         # the command name (field 2) is in parentheses and may contain spaces or ')'
         rest = stat[stat.rindex(b")") + 2 :].split()
         ppid = int(rest[1])
