@@ -625,6 +625,83 @@ def test_api_without_a_store_says_so(tmp_path):
     assert "--db" in reply.get_json()["error"]
 
 
+@pytest.mark.parametrize("peer", ["10.0.0.5", "192.168.1.7", "::ffff:10.1.2.3", "fe80::1"])
+def test_without_a_token_file_the_audit_webhook_and_the_api_answer_loopback_only(peer):
+    from webhook.attribution.app import create_consumer_app
+
+    client = create_consumer_app().test_client()
+    for method, path in (("POST", "/k8s-audit"), ("GET", "/api/sessions"), ("GET", "/api/users")):
+        remote = client.open(path, method=method, environ_base={"REMOTE_ADDR": peer})
+        assert remote.status_code == 403
+        assert "--api-token-file" in remote.get_json()["error"]
+        local = client.open(path, method=method, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        assert local.status_code == 404, "loopback passes (and finds no store here)"
+    probe = client.get("/readyz", environ_base={"REMOTE_ADDR": peer})
+    assert probe.status_code == 200, "the kubelet's probes ask for nothing"
+
+
+API_TOKEN = "consumer-api-token-0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (None, 401),
+        (f"Basic {API_TOKEN}", 401),
+        (API_TOKEN, 401),
+        ("Bearer nope", 401),
+        (f"Bearer {API_TOKEN}x", 401),
+        (f"Bearer  {API_TOKEN}", 401),
+        (f"bearer {API_TOKEN}", 401),
+        (f"Bearer {API_TOKEN}", 404),  # in (and finds no store here)
+    ],
+)
+def test_with_a_token_file_the_audit_webhook_and_the_api_take_only_the_bearer_token(
+    tmp_path, authorization, status
+):
+    from webhook.attribution.apitoken import TokenFile
+    from webhook.attribution.app import create_consumer_app
+
+    (tmp_path / "api-token").write_text(API_TOKEN + "\n")
+    client = create_consumer_app(api_token=TokenFile(tmp_path / "api-token")).test_client()
+    headers = {"Authorization": authorization} if authorization else {}
+    for method, path in (("POST", "/k8s-audit"), ("GET", "/api/sessions"), ("GET", "/api/users")):
+        # loopback is no way around the token once there is one
+        reply = client.open(
+            path, method=method, headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"}
+        )
+        assert reply.status_code == status, (path, reply.get_json())
+        if status == 401:
+            assert reply.get_json() == {"error": "send Authorization: Bearer <the API token>"}
+            assert reply.headers["WWW-Authenticate"] == 'Bearer realm="whoexec"'
+    assert client.get("/readyz", environ_base={"REMOTE_ADDR": "10.0.0.5"}).status_code == 200
+
+
+def test_a_rotated_token_file_is_read_again_and_a_missing_one_refuses_saying_why(tmp_path):
+    from webhook.attribution.apitoken import TokenFile
+    from webhook.attribution.app import create_consumer_app
+
+    path = tmp_path / "api-token"
+    path.write_text(API_TOKEN)
+    client = create_consumer_app(api_token=TokenFile(path)).test_client()
+    old = {"Authorization": f"Bearer {API_TOKEN}"}
+    assert client.get("/api/sessions", headers=old).status_code == 404
+    path.write_text("the-rotated-token-0123456789abcdef\n")
+    assert client.get("/api/sessions", headers=old).status_code == 401
+    new = {"Authorization": "Bearer the-rotated-token-0123456789abcdef"}
+    assert client.get("/api/sessions", headers=new).status_code == 404
+    for gone in ("", None):  # an empty Secret, then none: nobody is let in, and why
+        if gone is None:
+            path.unlink()
+        else:
+            path.write_text(gone)
+        reply = client.get("/api/sessions", headers={"Authorization": "Bearer "})
+        assert (reply.status_code, reply.get_json()) == (
+            503,
+            {"error": f"the API token file {path} is missing or empty"},
+        )
+
+
 def test_alerts_left_in_an_older_version_s_sqlite_inbox_are_moved_not_lost(tmp_path):
     from webhook.attribution.app import move_sqlite_inbox
     from webhook.attribution.spool import Spool

@@ -221,7 +221,7 @@ def test_with_a_token_file_the_audit_webhook_and_the_api_ask_for_it(tmp_path, ke
             assert status == 401 and sent["WWW-Authenticate"].startswith("Bearer")
             assert consumer.request("GET", "/api/sessions", headers=headers)[0] == 401
         right = {"Authorization": f"Bearer {API_TOKEN}"}
-        status, _, body = consumer.request("GET", f"/api/sessions/{sid}", headers=right)
+        status = consumer.request("GET", f"/api/sessions/{sid}", headers=right)[0]
         assert status == 404, "the forged EventList created nothing"
         assert consumer.request("GET", "/api/sessions", headers=right)[0] == 200
         # POST /falco and the probes are Falco's and the kubelet's: no token
@@ -230,28 +230,6 @@ def test_with_a_token_file_the_audit_webhook_and_the_api_ask_for_it(tmp_path, ke
         assert (
             consumer.request("POST", "/falco", json.dumps(root).encode(), FALCO_HEADERS)[0] == 200
         )
-        # a rotated Secret is read again: the old token is refused, the new one taken
-        token_file.write_text("the-rotated-token-0123456789abcdef\n")
-        assert consumer.request("GET", "/api/sessions", headers=right)[0] == 401
-        rotated = {"Authorization": "Bearer the-rotated-token-0123456789abcdef"}
-        assert consumer.request("GET", "/api/sessions", headers=rotated)[0] == 200
-        token_file.unlink()  # a Secret that went away: refused, and said why
-        status, _, body = consumer.request("GET", "/api/sessions", headers=rotated)
-        assert status == 503 and b"missing or empty" in body
+        # each answer, a rotation and a missing file: test_consumer.py, in process
     finally:
         consumer.server.stop()
-
-
-@pytest.mark.parametrize("peer", ["10.0.0.5", "192.168.1.7", "::ffff:10.1.2.3", "fe80::1"])
-def test_without_a_token_file_the_audit_webhook_and_the_api_answer_loopback_only(peer):
-    from webhook.attribution.app import create_consumer_app
-
-    client = create_consumer_app().test_client()
-    for method, path in (("POST", "/k8s-audit"), ("GET", "/api/sessions"), ("GET", "/api/users")):
-        remote = client.open(path, method=method, environ_base={"REMOTE_ADDR": peer})
-        assert remote.status_code == 403
-        assert "--api-token-file" in remote.get_json()["error"]
-        local = client.open(path, method=method, environ_base={"REMOTE_ADDR": "127.0.0.1"})
-        assert local.status_code == 404, "loopback passes (and finds no store here)"
-    probe = client.get("/readyz", environ_base={"REMOTE_ADDR": peer})
-    assert probe.status_code == 200, "the kubelet's probes ask for nothing"
