@@ -691,3 +691,156 @@ def test_an_inbox_that_cannot_take_the_body_refuses_it_whole_with_503(inbox, rea
     assert (status, answer["accepted"]) == (503, 0)
     assert answer["error"].startswith(says)
     assert _metric("whoexec_consumer_intake_refused_total", reason) == before + 1
+
+
+# --- the caps and deadlines of #21, in process (the hostile suite runs them against
+# `whoexec consume` as started; these pin each number, answer, log line and metric) ------
+
+
+def _refused(cap: str) -> float:
+    from prometheus_client import REGISTRY
+
+    name = "whoexec_consumer_intake_connections_refused_total"
+    return REGISTRY.get_sample_value(name, {"cap": cap}) or 0.0
+
+
+def _closed(reason: str) -> float:
+    return _metric("whoexec_consumer_intake_connections_closed_total", reason)
+
+
+def served(conn: http.client.HTTPConnection) -> int:
+    conn.request("GET", "/healthz")
+    reply = conn.getresponse()
+    reply.read()
+    return reply.status
+
+
+CONNECTIONS_FULL = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+
+
+def test_a_peer_past_its_cap_is_refused_aloud_and_served_again_once_one_closes(start, caplog):
+    # the refusal is written before a byte is read: the refused client sends nothing here,
+    # or its bytes could meet the closed socket and reset the connection before it reads
+    intake = start(max_connections_per_peer=2)
+    before = _refused("per_peer")
+    first, second = intake.connection(), intake.connection()
+    try:
+        assert (served(first), served(second)) == (201, 201)
+        answer = intake.raw(b"")
+        assert answer.startswith(CONNECTIONS_FULL), answer[:80]
+        assert answer.endswith(b'{"error":"too many open connections; retry later"}')
+        assert _refused("per_peer") == before + 1
+        assert (
+            "intake: connection_cap_per_peer: connection from 127.0.0.1 refused: per peer cap "
+            "of 2 open connections reached" in caplog.messages
+        )
+        first.close()
+        wait_until(lambda: intake.server.per_peer == {"127.0.0.1": 1}, "the close seen")
+        for _ in range(3):  # its slot is free, and each one closed frees its own again
+            again = intake.connection()
+            assert served(again) == 201
+            again.close()
+            wait_until(lambda: intake.server.per_peer == {"127.0.0.1": 1}, "the close seen")
+    finally:
+        first.close()
+        second.close()
+    wait_until(lambda: intake.server.per_peer == {} and not intake.server.slots, "all released")
+
+
+def test_at_the_global_cap_with_no_connection_idle_a_new_one_is_refused_aloud(start, caplog):
+    intake = start(max_connections=2, max_connections_per_peer=2, body_timeout=30)
+    before = _refused("global")
+    under_way = []
+    for source in ("127.0.0.2", "127.0.0.3"):  # a body still arriving never gives way
+        sock = socket.create_connection(
+            ("127.0.0.1", intake.port), timeout=10, source_address=(source, 0)
+        )
+        sock.sendall(b"POST /falco HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        under_way.append(sock)
+    try:
+        wait_until(lambda: len(intake.server.slots) == 2)
+        answer = intake.raw(b"")  # answered at once, before a byte is read
+    finally:
+        for sock in under_way:
+            sock.close()
+    assert answer.startswith(CONNECTIONS_FULL), answer[:80]
+    assert _refused("global") == before + 1
+    assert (
+        "intake: connection_cap_global: connection from 127.0.0.1 refused: global cap of 2 "
+        "open connections reached" in caplog.messages
+    )
+
+
+def wait_until(condition, what: str = "the condition") -> None:
+    import time
+
+    for _ in range(200):
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{what} never held")
+
+
+TIMED_OUT = b'{"error":"the request did not arrive in time"}'
+
+
+@pytest.mark.parametrize(
+    ("sent", "reason"),
+    [
+        (b"POST /falco HTTP/1.1\r\nHost: x\r\n", "header_timeout"),
+        (b"POST /falco HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{", "body_timeout"),
+    ],
+)
+def test_a_request_that_stalls_is_told_408_and_closed_and_counted_by_its_phase(start, sent, reason):
+    intake = start(header_timeout=0.2, body_timeout=0.2)
+    before = _closed(reason)
+    answer = intake.raw(sent)
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer[:80]
+    assert answer.endswith(TIMED_OUT)
+    assert _closed(reason) == before + 1
+    wait_until(lambda: not intake.server.slots, "the slot released")
+
+
+def test_an_idle_connection_past_the_keepalive_is_closed_without_an_answer(start):
+    intake = start(keepalive=0.2, header_timeout=5)
+    before = _closed("keepalive")
+    answer = intake.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 201 ") and TIMED_OUT not in answer
+    assert _closed("keepalive") == before + 1
+
+
+@pytest.fixture
+def tls_certs(tmp_path) -> Path:
+    from click.testing import CliRunner
+
+    from webhook.cli import main
+
+    certs = tmp_path / "certs"
+    assert CliRunner().invoke(main, ["certs", "--out", str(certs)]).exit_code == 0
+    return certs
+
+
+def test_falco_posts_over_tls_and_a_stalled_handshake_gives_its_slot_back(start, tls_certs):
+    from webhook.tls import ReloadingContext
+
+    tls = ReloadingContext(tls_certs / "tls.crt", tls_certs / "tls.key").current
+    intake = start(tls=tls, handshake_timeout=0.3, max_connections_per_peer=1)
+    client = ssl.create_default_context(cafile=str(tls_certs / "ca.crt"))
+    before = _closed("handshake_timeout")
+    with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as stalled:
+        stalled.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello, cut
+        assert stalled.recv(65536) == b"", "closed at the handshake deadline"
+    assert _closed("handshake_timeout") == before + 1
+    wait_until(lambda: not intake.server.slots, "the stalled one's slot released")
+    with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as garbage:
+        garbage.sendall(b"GET / HTTP/1.1\r\n\r\n")  # plain HTTP to a TLS port
+        garbage.recv(65536)
+    wait_until(lambda: not intake.server.slots, "the failed one's slot released")
+    conn = intake.connection(client)
+    try:
+        conn.request("POST", "/falco", body=LINES[0], headers=FALCO_HEADERS)
+        reply = conn.getresponse()
+        assert (reply.status, json.loads(reply.read())["accepted"]) == (200, 1)
+    finally:
+        conn.close()
+    assert intake.inbox() == [LINES[0]]
