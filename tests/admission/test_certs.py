@@ -160,6 +160,26 @@ def test_rotation_without_keys_names_the_missing_file(tmp_path):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        (["--days", "30"], "--days would change nothing: leave it out"),
+        (["--service", "x", "--force"], "--service, --force would change nothing: leave them out"),
+        (["--namespace", "whoexec"], "--namespace would"),  # even its default, said aloud
+    ],
+)
+def test_rotation_refuses_options_it_would_ignore_and_changes_nothing(tmp_path, given, named):
+    run_certs(tmp_path)
+    out = tmp_path / "certs"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    result = run_certs(tmp_path, "--rotate-identity", *given)
+
+    assert result.exit_code == 2
+    assert named in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_the_webhook_recognises_its_rewrites_under_the_current_and_the_previous_key(tmp_path):
     run_certs(tmp_path)
     out = tmp_path / "certs"

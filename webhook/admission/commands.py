@@ -47,6 +47,19 @@ def certs(
     if rotate_identity:
         from webhook.admission.certs import rotate_identity as rotate
 
+        context = click.get_current_context()
+        ignored = [
+            f"--{name}"
+            for name in ("service", "namespace", "days", "force")
+            if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if ignored:
+            them = "it" if len(ignored) == 1 else "them"
+            raise click.UsageError(
+                "--rotate-identity replaces only the identity key pair in --out; "
+                f"{', '.join(ignored)} would change nothing: leave {them} out"
+            )
+
         done = rotate(out)
         click.echo(f"identity key rotated in {out}: new key id {done.current}", err=True)
         click.echo(f"still trusted (identity.previous.pub): {done.previous}", err=True)
