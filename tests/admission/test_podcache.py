@@ -5,12 +5,19 @@ tests/e2e/test_manifests_and_cache.py."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
 
 from tests.fake_apiserver import FakeApiserver, make_pod
 from webhook.admission.podcache import PodCache, api_client
+
+
+def _relists(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("whoexec_pod_cache_relists_total", {"reason": reason}) or 0.0
 
 
 @pytest.fixture
@@ -36,7 +43,11 @@ def cache(apiserver) -> Iterator[PodCache]:
     pods.stop()
 
 
-def test_a_compaction_while_disconnected_answers_410_and_the_cache_relists(cache, apiserver):
+def test_a_compaction_while_disconnected_answers_410_and_the_cache_relists(
+    cache, apiserver, caplog
+):
+    caplog.set_level(logging.INFO, "whoexec.podcache")
+    gone, error = _relists("gone"), _relists("error")
     version = apiserver.watches[-1]
     apiserver.before_next_watch(lambda: apiserver.add(make_pod("shop", "missed", "uid-m", 0)))
     apiserver.before_next_watch(apiserver.compact)
@@ -49,6 +60,9 @@ def test_a_compaction_while_disconnected_answers_410_and_the_cache_relists(cache
     apiserver.wait_for(lambda: ("shop", "missed") in cache._pods, what="the relisted pod")
     apiserver.wait_for(lambda: len(apiserver.watches) == 3, what="the new watch")
     assert apiserver.watches[2] == str(apiserver.rv), "watching again from the new list"
+    # at once, counted and said as an expiry, not as a failure with a back-off
+    assert (_relists("gone"), _relists("error")) == (gone + 1, error)
+    assert "pod watch expired (410 Gone): relisting" in caplog.messages
 
 
 def test_a_watch_that_ends_resumes_from_its_version_and_misses_nothing(cache, apiserver):
@@ -433,3 +447,46 @@ def test_each_look_up_is_counted_by_how_it_was_answered(cache, apiserver):
         "not-found": 1,
         "timeout": 1,
     }
+
+
+def test_a_pod_that_opts_out_while_watched_is_seen_opted_out(cache, apiserver):
+    assert cache._pods[("shop", "web-0")].opted_out is False
+    changed = make_pod("shop", "web-0", "uid-web-0", 0, annotations={"whoexec.io/inject": "false"})
+    apiserver.add(changed)  # MODIFIED: the same pod, annotated
+    apiserver.wait_for(lambda: cache._pods[("shop", "web-0")].opted_out, what="the MODIFIED event")
+    assert apiserver.lists == 1, "from the watch, not a relist"
+
+
+def test_an_outage_is_retried_after_a_delay_that_doubles_up_to_the_cap(apiserver, caplog):
+    cache = PodCache(api_client(apiserver.url, 1.0), watch_timeout=30, backoff=(0.1, 0.4))
+    cache.start()
+    try:
+        assert cache.synced.wait(10), "the cache never synced"
+        apiserver.wait_for(lambda: apiserver.open_watches == 1, what="the cache's watch")
+        error = _relists("error")
+        apiserver.down = True
+        apiserver.end_watches()
+        apiserver.wait_for(lambda: apiserver.refused >= 5, what="retries during the outage")
+    finally:
+        cache.stop()
+    delays = [
+        m.rsplit(" ", 1)[1] for m in caplog.messages if m.startswith("pod list/watch failed (")
+    ]
+    assert delays[:4] == ["0.1s", "0.2s", "0.4s", "0.4s"]
+    assert _relists("error") >= error + 4
+    assert all("failed (http-503)" in m for m in caplog.messages if "list/watch failed" in m)
+
+
+def test_a_relist_reads_every_page_and_keeps_at_most_max_pods(apiserver, monkeypatch):
+    import webhook.admission.podcache as podcache
+
+    monkeypatch.setattr(podcache, "LIST_PAGE", 2)
+    for n in range(3):
+        apiserver.add(make_pod("shop", f"batch-{n}", f"uid-batch-{n}", 0))
+    for max_pods, kept in ((5, 5), (4, 4)):
+        cache = PodCache(api_client(apiserver.url, 1.0), max_pods=max_pods, watch_timeout=30)
+        lists = apiserver.lists
+        version = cache.relist()
+        assert apiserver.lists - lists == 3, "five pods in pages of two"
+        assert version == str(apiserver.rv)
+        assert len(cache) == kept
