@@ -622,7 +622,42 @@ def test_api_without_a_store_says_so(tmp_path):
     client = create_consumer_app().test_client()
     reply = client.get("/api/sessions")
     assert reply.status_code == 404
-    assert "--db" in reply.get_json()["error"]
+    assert reply.get_json() == {"error": "no session store: start the consumer with --db"}
+
+
+def test_api_reads_the_last_day_of_sessions_and_the_last_week_of_users_by_default(api):
+    api.post("/k8s-audit", data=(DATA / "audit" / "eventlist.json").read_bytes())
+    # the EventList is of 2026-11-22: older than a day, and than a week, from today
+    assert api.get("/api/sessions").get_json() == []
+    assert api.get("/api/users").get_json() == []
+    assert api.get("/api/findings").get_json() == []
+    assert api.get("/api/sessions?since=2020-01-01T00:00:00Z").get_json() != []
+
+
+@pytest.mark.parametrize("path", ["/api/sessions", "/api/users", "/api/findings"])
+def test_api_names_the_argument_of_a_bad_time(api, path):
+    reply = api.get(f"{path}?until=soon")
+    assert reply.status_code == 400
+    assert reply.get_json() == {
+        "error": "until: 'soon' is neither a duration (30m, 24h, 7d, 2w) nor an RFC 3339 "
+        "time (2026-11-22T10:00:00Z)"
+    }
+
+
+def test_an_audit_body_over_the_limit_is_refused_before_it_is_read(tmp_path, store_url):
+    from webhook.attribution.app import create_consumer_app
+    from webhook.sessions.store import open_store
+
+    store = open_store(store_url)
+    try:
+        client = create_consumer_app(store=store, max_body_bytes=1024).test_client()
+        body = (DATA / "audit" / "eventlist.json").read_bytes()
+        assert len(body) > 1024
+        reply = client.post("/k8s-audit", data=body, content_type="application/json")
+        assert reply.status_code == 413
+        assert client.get("/api/sessions?since=2020-01-01T00:00:00Z").get_json() == []
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("peer", ["10.0.0.5", "192.168.1.7", "::ffff:10.1.2.3", "fe80::1"])

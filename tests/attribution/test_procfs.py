@@ -330,7 +330,7 @@ class FakeProc:
         self.pids.append(pid)
         rest = " ".join(["S", str(ppid)] + ["0"] * 17 + [str(ticks)] + ["0"] * 10)
         (self.root / str(pid) / "stat").write_text(f"{pid} (sh) {rest}\n")
-        env = b"PATH=/bin\0" + (f"WHOEXEC_IDENTITY={token}\0".encode() if token else b"")
+        env = b"PATH=/bin\0" + (b"WHOEXEC_IDENTITY=%s\0" % token.encode() if token else b"")
         (self.root / str(pid) / "environ").write_bytes(env)
         return BOOT_S * 10**9 + ticks * TICK_NS
 
@@ -452,3 +452,14 @@ def test_a_procfs_without_the_boot_time_is_refused_naming_its_stat(tmp_path):
     (tmp_path / "stat").write_text("cpu  1 2 3\n")
     with pytest.raises(OSError, match=f"^{tmp_path / 'stat'} has no btime line$"):
         ProcFS(tmp_path)
+
+
+def test_a_token_that_is_not_utf_8_is_read_replaced_and_the_walk_goes_on(fake):
+    # anyone can put any bytes in their own environment: they must not stop the walk
+    fake.add(300, 1, 1_000, "v1.tok")
+    fake.add(400, 300, 1_100)
+    (fake.root / "400" / "environ").write_bytes(b"WHOEXEC_IDENTITY=v1.\xff\xfe\0")
+    table = ProcessTable()
+    assert ProcFS(fake.root).learn(facts_of(400, None), table) == 2
+    assert table.get(("node-a", 400)).token == "v1.\ufffd\ufffd"
+    assert table.get(("node-a", 300)).token == "v1.tok"
