@@ -737,6 +737,24 @@ def test_a_rotated_token_file_is_read_again_and_a_missing_one_refuses_saying_why
         )
 
 
+def test_an_unreadable_token_file_lets_nobody_in_and_is_logged_once_per_change(
+    tmp_path, caplog
+):
+    from webhook.attribution.apitoken import TokenFile
+
+    path = tmp_path / "api-token"
+    path.write_bytes(b"\xff\xfe not text")
+    token = TokenFile(path)
+    assert (token.current(), token.current()) == ("", "")
+    assert not token.matches("")
+    assert [m for m in caplog.messages if "API token file" in m] == [
+        f"cannot read the API token file {path}: 'utf-8' codec can't decode byte 0xff in "
+        "position 0: invalid start byte"
+    ], "once, until the file changes"
+    path.write_text(API_TOKEN)
+    assert token.matches(API_TOKEN)
+
+
 def test_alerts_left_in_an_older_version_s_sqlite_inbox_are_moved_not_lost(tmp_path):
     from webhook.attribution.app import move_sqlite_inbox
     from webhook.attribution.spool import Spool

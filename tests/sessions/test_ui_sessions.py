@@ -124,3 +124,32 @@ def test_sign_in_keeps_a_page_of_this_app_with_its_query():
 )
 def test_loopback_is_an_address_parsed_not_a_prefix(host, loopback):
     assert is_loopback(host) == loopback
+
+
+def test_a_session_ends_at_the_second_it_expires_and_its_id_carries_256_random_bits(tmp_path):
+    import hashlib
+    import hmac
+
+    from webhook.sessions.ui.sessions import token_fingerprint
+
+    clock = Clock()
+    sessions = UiSessions(tmp_path / "ui-sessions.db", TOKEN, 3600, clock)
+    session_id = sessions.create()
+    assert len(session_id) == 43, "32 random bytes, base64url without padding"
+    clock.now += 3600 - 0.001
+    assert sessions.valid(session_id)
+    clock.now += 0.001
+    assert not sessions.valid(session_id), "not at the second it expires"
+    expected = hmac.new(TOKEN.encode(), b"whoexec-ui-session", hashlib.sha256).hexdigest()
+    assert token_fingerprint(TOKEN) == expected
+
+
+def test_sessions_kept_in_process_are_shared_by_the_server_s_threads():
+    import threading
+
+    sessions = UiSessions(None, TOKEN, 3600)
+    made: list[str] = []
+    thread = threading.Thread(target=lambda: made.append(sessions.create()))
+    thread.start()
+    thread.join()
+    assert sessions.valid(made[0]), "signed in on one request thread, seen on another"
