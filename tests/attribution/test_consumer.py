@@ -737,9 +737,7 @@ def test_a_rotated_token_file_is_read_again_and_a_missing_one_refuses_saying_why
         )
 
 
-def test_an_unreadable_token_file_lets_nobody_in_and_is_logged_once_per_change(
-    tmp_path, caplog
-):
+def test_an_unreadable_token_file_lets_nobody_in_and_is_logged_once_per_change(tmp_path, caplog):
     from webhook.attribution.apitoken import TokenFile
 
     path = tmp_path / "api-token"
