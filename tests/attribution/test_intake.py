@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import DATA
+from tests.hostile_servers import eventually
 from webhook.attribution.inbox import InboxLogReader, InboxWriter
 from webhook.attribution.intake import (
     FalcoEndpoint,
@@ -478,14 +479,24 @@ def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive(start):
     assert answer.startswith(b"HTTP/1.1 201 ")
 
 
-def test_tls_takes_a_rotated_certificate_for_new_connections(start, tmp_path):
+@pytest.fixture
+def tls_certs(tmp_path) -> Path:
+    from click.testing import CliRunner
+
+    from webhook.cli import main
+
+    certs = tmp_path / "certs"
+    assert CliRunner().invoke(main, ["certs", "--out", str(certs)]).exit_code == 0
+    return certs
+
+
+def test_tls_takes_a_rotated_certificate_for_new_connections(start, tls_certs):
     from click.testing import CliRunner
 
     from webhook.cli import main
     from webhook.tls import ReloadingContext
 
-    certs = tmp_path / "certs"
-    assert CliRunner().invoke(main, ["certs", "--out", str(certs)]).exit_code == 0
+    certs = tls_certs
     intake = start(tls=ReloadingContext(certs / "tls.crt", certs / "tls.key").current)
 
     def served_certificate() -> bytes:
@@ -619,10 +630,10 @@ class MemoryInbox:
         self.lines.extend(bodies)
 
 
-def _metric(name: str, reason: str) -> float:
+def _metric(name: str, reason: str, label: str = "reason") -> float:
     from prometheus_client import REGISTRY
 
-    return REGISTRY.get_sample_value(name, {"reason": reason}) or 0.0
+    return REGISTRY.get_sample_value(name, {label: reason}) or 0.0
 
 
 @pytest.mark.parametrize("body", [b"", b"\n", b"  \n\t\n"])
@@ -698,10 +709,7 @@ def test_an_inbox_that_cannot_take_the_body_refuses_it_whole_with_503(inbox, rea
 
 
 def _refused(cap: str) -> float:
-    from prometheus_client import REGISTRY
-
-    name = "whoexec_consumer_intake_connections_refused_total"
-    return REGISTRY.get_sample_value(name, {"cap": cap}) or 0.0
+    return _metric("whoexec_consumer_intake_connections_refused_total", cap, label="cap")
 
 
 def _closed(reason: str) -> float:
@@ -735,16 +743,16 @@ def test_a_peer_past_its_cap_is_refused_aloud_and_served_again_once_one_closes(s
             "of 2 open connections reached" in caplog.messages
         )
         first.close()
-        wait_until(lambda: intake.server.per_peer == {"127.0.0.1": 1}, "the close seen")
+        eventually(lambda: intake.server.per_peer == {"127.0.0.1": 1}, "the close seen")
         for _ in range(3):  # its slot is free, and each one closed frees its own again
             again = intake.connection()
             assert served(again) == 201
             again.close()
-            wait_until(lambda: intake.server.per_peer == {"127.0.0.1": 1}, "the close seen")
+            eventually(lambda: intake.server.per_peer == {"127.0.0.1": 1}, "the close seen")
     finally:
         first.close()
         second.close()
-    wait_until(lambda: intake.server.per_peer == {} and not intake.server.slots, "all released")
+    eventually(lambda: intake.server.per_peer == {} and not intake.server.slots, "all released")
 
 
 def test_at_the_global_cap_with_no_connection_idle_a_new_one_is_refused_aloud(start, caplog):
@@ -758,7 +766,7 @@ def test_at_the_global_cap_with_no_connection_idle_a_new_one_is_refused_aloud(st
         sock.sendall(b"POST /falco HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         under_way.append(sock)
     try:
-        wait_until(lambda: len(intake.server.slots) == 2)
+        eventually(lambda: len(intake.server.slots) == 2, "both connections taken")
         answer = intake.raw(b"")  # answered at once, before a byte is read
     finally:
         for sock in under_way:
@@ -769,16 +777,6 @@ def test_at_the_global_cap_with_no_connection_idle_a_new_one_is_refused_aloud(st
         "intake: connection_cap_global: connection from 127.0.0.1 refused: global cap of 2 "
         "open connections reached" in caplog.messages
     )
-
-
-def wait_until(condition, what: str = "the condition") -> None:
-    import time
-
-    for _ in range(200):
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{what} never held")
 
 
 TIMED_OUT = b'{"error":"the request did not arrive in time"}'
@@ -798,7 +796,7 @@ def test_a_request_that_stalls_is_told_408_and_closed_and_counted_by_its_phase(s
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer[:80]
     assert answer.endswith(TIMED_OUT)
     assert _closed(reason) == before + 1
-    wait_until(lambda: not intake.server.slots, "the slot released")
+    eventually(lambda: not intake.server.slots, "the slot released")
 
 
 def test_an_idle_connection_past_the_keepalive_is_closed_without_an_answer(start):
@@ -807,17 +805,6 @@ def test_an_idle_connection_past_the_keepalive_is_closed_without_an_answer(start
     answer = intake.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 201 ") and TIMED_OUT not in answer
     assert _closed("keepalive") == before + 1
-
-
-@pytest.fixture
-def tls_certs(tmp_path) -> Path:
-    from click.testing import CliRunner
-
-    from webhook.cli import main
-
-    certs = tmp_path / "certs"
-    assert CliRunner().invoke(main, ["certs", "--out", str(certs)]).exit_code == 0
-    return certs
 
 
 def test_falco_posts_over_tls_and_a_stalled_handshake_gives_its_slot_back(start, tls_certs):
@@ -831,11 +818,11 @@ def test_falco_posts_over_tls_and_a_stalled_handshake_gives_its_slot_back(start,
         stalled.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello, cut
         assert stalled.recv(65536) == b"", "closed at the handshake deadline"
     assert _closed("handshake_timeout") == before + 1
-    wait_until(lambda: not intake.server.slots, "the stalled one's slot released")
+    eventually(lambda: not intake.server.slots, "the stalled one's slot released")
     with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as garbage:
         garbage.sendall(b"GET / HTTP/1.1\r\n\r\n")  # plain HTTP to a TLS port
         garbage.recv(65536)
-    wait_until(lambda: not intake.server.slots, "the failed one's slot released")
+    eventually(lambda: not intake.server.slots, "the failed one's slot released")
     conn = intake.connection(client)
     try:
         conn.request("POST", "/falco", body=LINES[0], headers=FALCO_HEADERS)
