@@ -64,7 +64,8 @@ def test_a_survivor_is_explained_only_by_a_rule_that_holds(removed, added, why):
 
 def test_timeouts_are_caught_and_other_statuses_are_not_explained():
     assert mutation.classify("timeout", [], []) == "timeout"
-    assert mutation.classify("no tests", ["a"], ["b"]) == "unexplained"
+    assert mutation.classify("no tests", ["a"], ["b"]) == "no tests"
+    assert mutation.classify("suspicious", ["a"], ["b"]) == "unexplained"
     assert mutation.classify("survived", ["a", "b"], ["a"]) == "unexplained"
 
 
@@ -260,3 +261,127 @@ def test_every_hand_written_mutant_applies_once_and_names_tests_that_exist():
             path, _, name = test.partition("::")
             assert f"\ndef {name}(" in (root / path).read_text(), test
     assert len({(m.file, m.original, m.replacement) for m in mutants}) == len(mutants)
+
+
+# --- mutants of code that runs only in whoexec's own processes ----------------------------
+
+SERVE = "webhook.attribution.app.x_serve_consumer"
+WORKER = "webhook.admission.gworker"
+
+
+def process_target(*functions: str, tests: tuple[str, ...] = ("tests/t.py",)):
+    return mutation.ProcessTarget(functions, tests, "a process of ours")
+
+
+def test_a_process_mutant_is_switched_on_in_the_servers_the_tests_start_and_judged_by_them(
+    tmp_path,
+):
+    import subprocess
+
+    targets = [
+        process_target(f"{SERVE}__mutmut_*", tests=("tests/a.py",)),
+        process_target(f"{WORKER}.*", tests=("tests/b.py", "tests/c.py")),
+    ]
+    seen: list[tuple[str, tuple[str, ...]]] = []
+
+    def run(command, cwd, env, **kwargs):
+        assert cwd == tmp_path, "mutmut's copy"
+        assert env["PYTHONPATH"].split(":")[0] == str(tmp_path), "its package first"
+        tests = tuple(command[command.index("not e2e") + 1 :])
+        seen.append((env["MUTANT_UNDER_TEST"], tests))
+        code = {f"{SERVE}__mutmut_1": 1, f"{WORKER}.xǁ_Connectionǁrecv__mutmut_2": 2}
+        return subprocess.CompletedProcess(command, code.get(env["MUTANT_UNDER_TEST"], 0), "", "")
+
+    rows = mutation.run_process_mutants(
+        [f"{SERVE}__mutmut_1", f"{SERVE}__mutmut_2", f"{WORKER}.xǁ_Connectionǁrecv__mutmut_2",
+         "webhook.attribution.app.x_build_consumer__mutmut_1"],
+        targets, tmp_path, run=run, workers=1,
+    )  # fmt: skip
+    assert {name: row["status"] for name, row in rows.items()} == {
+        f"{SERVE}__mutmut_1": "killed",
+        f"{SERVE}__mutmut_2": "survived",
+        f"{WORKER}.xǁ_Connectionǁrecv__mutmut_2": "error",  # no verdict: never a kill
+    }, "a mutant no target covers is not run"
+    baselines = sorted(s for s in seen if s[0] == "")
+    assert baselines == [("", ("tests/a.py",)), ("", ("tests/b.py", "tests/c.py"))]
+    assert (f"{WORKER}.xǁ_Connectionǁrecv__mutmut_2", ("tests/b.py", "tests/c.py")) in seen
+
+
+def test_process_mutants_are_not_judged_by_tests_that_fail_with_no_mutant(tmp_path):
+    import subprocess
+
+    def run(command, env, **kwargs):
+        return subprocess.CompletedProcess(command, 1, "1 failed", "")
+
+    with pytest.raises(RuntimeError, match="do not pass with no mutant"):
+        mutation.run_process_mutants(
+            [f"{SERVE}__mutmut_1"], [process_target(f"{SERVE}__*")], tmp_path, run=run
+        )
+
+
+def test_a_kill_in_a_process_counts_in_the_module_s_score(monkeypatch, tmp_path):
+    monkeypatch.setattr(
+        mutation,
+        "results",
+        lambda: [
+            (f"{SERVE}__mutmut_1", "killed"),
+            (f"{SERVE}__mutmut_2", "no tests"),
+            (f"{SERVE}__mutmut_3", "no tests"),
+            (f"{SERVE}__mutmut_4", "survived"),
+        ],
+    )
+    monkeypatch.setattr(mutation, "changed_lines", lambda name: (["a = 1"], ["a = 2"]))
+    monkeypatch.setattr(mutation, "load_equivalents", lambda: [])
+    found = tmp_path / "process.json"
+    found.write_text(json.dumps({f"{SERVE}__mutmut_2": "killed", f"{SERVE}__mutmut_4": "survived"}))
+    monkeypatch.setattr(mutation, "PROCESS_RESULTS", found)
+    monkeypatch.setattr(mutation, "load_process_results", lambda: json.loads(found.read_text()))
+    row = mutation.mutmut_report([], 2, report_only=True)["modules"]["webhook.attribution.app"]
+    assert (row["killed"], row["killed_in_a_process"], row["mutants"], row["score"]) == (
+        2, 1, 4, 0.5,
+    )  # fmt: skip
+    assert row["left_because"] == {"no tests": 1, "unexplained": 1}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"functions": []}, " needs its functions, its tests and the process"),
+        ({"tests": []}, " needs its functions, its tests and the process"),
+        ({"process": " "}, " needs its functions, its tests and the process"),
+        ({"by": "me"}, " needs exactly functions, process, tests"),
+    ],
+    ids=["no-functions", "no-tests", "no-process", "unknown-key"],
+)
+def test_a_process_target_without_its_tests_or_process_is_refused(tmp_path, change, message):
+    good = {"functions": ["m.*"], "tests": ["t.py"], "process": "ours"}
+    path = tmp_path / "process.json"
+    path.write_text(json.dumps([good, {**good, **change}]))
+    with pytest.raises(ValueError, match=re.escape(f"process.json[1]{message}")):
+        mutation.load_process_targets(path)
+
+
+def test_every_process_target_names_functions_that_exist_and_tests_that_start_a_server():
+    import importlib
+
+    root = Path(__file__).parent.parent
+    targets = mutation.load_process_targets()
+    assert targets, "gunicorn's worker, the consumer's supervisor and the intake's loop"
+    for target in targets:
+        for pattern in target.functions:
+            # webhook.attribution.app.x_serve_consumer__mutmut_* -> serve_consumer in app
+            head = pattern.split("__mutmut_")[0]
+            module_name, _, function = head.rpartition(".")
+            if function == "*":
+                assert importlib.import_module(module_name), pattern
+                continue
+            module = importlib.import_module(module_name)
+            if function.startswith("xǁ"):
+                cls, method = function.split("ǁ")[1:]
+                assert hasattr(getattr(module, cls), method), pattern
+            else:
+                assert hasattr(module, function.removeprefix("x_")), pattern
+        for test in target.tests:
+            text = (root / test).read_text()
+            starts = ("subprocess", "ServerProcess", "tests.hostile_servers", "os.fork()")
+            assert any(way in text for way in starts), test

@@ -22,6 +22,15 @@ after mutmut's run (``--hand-only``: instead of it), each on a temporary copy of
 tree, never on the tree itself, and reports each as killed, survived, or stale (its
 snippet is no longer in the file, or is there more than once). ``--hand-suite`` runs the
 whole unit suite against each instead of the tests the entry names.
+
+Code that runs only in whoexec's own processes (gunicorn's worker, the consumer's
+supervisor and pipeline process, the intake's event loop) is reached by no in-process
+test, and mutmut reports its mutants as "no tests". ``--process`` runs each of those, and
+each survivor of the same functions, against the tests that start those processes
+(``tools/process-tests.json``: the functions, the tests, the process they run in). The
+mutant is switched on in the test's environment (``MUTANT_UNDER_TEST``), which the
+servers the tests start inherit, with mutmut's copy of the package first on their path;
+a kill there counts in the module's score as "killed in a process".
 """
 
 from __future__ import annotations
@@ -46,6 +55,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MUTMUT = [sys.executable, "-m", "mutmut"]
 EQUIVALENTS = ROOT / "tools" / "mutation-equivalents.json"
 HAND_MUTANTS = ROOT / "tools" / "hand-mutants.json"
+PROCESS_TESTS = ROOT / "tools" / "process-tests.json"
+MUTANTS = ROOT / "mutants"
+#: what --process found, kept with mutmut's state (removed with it after a change)
+PROCESS_RESULTS = MUTANTS / "whoexec-process-results.json"
 
 
 def results() -> list[tuple[str, str]]:
@@ -162,6 +175,8 @@ def classify(
     """Why a mutant that was not killed is left, where a rule can tell; else "unexplained".
 
     - timeout: the mutant makes the suite hang; CI's time limit catches that.
+    - no tests: no test mutmut ran reaches it (code that runs only in whoexec's own
+      processes: see ``--process``).
     - equivalent: a person reviewed it (``reviewed``, from tools/mutation-equivalents.json)
       and wrote down why no input can tell it from the original.
     - case: only the letter case of an SQL statement or a codec name changed.
@@ -172,8 +187,8 @@ def classify(
       always there by then (reviews and alerts are checked and normalised first); a rule
       cannot prove that, so these are listed apart, not claimed equivalent one by one.
     """
-    if status == "timeout":
-        return "timeout"
+    if status in ("timeout", "no tests"):
+        return status
     if status == "survived" and reviewed is not None:
         return "equivalent"
     if status != "survived" or len(removed) != len(added) or not removed:
@@ -335,6 +350,136 @@ def run_hand_mutants(
     return results
 
 
+# --- mutants of code that runs only in whoexec's own processes ---------------------------
+
+
+@dataclass(frozen=True)
+class ProcessTarget:
+    """Functions that run only in a process of whoexec's own, and the tests that start it."""
+
+    functions: tuple[str, ...]  # patterns of mutmut's names: webhook.admission.gworker.*
+    tests: tuple[str, ...]  # test files or node ids, run in mutmut's copy
+    process: str  # the process they run in, and how the tests reach it
+
+    def covers(self, mutant: str) -> bool:
+        return any(fnmatch.fnmatchcase(mutant, pattern) for pattern in self.functions)
+
+
+_PROCESS_KEYS = {"functions", "tests", "process"}
+
+
+def load_process_targets(path: Path = PROCESS_TESTS) -> list[ProcessTarget]:
+    """The reviewed list; an entry without its functions, tests or process is refused."""
+    loaded = []
+    for index, entry in enumerate(json.loads(path.read_text())):
+        where = f"{path.name}[{index}]"
+        if set(entry) != _PROCESS_KEYS:
+            raise ValueError(f"{where} needs exactly {', '.join(sorted(_PROCESS_KEYS))}")
+        if not entry["functions"] or not entry["tests"] or not entry["process"].strip():
+            raise ValueError(f"{where} needs its functions, its tests and the process")
+        loaded.append(
+            ProcessTarget(tuple(entry["functions"]), tuple(entry["tests"]), entry["process"])
+        )
+    return loaded
+
+
+def load_process_results(path: Path = PROCESS_RESULTS) -> dict[str, str]:
+    """What ``--process`` found, by mutant name; nothing before its first run."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return {}
+
+
+def _pytest_with_mutant(
+    mutants: Path, name: str, tests: Sequence[str], run: Run, timeout: float
+) -> tuple[str, str]:
+    """``tests`` run in mutmut's copy with mutant ``name`` switched on ("" for none), in
+    this process and in every server the tests start (they inherit the environment)."""
+    command = [
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x",
+        "-m", "not e2e", *tests,
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "MUTANT_UNDER_TEST": name,
+        # `python -m webhook.cli` in a test's server imports mutmut's copy, not the tree
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(mutants), os.environ.get("PYTHONPATH")])),
+        "WHOEXEC_HYPOTHESIS_PROFILE": "mutation",
+    }
+    try:
+        done = run(command, cwd=mutants, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", f"no answer in {timeout:.0f} s"
+    said = "\n".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+    return {0: "passed", 1: "failed"}.get(done.returncode, "error"), said
+
+
+def run_process_mutants(
+    candidates: Sequence[str],
+    targets: Sequence[ProcessTarget],
+    mutants: Path = MUTANTS,
+    *,
+    run: Run = subprocess.run,
+    workers: int = 2,
+    timeout: float = 600.0,
+    progress: Callable[[str], None] = lambda line: None,
+) -> dict[str, dict[str, Any]]:
+    """Each of ``candidates`` (mutmut's names) that a target covers, run against that
+    target's tests in mutmut's copy at ``mutants``: killed, survived, timeout or error (no
+    verdict). Each target's tests are first run with no mutant on: a test that fails
+    there would make every mutant look killed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chosen = [
+        (name, target)
+        for name in candidates
+        if (target := next((t for t in targets if t.covers(name)), None)) is not None
+    ]
+    for target in {t for _, t in chosen}:
+        outcome, said = _pytest_with_mutant(mutants, "", target.tests, run, timeout)
+        if outcome != "passed":
+            raise RuntimeError(
+                f"the tests of {target.process!r} do not pass with no mutant ({outcome}):\n{said}"
+            )
+        progress(f"baseline: {', '.join(target.tests)} pass with no mutant")
+
+    def one(item: tuple[str, ProcessTarget]) -> tuple[str, dict[str, Any]]:
+        name, target = item
+        started = time.monotonic()
+        outcome, said = _pytest_with_mutant(mutants, name, target.tests, run, timeout)
+        status = {"failed": "killed", "passed": "survived"}.get(outcome, outcome)
+        row = {"status": status, "seconds": round(time.monotonic() - started)}
+        if status not in ("killed", "survived"):
+            row["detail"] = said
+        progress(f"{status:9} {name} ({row['seconds']} s)")
+        return name, row
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(pool.map(one, chosen))
+
+
+def process_mutants(names: Sequence[str]) -> None:
+    """``--process``: the mutants of mutmut's last run (of ``names``) that no in-process
+    test killed, run against their process's tests; what was found is kept in
+    ``PROCESS_RESULTS`` and not run again."""
+    found = load_process_results()
+    candidates = [
+        name
+        for name, status in results()
+        if status in ("no tests", "survived")
+        and name not in found
+        and (not names or any(fnmatch.fnmatchcase(name, pattern) for pattern in names))
+    ]
+
+    def keep(line: str) -> None:
+        print(line, flush=True)
+
+    rows = run_process_mutants(candidates, load_process_targets(), progress=keep)
+    found.update({name: row["status"] for name, row in rows.items()})
+    PROCESS_RESULTS.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+
+
 def mutmut_report(names: list[str], max_children: int, report_only: bool) -> dict[str, Any]:
     """Run mutmut (unless ``report_only``) and sort what it left: the report's modules."""
     equivalents = load_equivalents()
@@ -360,13 +505,16 @@ def mutmut_report(names: list[str], max_children: int, report_only: bool) -> dic
     explained: dict[str, dict[str, str]] = defaultdict(dict)
     used: set[Equivalent] = set()
     functions: set[str] = set()  # those whose mutants were looked at
+    in_process = load_process_results()
     for name, status in results():
         module = module_of(name)
         if names and not any(fnmatch.fnmatchcase(name, pattern) for pattern in names):
             continue
+        if status != "killed" and in_process.get(name) == "killed":
+            status = "killed in a process"
         by_module[module][status] += 1
         functions.add(function_of(name))
-        if status != "killed":
+        if status not in ("killed", "killed in a process"):
             removed, added = changed_lines(name)
             reviewed = next((e for e in equivalents if e.matches(name, removed, added)), None)
             why = classify(status, removed, added, reviewed)
@@ -380,10 +528,19 @@ def mutmut_report(names: list[str], max_children: int, report_only: bool) -> dic
         "modules": {
             module: {
                 "mutants": sum(counts.values()),
-                "killed": counts["killed"],
+                "killed": counts["killed"] + counts["killed in a process"],
+                "killed_in_a_process": counts["killed in a process"],
                 "survived": counts["survived"],
-                "other": {k: v for k, v in counts.items() if k not in ("killed", "survived")},
-                "score": round(counts["killed"] / max(1, sum(counts.values())), 3),
+                "other": {
+                    k: v
+                    for k, v in counts.items()
+                    if k not in ("killed", "survived", "killed in a process")
+                },
+                "score": round(
+                    (counts["killed"] + counts["killed in a process"])
+                    / max(1, sum(counts.values())),
+                    3,
+                ),
                 "left_because": dict(sorted(reasons[module].items())),
                 "survivors": sorted(survivors[module]),
                 "equivalent": dict(sorted(explained[module].items())),
@@ -420,6 +577,9 @@ def print_mutmut(report: dict[str, Any]) -> None:
         f"{'total':32} {total['killed']:5}/{total['mutants']:<5} killed  score "
         f"{total['score']:.1%}  ({report['seconds'] / 60:.0f} min)"
     )
+    in_a_process = sum(m["killed_in_a_process"] for m in report["modules"].values())
+    if "process_seconds" in report or in_a_process:
+        print(f"  of which killed in a process (--process): {in_a_process}")
     for entry in report["stale_equivalents"]:
         print(f"stale entry in {EQUIVALENTS.name} (no survivor matches it): {entry}")
 
@@ -444,6 +604,11 @@ def main() -> None:
         "--hand-only", action="store_true", help=f"only the mutants of {HAND_MUTANTS.name}"
     )
     parser.add_argument(
+        "--process",
+        action="store_true",
+        help=f"then run the mutants no in-process test reaches against {PROCESS_TESTS.name}",
+    )
+    parser.add_argument(
         "--hand-suite",
         action="store_true",
         help="run the whole unit suite against each hand-written mutant, not its tests",
@@ -454,6 +619,16 @@ def main() -> None:
         # a module runs all its mutants; a pattern or a mutant's own name, those it names
         names = [arg if "*" in arg or "__mutmut_" in arg else f"{arg}.*" for arg in args.modules]
         report = mutmut_report(names, args.max_children, args.report_only)
+        if args.process:
+            seconds = report["seconds"]
+            started = time.monotonic()
+            try:
+                process_mutants(names)
+            except RuntimeError as exc:
+                sys.exit(str(exc))
+            report = mutmut_report(names, args.max_children, report_only=True)
+            report["seconds"] = seconds
+            report["process_seconds"] = round(time.monotonic() - started)
         print_mutmut(report)
     if args.hand or args.hand_only:
         started = time.monotonic()

@@ -230,6 +230,61 @@ def test_follow_waits_for_a_file_that_does_not_exist_yet(tmp_path):
         follow.stop()
 
 
+def start_following(log: Path, state_dir: Path, output: Path) -> subprocess.Popen[bytes]:
+    """`whoexec consume --input LOG --follow` as an operator starts it, its alerts to
+    ``output``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
+    with output.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "webhook.cli", "consume", "--input", str(log), "--follow",
+             "--identity-pub", PUB, "--hold", "0", "--state-dir", str(state_dir)],
+            stdout=out, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+
+
+def saved_offset(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text())["offset"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def rules_in(output: Path) -> list[str]:
+    return [json.loads(line)["rule"] for line in output.read_bytes().splitlines()]
+
+
+@pytest.mark.slow
+def test_whoexec_consume_follow_passes_on_what_is_appended_and_a_restart_resumes_there(
+    tmp_path,
+):
+    import signal
+
+    log, state = tmp_path / "events.json", tmp_path / "state"
+    append(log, rule_lines("before", 2))
+    first = start_following(log, state, tmp_path / "first.jsonl")
+    try:
+        wait_until(lambda: len(rules_in(tmp_path / "first.jsonl")) == 2, seconds=30)
+        append(log, rule_lines("appended", 1))
+        wait_until(lambda: len(rules_in(tmp_path / "first.jsonl")) == 3, seconds=30)
+        # the offset is kept under --state-dir, named after the file, once passed on
+        wait_until(lambda: saved_offset(state / "events.json.offset") == log.stat().st_size)
+    finally:
+        first.send_signal(signal.SIGINT)  # Ctrl-C: the consumer is closed, the exit clean
+        _, stderr = first.communicate(timeout=30)
+    assert first.returncode == 0, stderr.decode()
+    assert rules_in(tmp_path / "first.jsonl") == ["before 0", "before 1", "appended 0"]
+
+    append(log, rule_lines("while-down", 2))
+    second = start_following(log, state, tmp_path / "second.jsonl")
+    try:
+        wait_until(lambda: len(rules_in(tmp_path / "second.jsonl")) >= 2, seconds=30)
+    finally:
+        second.send_signal(signal.SIGINT)
+        _, stderr = second.communicate(timeout=30)
+    assert second.returncode == 0, stderr.decode()
+    assert rules_in(tmp_path / "second.jsonl") == ["while-down 0", "while-down 1"]
+
+
 # --- forwarding ---------------------------------------------------------------------------
 
 
