@@ -459,7 +459,7 @@ def run_process_mutants(
         return dict(pool.map(one, chosen))
 
 
-def process_mutants(names: Sequence[str]) -> None:
+def process_mutants(names: Sequence[str], workers: int) -> None:
     """``--process``: the mutants of mutmut's last run (of ``names``) that no in-process
     test killed, run against their process's tests; what was found is kept in
     ``PROCESS_RESULTS`` and not run again."""
@@ -475,7 +475,7 @@ def process_mutants(names: Sequence[str]) -> None:
     def keep(line: str) -> None:
         print(line, flush=True)
 
-    rows = run_process_mutants(candidates, load_process_targets(), progress=keep)
+    rows = run_process_mutants(candidates, load_process_targets(), workers=workers, progress=keep)
     found.update({name: row["status"] for name, row in rows.items()})
     PROCESS_RESULTS.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
 
@@ -591,7 +591,9 @@ def main() -> None:
         nargs="*",
         help="only these modules (webhook.attribution.lineage) or name patterns",
     )
-    parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument(
+        "--max-children", type=int, default=2, help="mutants run at once (mutmut's and --process)"
+    )
     parser.add_argument("--report", type=Path, default=None, help="also write the report here")
     parser.add_argument(
         "--report-only", action="store_true", help="report on the last run, without running"
@@ -623,7 +625,7 @@ def main() -> None:
             seconds = report["seconds"]
             started = time.monotonic()
             try:
-                process_mutants(names)
+                process_mutants(names, args.max_children)
             except RuntimeError as exc:
                 sys.exit(str(exc))
             report = mutmut_report(names, args.max_children, report_only=True)
