@@ -490,3 +490,101 @@ def test_a_relist_reads_every_page_and_keeps_at_most_max_pods(apiserver, monkeyp
         assert apiserver.lists - lists == 3, "five pods in pages of two"
         assert version == str(apiserver.rv)
         assert len(cache) == kept
+
+
+# --- what the watch's events do to the cache, event by event ----------------------------
+
+
+def unconnected_cache(max_pods: int = 200_000) -> PodCache:
+    """A cache whose events the test hands it: nothing is ever asked of an apiserver."""
+    return PodCache(api_client("http://127.0.0.1:9", 0.1), max_pods=max_pods)
+
+
+def event(kind: str, name: str, version: str | None = None) -> dict:
+    pod = make_pod("shop", name, f"uid-{name}", 0)
+    if version is None:
+        del pod["metadata"]["resourceVersion"]
+    else:
+        pod["metadata"]["resourceVersion"] = version
+    return {"type": kind, "object": pod}
+
+
+def _cached() -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("whoexec_pod_cache_pods")
+
+
+def test_an_event_without_a_resource_version_leaves_the_version_a_watch_resumes_from():
+    cache = unconnected_cache()
+    assert cache._apply(event("ADDED", "web-0", "42"), "41") == "42"
+    assert cache._apply(event("MODIFIED", "web-0"), "42") == "42"
+    assert cache._apply({"type": "BOOKMARK", "object": {"metadata": {}}}, "43") == "43"
+
+
+def test_a_pod_just_modified_is_kept_over_one_the_cache_has_not_heard_of_since():
+    cache = unconnected_cache(max_pods=2)
+    for kind, name in (("ADDED", "a"), ("ADDED", "b"), ("MODIFIED", "a"), ("ADDED", "c")):
+        cache._apply(event(kind, name, "1"), "1")
+    assert sorted(name for _, name in cache._pods) == ["a", "c"]
+
+
+def test_deleting_a_pod_the_cache_never_held_changes_nothing_and_the_gauge_follows():
+    cache = unconnected_cache()
+    cache._apply(event("ADDED", "a", "1"), "1")
+    cache._apply(event("ADDED", "b", "2"), "2")
+    assert _cached() == 2
+    assert cache._apply(event("DELETED", "never-seen", "3"), "2") == "3"
+    assert len(cache) == 2
+    cache._apply(event("DELETED", "a", "4"), "3")
+    assert (sorted(name for _, name in cache._pods), _cached()) == (["b"], 1)
+
+
+def test_a_410_in_the_watch_means_relist_and_any_other_error_event_says_why(caplog):
+    from webhook.admission.podcache import WatchExpired, WatchFailed
+
+    cache = unconnected_cache()
+    with pytest.raises(WatchExpired):
+        cache._apply({"type": "ERROR", "object": {"code": 410, "message": "too old"}}, "1")
+    hostile = "quota\x1b[2J" + "x" * 300
+    with pytest.raises(WatchFailed) as failed:
+        cache._apply({"type": "ERROR", "object": {"code": 500, "message": hostile}}, "1")
+    assert str(failed.value) == f"an ERROR event, code 500: {hostile[:200]}"
+
+    # the cache's loop logs the apiserver's words, escaped and capped, and relists
+    watches = []
+
+    def watch_once(version: str) -> str:
+        watches.append(version)
+        if len(watches) == 1:
+            raise failed.value
+        cache._stop.set()
+        return version
+
+    cache.backoff = (0.01, 0.01)
+    cache.relist = lambda: "1"  # type: ignore[method-assign]
+    cache.watch = watch_once  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="whoexec.podcache"):
+        cache.run()
+    (said,) = [m for m in caplog.messages if m.startswith("pod list/watch failed")]
+    assert said.startswith("pod list/watch failed (watch-error: an ERROR event, code 500: quota")
+    assert "\x1b" not in said and len(said) < 400
+
+
+def test_a_failed_look_up_is_logged_with_the_pod_and_why_and_a_pod_not_found_is_not(
+    cache, apiserver, caplog
+):
+    with caplog.at_level(logging.WARNING, logger="whoexec.podcache"):
+        assert cache.lookup("shop", "nobody")[1] == "not-found"
+        assert not [m for m in caplog.messages if m.startswith("pod look-up")]
+        apiserver.hang_gets = 60.0
+        assert cache.lookup("shop\x1b", "slow-0")[1] == "timeout"
+    assert [m for m in caplog.messages if m.startswith("pod look-up")] == [
+        "pod look-up shop\\x1b/slow-0: timeout"
+    ]
+
+
+def test_a_cache_stopped_before_it_started_stops_quietly():
+    cache = unconnected_cache()
+    cache.stop()  # a worker that exits before its cache thread started
+    assert cache._thread is None and cache._stop.is_set()

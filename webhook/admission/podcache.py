@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -66,7 +64,6 @@ class PodCache:
         lookup_timeout: float = 0.5,
         watch_timeout: int = 300,
         backoff: tuple[float, float] = (0.5, 30.0),
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from kubernetes import client
 
@@ -75,10 +72,8 @@ class PodCache:
         self.lookup_timeout = lookup_timeout
         self.watch_timeout = watch_timeout
         self.backoff = backoff
-        self.clock = clock
         self.synced = threading.Event()
         self.relists = 0
-        self.watches = 0  # watch requests made: a resumed watch counts, a relist does not
         self._pods: dict[PodKey, PodFacts] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -187,7 +182,6 @@ class PodCache:
             _request_timeout=(5, self.watch_timeout + 30),
         )
         self._response = reply
-        self.watches += 1
         buffer = b""
         try:
             if self._stop.is_set():  # stop() ran while the request was on its way
@@ -210,8 +204,8 @@ class PodCache:
         if kind == "ERROR":
             code = obj.get("code")
             if code == 410:
-                raise WatchExpired(str(obj.get("message", "too old resource version")))
-            raise WatchFailed(f"watch ERROR event: {code} {str(obj.get('message', ''))[:200]}")
+                raise WatchExpired
+            raise WatchFailed(f"an ERROR event, code {code}: {str(obj.get('message', ''))[:200]}")
         version = (obj.get("metadata") or {}).get("resourceVersion")
         if kind in ("ADDED", "MODIFIED"):
             self._put(obj)
@@ -237,7 +231,9 @@ class PodCache:
                     log.info("pod watch expired (410 Gone): relisting")
                     version = None
                     continue
-                log.warning("pod list/watch failed (%s): relisting in %.1fs", reason, delay)
+                # the apiserver's own words for an ERROR event: why the watch failed
+                said = f": {loggable(str(exc))}" if isinstance(exc, WatchFailed) else ""
+                log.warning("pod list/watch failed (%s%s): relisting in %.1fs", reason, said, delay)
                 version = None
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
