@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from tests.conftest import DATA
 from tests.servers import closed_port
-from webhook.attribution.falco import parse_alert
+from webhook.attribution.falco import WHOEXEC_TAG, parse_alert
 from webhook.attribution.inbox import InboxLogReader, InboxWriter
 from webhook.attribution.lineage import Attributor, TokenVerifier
 from webhook.attribution.pipeline import ForwardSink, InboxReader, MemorySink, Pipeline
@@ -823,6 +823,26 @@ def test_alerts_left_in_an_older_version_s_sqlite_inbox_are_moved_not_lost(tmp_p
     assert move_sqlite_inbox(tmp_path / "inbox.db", writer) == 0
 
 
+def test_an_older_sqlite_inbox_left_by_a_kill_is_moved_whole_with_what_its_wal_held(tmp_path):
+    import shutil
+
+    from webhook.attribution.app import move_sqlite_inbox
+    from webhook.attribution.spool import Spool
+
+    lines = [b'{"n": %d}' % n for n in range(10_005)]  # more than one batch of 10,000
+    live = Spool(tmp_path / "live.db")
+    live.put_many(lines)
+    # what `kill -9` leaves: the database with its -wal and -shm, never checkpointed
+    (tmp_path / "old").mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        shutil.copy(tmp_path / f"live.db{suffix}", tmp_path / "old" / f"inbox.db{suffix}")
+    live.close()
+    writer = InboxWriter(tmp_path / "inbox")
+    assert move_sqlite_inbox(tmp_path / "old" / "inbox.db", writer) == 10_005
+    assert left_in(tmp_path / "inbox") == lines, "in order, none lost, none twice"
+    assert list((tmp_path / "old").iterdir()) == [], "the database and its -wal and -shm"
+
+
 def test_the_consumer_s_metrics_live_in_its_state_dir_and_start_clean(tmp_path, monkeypatch):
     from webhook.serving import prepare_metrics_dir
 
@@ -978,3 +998,137 @@ def test_closing_hands_out_what_is_held_and_its_lines_are_done():
     pipeline.close()
     assert [a["rule"] for a in sink.alerts] == ["held 0", "held 1"]
     assert done == ["one", "two"]
+
+
+# --- a consumer built from its settings: each setting reaches what it is for ---------------
+
+
+def built(tmp_path: Path, signer, **values) -> tuple:
+    """A consumer built as `whoexec consume` builds it, trusting ``signer``, with
+    ``values`` for its settings; and a sink of what it passes on."""
+    from cryptography.hazmat.primitives import serialization
+
+    from webhook.attribution.app import build_consumer
+    from webhook.settings import Settings
+
+    pub = tmp_path / "identity.pub"
+    pub.write_bytes(
+        signer.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    settings = Settings(identity_pub=(pub,), state_dir=tmp_path / "state", hold_seconds=0, **values)
+    sink = MemorySink()
+    consumer = build_consumer(settings, stdout=None, input_name="wired", extra_sinks=[sink])
+    return consumer, sink
+
+
+def test_forwarded_alerts_wait_in_the_state_dir_spool_of_the_size_set_then_are_delivered(
+    tmp_path, signer
+):
+    downstream = Downstream()  # refuses connections until started
+    try:
+        values = {"forward_url": f"http://127.0.0.1:{downstream.port}/", "forward_spool_items": 2}
+        consumer, _ = built(tmp_path, signer, **values)
+        consumer.pipeline.feed(rule_lines("while-down", 3), where="test")
+        consumer.close()
+        from webhook.attribution.spool import Spool
+
+        spool = Spool(tmp_path / "state" / "forward-spool.db")
+        kept = [json.loads(body)["rule"] for _, body in spool.peek(10)]
+        spool.close()
+        assert kept == ["while-down 1", "while-down 2"], "the oldest gave way"
+
+        downstream.start()
+        consumer, _ = built(tmp_path, signer, **values)
+        wait_until(lambda: len(downstream.bodies) == 2)
+        consumer.close()
+        assert sorted(body["rule"] for body in downstream.bodies) == kept  # sent 8 at once
+    finally:
+        downstream.stop()
+
+
+def test_alerts_are_counted_under_the_input_they_came_from(tmp_path, signer):
+    from prometheus_client import REGISTRY
+
+    def read() -> float:
+        sample = REGISTRY.get_sample_value("whoexec_consumer_alerts_in_total", {"input": "wired"})
+        return sample or 0.0
+
+    before = read()
+    consumer, _ = built(tmp_path, signer)
+    consumer.pipeline.feed(rule_lines("counted", 2), where="test")
+    consumer.close()
+    assert read() - before == 2
+
+
+def test_a_consumer_with_its_own_identity_variable_attributes_and_stores_under_that_name(
+    tmp_path, signer
+):
+    import orjson
+
+    from tests.attribution.test_lineage import make_token, root_alert
+    from webhook.sessions.store import open_store
+
+    token, _ = make_token(signer)
+    db = f"sqlite:///{tmp_path}/whoexec.db"
+    consumer, sink = built(tmp_path, signer, identity_variable="MYCO_ID", db=db)
+    root = root_alert(
+        40, token, **{"proc.args": f"MYCO_ID={token} sh", "proc.cmdline": f"env MYCO_ID={token} sh"}
+    )
+    root["tags"] = [WHOEXEC_TAG]  # whoexec's own session-root rule
+    child = root_alert(41, "", **{"proc.args": "cat /etc/shadow", "proc.apid[1]": 40})
+    consumer.pipeline.feed([orjson.dumps(root), orjson.dumps(child)], where="test")
+    consumer.close()
+    (alert,) = [a for a in sink.alerts if a["output_fields"]["proc.pid"] == 41]
+    assert alert["output_fields"]["whoexec.attribution"] == "verified"
+    store = open_store(db)
+    try:
+        stored = store.session("s-1")  # make_token's
+    finally:
+        store.close()
+    assert stored is not None and stored["command"] == ["sh"]
+    args = {p["pid"]: p["args"] for p in stored["processes"]}
+    assert args[40] == f"env MYCO_ID={token[:19]}... sh", "the stored token is cut to its kid"
+
+
+def test_a_fact_the_store_refuses_is_a_dead_letter_of_the_consumer_that_read_it(
+    tmp_path, signer, monkeypatch
+):
+    import orjson
+
+    import webhook.sessions.store as store_module
+    from tests.attribution.test_lineage import make_token, root_alert
+    from webhook.errors import StoreError
+
+    real_open = store_module.open_store
+
+    class RefusesOneRule:
+        def __init__(self, url: str) -> None:
+            self.real = real_open(url)
+
+        def ingest(self, batch) -> None:
+            if any(alert.rule == "refuse me" for alert in batch.alerts):
+                raise StoreError("invalid byte sequence")
+            self.real.ingest(batch)
+
+        def __getattr__(self, name: str):
+            return getattr(self.real, name)
+
+    monkeypatch.setattr(store_module, "open_store", RefusesOneRule)
+    token, _ = make_token(signer)
+    consumer, _ = built(tmp_path, signer, db=f"sqlite:///{tmp_path}/whoexec.db")
+    root = root_alert(40, token)
+    child = {**root_alert(41, "", **{"proc.args": "cat", "proc.apid[1]": 40}), "rule": "refuse me"}
+    consumer.pipeline.feed([orjson.dumps(root), orjson.dumps(child)], where="test")
+    consumer.close()
+    (letter,) = [
+        json.loads(line)
+        for line in (tmp_path / "state" / "dead-letters.jsonl").read_bytes().splitlines()
+    ]
+    assert (letter["reason"], letter["where"], letter["detail"]) == (
+        "store_rejected",
+        "StoreWriter",
+        "StoreError: invalid byte sequence",
+    )
+    assert json.loads(letter["line"])["rule"] == "refuse me"

@@ -268,6 +268,40 @@ def test_an_exited_command_is_attributed_through_its_nearest_living_ancestor(
     )
 
 
+def test_whoexec_consume_procfs_attributes_an_exited_command_only_on_its_own_node(
+    spawn, signer, tmp_path
+):
+    import orjson
+
+    from tests.attribution.test_consumer import built
+
+    token = token_for(signer, "alice@corp.example")
+    root, shell, _ = innermost(spawn_root(spawn, token), 3)
+    alert = alert_of_an_exited_child(gone_pid(), time.time_ns(), shell, root)
+    seen = {}
+    for node in ("node-a", "node-b"):
+        (tmp_path / node).mkdir()
+        consumer, sink = built(tmp_path / node, signer, procfs=PROC, node_name=node)
+        consumer.pipeline.feed([orjson.dumps(alert)], where="test")
+        consumer.close()
+        (passed,) = sink.alerts
+        seen[node] = (
+            passed["output_fields"]["whoexec.attribution"],
+            passed["output_fields"].get("whoexec.user.name"),
+        )
+    # the alert is node-a's (Falco's hostname): node-b's /proc is not where it ran
+    assert seen == {"node-a": ("verified", "alice@corp.example"), "node-b": ("none", None)}
+
+
+def test_whoexec_consume_refuses_a_procfs_that_is_not_one(tmp_path, signer):
+    from tests.attribution.test_consumer import built
+    from webhook.errors import ConfigError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=rf"^--procfs {tmp_path}/empty is not a procfs: "):
+        built(tmp_path, signer, procfs=tmp_path / "empty")
+
+
 def test_a_living_ancestor_younger_than_the_exited_command_is_a_reused_pid(spawn, signer, trusted):
     token = token_for(signer, "alice@corp.example")
     root, shell, _ = innermost(spawn_root(spawn, token), 3)

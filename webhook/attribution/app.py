@@ -63,7 +63,6 @@ class Consumer:
     """A pipeline with its sinks, built from settings."""
 
     pipeline: Pipeline
-    sinks: list[Sink]
 
     def close(self) -> None:
         self.pipeline.close()  # closes every sink
@@ -144,7 +143,7 @@ def build_consumer(
     )
     if writer is not None:
         pipeline.observe(writer.record)
-    return Consumer(pipeline, sinks)
+    return Consumer(pipeline)
 
 
 def run_batch(consumer: Consumer, stream: IO[bytes]) -> int:
