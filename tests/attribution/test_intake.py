@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -831,3 +832,128 @@ def test_falco_posts_over_tls_and_a_stalled_handshake_gives_its_slot_back(start,
     finally:
         conn.close()
     assert intake.inbox() == [LINES[0]]
+
+
+# --- the WSGI bridge: what the consumer's Flask app is handed, and what it answers -------
+
+
+def test_the_app_is_handed_a_pep_3333_environ_and_its_answer_is_framed_by_the_intake(tmp_path):
+    from wsgiref.validate import validator
+
+    from webhook.attribution.intake import _Request
+
+    seen: dict = {}
+    closed: list[bool] = []
+
+    class Answer:
+        def __init__(self) -> None:
+            self.parts = iter([b"a", b"bc"])
+
+        def __iter__(self):
+            return self
+
+        def __next__(self) -> bytes:
+            return next(self.parts)
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ, start_response):
+        seen.update(environ)
+        start_response(
+            "201 Created",
+            [("Content-Type", "text/plain"), ("content-length", "999"),
+             ("Connection", "keep-alive"), ("X-Kept", "1")],
+        )  # fmt: skip
+        return Answer()
+
+    server = IntakeServer(FalcoEndpoint(InboxWriter(tmp_path / "inbox"), 4096), validator(app))
+    server.port = 8443
+    request = _Request(
+        method="POST",
+        target=b"/api/v1/sessions%2Fx?since=1h&user=a%20b",
+        headers=[
+            (b"Content-Type", b"application/json"),
+            (b"Content-Length", b"2"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"X-Forwarded-For", b"10.0.0.1"),
+            (b"x-forwarded-for", b"10.0.0.2"),
+            (b"Authorization", b"Bearer \xe9t\xe9"),
+        ],
+        body=b"{}",
+        keep_alive=False,
+    )
+    raw = server.call_wsgi(request, "192.0.2.7")
+
+    assert {k: seen[k] for k in (
+        "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "SERVER_NAME",
+        "SERVER_PORT", "SERVER_PROTOCOL", "REMOTE_ADDR", "CONTENT_TYPE", "CONTENT_LENGTH",
+        "HTTP_X_FORWARDED_FOR", "HTTP_AUTHORIZATION", "wsgi.version", "wsgi.url_scheme",
+        "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once",
+    )} == {
+        "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/api/v1/sessions/x",
+        "QUERY_STRING": "since=1h&user=a%20b", "SERVER_NAME": "whoexec",
+        "SERVER_PORT": "8443", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "192.0.2.7",
+        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": "2",
+        # repeated headers are joined, as RFC 9110 section 5.3 reads them
+        "HTTP_X_FORWARDED_FOR": "10.0.0.1,10.0.0.2",
+        "HTTP_AUTHORIZATION": "Bearer \xe9t\xe9",  # bytes as latin-1, as PEP 3333 says
+        "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+        # the app runs in the intake's thread pool, in one process, again and again
+        "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+    }  # fmt: skip
+    assert "HTTP_TRANSFER_ENCODING" not in seen and "HTTP_CONTENT_LENGTH" not in seen
+    assert seen["wsgi.input"].read(2) == b"{}"
+    assert closed == [True], "the answer's close() is called (PEP 3333)"
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert body == b"abc"
+    # the intake frames the answer itself: the app's length and connection are dropped
+    assert head.split(b"\r\n") == [
+        b"HTTP/1.1 201 Created",
+        b"Content-Type: text/plain",
+        b"X-Kept: 1",
+        b"Content-Length: 3",
+        b"Connection: close",
+    ]
+
+
+def test_only_a_post_to_falco_is_an_alert_batch_every_other_request_is_the_app_s(start):
+    intake = start()
+    for request in (b"GET /falco HTTP/1.1\r\n", b"POST /falco/x HTTP/1.1\r\n",
+                    b"PUT /falco?x=1 HTTP/1.1\r\n"):  # fmt: skip
+        answer = intake.raw(request + b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+        assert answer.startswith(b"HTTP/1.1 201 CREATED\r\n"), "the app's echo"
+    answer = intake.raw(
+        b"POST /falco?x=1 HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(
+        b'"accepted":1,"rejected":0,"errors":[]}'
+    )
+    assert intake.inbox() == [b"{}"]
+
+
+def test_the_intake_s_own_answers_keep_or_close_the_connection_and_only_200s_are_reused(
+    monkeypatch,
+):
+    from webhook.attribution import intake
+
+    monkeypatch.setattr(intake, "_OK", {})
+
+    one = orjson.dumps({"accepted": 1, "rejected": 0, "errors": []})
+    kept = intake._json_response(200, one, keep_alive=True)
+    assert b"Connection: close" not in kept and kept.startswith(b"HTTP/1.1 200 OK\r\n")
+    closing = intake._json_response(200, one, keep_alive=False)
+    assert closing.split(b"\r\n\r\n")[0].endswith(b"Connection: close")
+    assert intake._json_response(200, one, keep_alive=True) is kept, "built once"
+    busy = intake._json_response(503, b'{"error":"full"}', keep_alive=True)
+    assert b"\r\nRetry-After: 5\r\n" in busy
+    assert b"Retry-After" not in intake._json_response(400, b"{}", keep_alive=True)
+    # every distinct reply of a full server: the reused answers stay few, and right
+    for n in range(200):
+        reply = orjson.dumps({"accepted": n, "rejected": 0, "errors": []})
+        answer = intake._json_response(200, reply, keep_alive=n % 2 == 0)
+        assert answer.endswith(b"\r\n\r\n" + reply)
+        assert (b"Connection: close" in answer) is (n % 2 == 1)
+        intake._json_response(400, reply, keep_alive=True)
+    assert len(intake._OK) == 64
+    assert all(key[0] != b"{}" for key in intake._OK), "a 4xx is never kept"

@@ -236,9 +236,13 @@ class _Abort(Exception):
 
 
 def _response(
-    status: int, headers: Iterable[tuple[str, str]], body: bytes, keep_alive: bool
+    status: int,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    keep_alive: bool,
+    reason: str = "",
 ) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
+    lines = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Unknown')}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
     lines.append(f"Content-Length: {len(body)}")
     if not keep_alive:
@@ -628,7 +632,8 @@ class IntakeServer:
                 close()
         status_line, headers = answer
         keep = [(k, v) for k, v in headers if k.lower() not in ("content-length", "connection")]
-        return _response(int(status_line.split()[0]), keep, b"".join(chunks), request.keep_alive)
+        code, _, reason = status_line.partition(" ")  # the app's own words: "201 Created"
+        return _response(int(code), keep, b"".join(chunks), request.keep_alive, reason)
 
     # --- the caps ---------------------------------------------------------------------
     def admit(self, protocol: asyncio.Protocol, peer: str, transport: asyncio.Transport) -> bool:
