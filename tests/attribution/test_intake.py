@@ -401,22 +401,40 @@ def test_intake_refuses_while_the_pipeline_has_not_run_for_a_while(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("request_bytes", "status"),
+    ("request_bytes", "status", "error"),
     [
-        (b"NOT HTTP AT ALL\r\n\r\n", 400),
-        (b"POST /falco HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
-        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 431),
-        (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n", 431),
-        (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400),
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "malformed HTTP request: "),
+        (b"POST /falco HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400,
+         "malformed HTTP request: "),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 431, "request target too long"),
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n", 431,
+         "request headers too large"),
+        (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400,
+         "protocol upgrades are not supported"),
     ],
     ids=["garbage", "bad-length", "long-target", "big-header", "upgrade"],
-)
+)  # fmt: skip
 def test_a_malformed_request_gets_a_clear_answer_and_the_connection_closes(
-    start, request_bytes, status
+    start, request_bytes, status, error
 ):
     answer = start().raw(request_bytes)
     assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:100]
     assert b"Connection: close" in answer
+    said = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert said.startswith(error) and (said == error) is (not error.endswith(": "))
+
+
+def test_a_failure_inside_the_parser_s_callbacks_is_a_400_and_logged(start, monkeypatch, caplog):
+    from webhook.attribution import intake as intake_module
+
+    def broken(self, url: bytes) -> None:
+        raise ValueError("a bug of ours")
+
+    monkeypatch.setattr(intake_module._Connection, "on_url", broken)
+    answer = start().raw(b"GET / HTTP/1.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"error": "malformed HTTP request"}
+    assert "the HTTP parser failed: ValueError('a bug of ours')" in caplog.messages
 
 
 def test_every_other_route_goes_to_the_wsgi_app_with_its_request(start):

@@ -440,8 +440,8 @@ class _Connection(asyncio.Protocol):
         parsing.headers.append((name, value))
         lower = name.lower()
         if lower == b"content-length":
-            if not value.strip().isdigit():
-                raise _Abort(400, "bad Content-Length")
+            # llhttp has refused any other value (a sign, a non-digit, an empty or a
+            # repeated one) with "Invalid character in Content-Length": digits, maybe spaced
             parsing.content_length = int(value)
         elif lower == b"expect":
             parsing.expect_continue = value.strip().lower() == b"100-continue"
