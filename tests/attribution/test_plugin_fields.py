@@ -97,6 +97,12 @@ def test_a_forged_token_behind_a_plugin_verdict_names_nobody():
     assert attribution is not None
     assert attribution.status == "unverified"
     assert attribution.identity is None
+    assert (attribution.reason, attribution.token, attribution.root_pid, attribution.via) == (
+        "BadSignature: token signature does not verify with key '55e4635991495e2f'",
+        forged,
+        1165,
+        "plugin",
+    )
 
 
 def test_a_plugin_verdict_without_its_token_names_nobody():
@@ -162,3 +168,86 @@ def test_the_consumer_passes_on_a_plugin_alert_with_its_user_and_the_plugin_s_fi
     assert fields["whoexec.session.id"] == ALICE_SID == payload(s1_token())["sid"]
     assert fields["whoexec.user"] == "alice", "the plugin's own fields pass through"
     assert "k8s_user=alice" in out["output"]
+
+
+# --- every verdict the plugin can give, and exactly what the consumer makes of it ----------
+
+
+def alice():  # type: ignore[no-untyped-def]
+    identity = verifier().verify(s1_token(), 1796314361).identity
+    assert identity is not None and identity.user == "alice"
+    return identity
+
+
+ROOT = {"root_pid": 1165, "via": "plugin", "token": None}
+ROOT_TS = 1796314360496562221
+
+
+@pytest.mark.parametrize(
+    ("plugin", "expected"),
+    [
+        # the plugin saw no session: nothing to check
+        ({"whoexec__attribution": "none"}, {"status": "none", "via": "plugin"}),
+        # a verdict that names someone, and the token to check it by is missing
+        (
+            {"whoexec__token": None, "whoexec__reason": "kept"},
+            {"status": "unverified", **ROOT,
+             "reason": "the Falco plugin named a user but passed no whoexec.token to check"},
+        ),
+        # one that names nobody keeps the plugin's own reason
+        (
+            {"whoexec__attribution": "unverified", "whoexec__token": None,
+             "whoexec__reason": "no token in the session root's environment"},
+            {"status": "unverified", **ROOT,
+             "reason": "no token in the session root's environment"},
+        ),
+        (
+            {"whoexec__attribution": "replayed", "whoexec__user": None,
+             "whoexec__reason": "a second root with session f341's token"},
+            {"status": "replayed", **ROOT, "token": "S1", "claimed": "alice",
+             "reason": "a second root with session f341's token", "root_start_ns": ROOT_TS},
+        ),
+        (
+            {"whoexec__session": "another-session"},
+            {"status": "unverified", **ROOT, "token": "S1", "claimed": "alice",
+             "reason": "the Falco plugin's whoexec.user or whoexec.session is not its token's"},
+        ),
+        (
+            {"k8s__pod__name": None},
+            {"status": "unverified", **ROOT, "token": "S1", "claimed": "alice",
+             "reason": "binding unknown: the alert has no k8s.ns.name or k8s.pod.name to "
+                       "check the token against"},
+        ),
+        (
+            {"container__name": "sidecar"},
+            {"status": "replayed", **ROOT, "token": "S1", "claimed": "alice",
+             "reason": "bound elsewhere: token minted for container 'app' is used in "
+                       "container 'sidecar'", "root_start_ns": ROOT_TS},
+        ),
+        # containerd names a container by its short id: no mismatch, and still verified
+        (
+            {"container__name": "0123456789ab", "whoexec__reason": "a note"},
+            {"status": "verified", **ROOT, "token": "S1", "identity": "alice",
+             "reason": "a note", "root_start_ns": ROOT_TS},
+        ),
+        (
+            {},
+            {"status": "verified", **ROOT, "token": "S1", "identity": "alice",
+             "root_start_ns": ROOT_TS},
+        ),
+        # fields of the wrong type are absent, never trusted
+        (
+            {"whoexec__root__pid": True, "whoexec__root__ts": "1796314360496562221",
+             "whoexec__reason": ""},
+            {"status": "verified", "via": "plugin", "token": "S1", "identity": "alice"},
+        ),
+    ],
+    ids=["none", "no-token", "no-token-unverified", "replayed", "other-session",
+         "no-pod", "other-container", "short-container-id", "verified", "wrong-types"],
+)  # fmt: skip
+def test_each_plugin_verdict_is_taken_exactly_as_far_as_it_checks_out(plugin, expected):
+    from webhook.attribution.lineage import Attribution
+
+    named = {"alice": alice(), "S1": s1_token()}
+    values = {k: named.get(v, v) if isinstance(v, str) else v for k, v in expected.items()}
+    assert attribute(enriched(**plugin)) == Attribution(**values)
