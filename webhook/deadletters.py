@@ -34,7 +34,6 @@ class DeadLetters:
         self.path = path
         self.max_bytes = max_bytes
         self.written = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
 
     def add(self, reason: str, where: str, line: bytes | str, detail: str) -> None:
         text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
@@ -47,6 +46,8 @@ class DeadLetters:
         }
         data = orjson.dumps(record) + b"\n"
         try:
+            # made with the first letter: a run that skips nothing leaves no directory
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
                 os.replace(self.path, self.path.with_name(self.path.name + ".1"))
             with self.path.open("ab") as out:

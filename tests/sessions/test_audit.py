@@ -217,3 +217,75 @@ def test_a_debug_container_added_without_the_webhook_is_a_finding(store_url):
         )
     finally:
         store.close()
+
+
+# --- an audit log with every kind of line that cannot be kept --------------------------------
+
+
+def nested(depth: int) -> object:
+    value: object = "deep"
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+def test_each_audit_line_that_cannot_be_kept_is_skipped_alone_named_and_dead_lettered(
+    tmp_path, caplog
+):
+    from webhook.deadletters import DeadLetters
+
+    url = f"sqlite:///{tmp_path}/whoexec.db"
+    far_future = {**LATER_EXEC, "auditID": "f", "stageTimestamp": "9999-12-31T23:59:59.000000Z"}
+    too_deep = {**LATER_EXEC, "auditID": "d", "requestObject": nested(300)}
+    other = {**LATER_EXEC, "auditID": "o", "objectRef": {"resource": "configmaps"}}
+    lines = [
+        json.dumps(LATER_EXEC).encode(),  # line 1: kept
+        b"{nope",  # line 2: not JSON
+        b"   ",  # blank: not a line of the log
+        b"[]",  # line 4: not an object
+        json.dumps(far_future).encode(),  # line 5: a time no database holds
+        json.dumps(too_deep).encode(),  # line 6: JSON nested past what can be written back
+        json.dumps(other).encode(),  # line 7: no session event, counted apart
+        b"null",  # line 8
+    ]
+    letters = DeadLetters(tmp_path / "dead-letters.jsonl")
+    ingestor = AuditIngestor(StoreWriter(open_store(url)), WEBHOOK, letters)
+    assert ingestor.feed(lines, where="audit.log") == 7, "the blank line is not counted"
+    ingestor.close()
+
+    assert (ingestor.stats["malformed"], ingestor.stats["other"], ingestor.stats["exec"]) == (
+        5, 1, 1,
+    )  # fmt: skip
+    where = [e.split(":")[0] for e in ingestor.errors]
+    assert where == [f"audit.log line {n}" for n in (2, 4, 5, 6, 8)]
+    assert ingestor.errors[3] == "audit.log line 6: the event nests too deep to be kept"
+    dead = [json.loads(x) for x in (tmp_path / "dead-letters.jsonl").read_bytes().splitlines()]
+    assert [(d["reason"], d["where"], d["detail"]) for d in dead] == [
+        ("audit_event", f"audit.log line {n}", error)
+        for n, error in zip((2, 4, 5, 6, 8), ingestor.errors, strict=True)
+    ]
+    assert [d["line"] for d in dead] == [
+        "{nope",  # as it was read: nothing is lost
+        "[]",
+        json.dumps(far_future, separators=(",", ":")),
+        "<dict nested too deep to keep>",
+        "null",
+    ]
+    skipped = [m for m in caplog.messages if m.startswith("skipped audit input: ")]
+    assert skipped == [f"skipped audit input: {e}" for e in ingestor.errors]
+    store = open_store(url)
+    try:
+        assert store.audit_event(LATER_EXEC["auditID"]) is not None
+        assert [store.audit_event(x) for x in ("f", "d", "o")] == [None, None, None]
+    finally:
+        store.close()
+
+
+def test_a_flood_of_bad_audit_lines_keeps_the_first_thousand_reasons_and_counts_them_all(
+    tmp_path,
+):
+    ingestor = AuditIngestor(StoreWriter(open_store(f"sqlite:///{tmp_path}/w.db")), WEBHOOK)
+    assert ingestor.feed([b"[]"] * 1001) == 1001
+    ingestor.close()
+    assert (ingestor.stats["malformed"], len(ingestor.errors)) == (1001, 1000)
+    assert ingestor.errors[-1] == "audit log line 1000: an audit event is a JSON object"

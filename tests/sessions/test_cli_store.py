@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -40,12 +41,17 @@ def consume_into(store_url: str, scenario: str) -> None:
 
 
 @pytest.fixture
-def db(store_url: str) -> str:
+def db(store_url: str, tmp_path: Path) -> str:
     """A store filled by the real commands: consume --db, then audit ingest."""
     consume_into(store_url, "shell_and_grandchild")
-    result = run("audit", "ingest", str(AUDIT_LOG), "--db", store_url)
+    state = tmp_path / "state"
+    result = run("audit", "ingest", str(AUDIT_LOG), "--db", store_url, "--state-dir", str(state))
     assert result.exit_code == 0, result.output
     assert "2 malformed lines skipped" in result.stderr
+    letters = (state / "audit-dead-letters.jsonl").read_text().splitlines()
+    assert [json.loads(x)["where"] for x in letters] == [f"{AUDIT_LOG} line {n}" for n in (3, 5)], (
+        "each skipped line is kept whole"
+    )
     assert "1 exec or debug not attributed by the webhook" in result.stderr
     return store_url
 
@@ -175,7 +181,7 @@ def test_the_cli_as_a_real_subprocess(tmp_path):
     url = f"sqlite:///{tmp_path}/real.db"
     whoexec = [sys.executable, "-m", "webhook.cli"]
     ingest = subprocess.run(
-        [*whoexec, "audit", "ingest", str(AUDIT_LOG), "--db", url],
+        [*whoexec, "audit", "ingest", str(AUDIT_LOG), "--db", url, "--state-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -42,17 +42,25 @@ class AuditIngestor:
         self.stats: Counter[str] = Counter()
         self.errors: list[str] = []
 
-    def _error(self, message: str, where: str = "", data: object = None) -> None:
+    def _error(
+        self, message: str, where: str, data: object = None, raw: bytes | str | None = None
+    ) -> None:
+        """Count, log and dead-letter what was skipped: ``data`` as read, or the ``raw``
+        line when it could not be read."""
         self.stats["malformed"] += 1
         if len(self.errors) < 1000:
             self.errors.append(message)
         log.warning("skipped audit input: %s", loggable(message))
-        if self.dead_letters is not None and data is not None:
+        if self.dead_letters is None:
+            return
+        if raw is not None:
+            line: bytes | str = raw
+        else:
             try:
-                line: bytes | str = orjson.dumps(data)
+                line = orjson.dumps(data)
             except TypeError:  # nested past what orjson writes: the shape is the reason
                 line = f"<{type(data).__name__} nested too deep to keep>"
-            self.dead_letters.add("audit_event", where, line, message)
+        self.dead_letters.add("audit_event", where, line, message)
 
     def ingest_event(self, data: object, where: str) -> None:
         try:
@@ -87,7 +95,9 @@ class AuditIngestor:
             try:
                 data = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                self._error(f"{where} line {number}: not JSON: {exc}", f"{where} line {number}")
+                self._error(
+                    f"{where} line {number}: not JSON: {exc}", f"{where} line {number}", raw=line
+                )
                 continue
             self.ingest_event(data, f"{where} line {number}")
         self.writer.flush()

@@ -362,7 +362,7 @@ def audit() -> None:
     type=click.Path(path_type=Path),
     default=Path("whoexec-state"),
     show_default=True,
-    help="Where the followed file's offset is kept.",
+    help="Where the followed file's offset, and the lines skipped, are kept.",
 )
 @_grace_option
 @friendly
@@ -373,9 +373,10 @@ def audit_ingest(
 
     Exec, attach and kubectl debug (pods/ephemeralcontainers) events are linked to
     sessions by the webhook's <webhook-name>/session-id annotation; an exec or debug
-    container without it is a finding. Malformed lines are reported by number and
-    skipped; the rest is ingested.
+    container without it is a finding. Malformed lines are reported by number, skipped
+    and kept whole in STATE_DIR/audit-dead-letters.jsonl; the rest is ingested.
     """
+    from webhook.deadletters import DeadLetters
     from webhook.follow import FileFollower
     from webhook.sessions.auditlog import AuditIngestor
     from webhook.sessions.store import open_store
@@ -383,7 +384,9 @@ def audit_ingest(
 
     logging.basicConfig(level="INFO", format="%(message)s", stream=sys.stderr)
     ingestor = AuditIngestor(
-        StoreWriter(open_store(db), max_wait=None if follow else 60.0), webhook_name
+        StoreWriter(open_store(db), max_wait=None if follow else 60.0),
+        webhook_name,
+        DeadLetters(state_dir / "audit-dead-letters.jsonl"),
     )
     try:
         if follow:
