@@ -206,6 +206,23 @@ def test_clients_that_pipeline_and_never_read_are_paused_and_memory_stays_bounde
     consumer.nothing_acknowledged_is_lost()
 
 
+def test_a_client_that_stops_reading_its_answers_is_closed_at_the_write_deadline(consumer):
+    from tests.hostile_servers import eventually
+
+    def closed() -> float:
+        return consumer.metric(
+            "whoexec_consumer_intake_connections_closed_total", 'reason="write_timeout"'
+        )
+
+    before = closed()
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    _, stopped = pipeline_unread(consumer.port, request, seconds=10, max_bytes=64 * MiB)
+    assert stopped
+    # its answers waited unread past the deadline: the connection is closed, and counted
+    eventually(lambda: closed() > before, what="a write_timeout close")
+    consumer.nothing_acknowledged_is_lost()
+
+
 def test_a_peer_past_its_cap_is_refused_with_a_503_a_log_line_and_a_metric(start_consumer):
     consumer = start_consumer(WHOEXEC_MAX_CONNECTIONS_PER_PEER="10")
     # another address of this machine: another peer
