@@ -333,14 +333,16 @@ def test_a_kill_in_a_process_counts_in_the_module_s_score(monkeypatch, tmp_path)
     monkeypatch.setattr(mutation, "changed_lines", lambda name: (["a = 1"], ["a = 2"]))
     monkeypatch.setattr(mutation, "load_equivalents", lambda: [])
     found = tmp_path / "process.json"
-    found.write_text(json.dumps({f"{SERVE}__mutmut_2": "killed", f"{SERVE}__mutmut_4": "survived"}))
+    found.write_text(json.dumps({f"{SERVE}__mutmut_2": "killed", f"{SERVE}__mutmut_3": "survived"}))
     monkeypatch.setattr(mutation, "PROCESS_RESULTS", found)
     monkeypatch.setattr(mutation, "load_process_results", lambda: json.loads(found.read_text()))
     row = mutation.mutmut_report([], 2, report_only=True)["modules"]["webhook.attribution.app"]
     assert (row["killed"], row["killed_in_a_process"], row["mutants"], row["score"]) == (
         2, 1, 4, 0.5,
     )  # fmt: skip
-    assert row["left_because"] == {"no tests": 1, "unexplained": 1}
+    # one that survived its process is a survivor like any other, to be explained
+    assert row["left_because"] == {"unexplained": 2}
+    assert row["survived"] == 2
 
 
 @pytest.mark.parametrize(
@@ -385,3 +387,29 @@ def test_every_process_target_names_functions_that_exist_and_tests_that_start_a_
             text = (root / test).read_text()
             starts = ("subprocess", "ServerProcess", "tests.hostile_servers", "os.fork()")
             assert any(way in text for way in starts), test
+
+
+def test_a_process_sample_takes_an_even_spread_of_every_function_and_leaves_none_out():
+    names = [f"{SERVE}__mutmut_{n}" for n in range(1, 11)] + [f"{WORKER}.x_linger__mutmut_7"]
+    assert mutation.every_nth(names, 3) == [
+        f"{SERVE}__mutmut_1", f"{SERVE}__mutmut_4", f"{SERVE}__mutmut_7",
+        f"{WORKER}.x_linger__mutmut_7",
+    ]  # fmt: skip
+    assert mutation.every_nth(names, None) == names
+
+
+def test_each_process_mutant_s_verdict_is_recorded_as_it_comes(tmp_path):
+    import subprocess
+
+    recorded: list[tuple[str, str]] = []
+
+    def run(command, env, **kwargs):
+        return subprocess.CompletedProcess(command, int(env["MUTANT_UNDER_TEST"] != ""), "", "")
+
+    def record(name: str, row: dict) -> None:
+        recorded.append((name, row["status"]))
+
+    names = [f"{SERVE}__mutmut_1", f"{SERVE}__mutmut_2"]
+    target = process_target(f"{SERVE}__*")
+    mutation.run_process_mutants(names, [target], tmp_path, run=run, workers=1, record=record)
+    assert recorded == [(f"{SERVE}__mutmut_1", "killed"), (f"{SERVE}__mutmut_2", "killed")]

@@ -424,12 +424,16 @@ def run_process_mutants(
     workers: int = 2,
     timeout: float = 600.0,
     progress: Callable[[str], None] = lambda line: None,
+    record: Callable[[str, dict[str, Any]], None] = lambda name, row: None,
 ) -> dict[str, dict[str, Any]]:
     """Each of ``candidates`` (mutmut's names) that a target covers, run against that
     target's tests in mutmut's copy at ``mutants``: killed, survived, timeout or error (no
-    verdict). Each target's tests are first run with no mutant on: a test that fails
-    there would make every mutant look killed."""
+    verdict), each also handed to ``record`` as it is found. Each target's tests are first
+    run with no mutant on: a test that fails there would make every mutant look killed."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
+
+    recording = threading.Lock()
 
     chosen = [
         (name, target)
@@ -452,17 +456,35 @@ def run_process_mutants(
         row = {"status": status, "seconds": round(time.monotonic() - started)}
         if status not in ("killed", "survived"):
             row["detail"] = said
-        progress(f"{status:9} {name} ({row['seconds']} s)")
+        with recording:
+            record(name, row)
+            progress(f"{status:9} {name} ({row['seconds']} s)")
         return name, row
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(pool.map(one, chosen))
 
 
-def process_mutants(names: Sequence[str], workers: int) -> None:
+def every_nth(names: Sequence[str], at_most: int | None) -> list[str]:
+    """At most ``at_most`` of each function's ``names``, evenly spread over them (all of
+    them when ``at_most`` is None): a sample that leaves no function out."""
+    by_function: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        by_function[function_of(name)].append(name)
+    chosen = []
+    for members in by_function.values():
+        ordered = sorted(members, key=lambda n: int(n.rsplit("__mutmut_", 1)[1]))
+        if at_most is None or len(ordered) <= at_most:
+            chosen += ordered
+        else:
+            chosen += [ordered[i * len(ordered) // at_most] for i in range(at_most)]
+    return chosen
+
+
+def process_mutants(names: Sequence[str], workers: int, at_most: int | None = None) -> None:
     """``--process``: the mutants of mutmut's last run (of ``names``) that no in-process
-    test killed, run against their process's tests; what was found is kept in
-    ``PROCESS_RESULTS`` and not run again."""
+    test killed, run against their process's tests (``at_most`` of each function when
+    given); each result is kept in ``PROCESS_RESULTS`` as it is found, and not run again."""
     found = load_process_results()
     candidates = [
         name
@@ -472,12 +494,17 @@ def process_mutants(names: Sequence[str], workers: int) -> None:
         and (not names or any(fnmatch.fnmatchcase(name, pattern) for pattern in names))
     ]
 
-    def keep(line: str) -> None:
-        print(line, flush=True)
+    def keep(name: str, row: dict[str, Any]) -> None:
+        found[name] = row["status"]
+        PROCESS_RESULTS.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
 
-    rows = run_process_mutants(candidates, load_process_targets(), workers=workers, progress=keep)
-    found.update({name: row["status"] for name, row in rows.items()})
-    PROCESS_RESULTS.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+    run_process_mutants(
+        every_nth(candidates, at_most),
+        load_process_targets(),
+        workers=workers,
+        progress=lambda line: print(line, flush=True),
+        record=keep,
+    )
 
 
 def mutmut_report(names: list[str], max_children: int, report_only: bool) -> dict[str, Any]:
@@ -510,8 +537,9 @@ def mutmut_report(names: list[str], max_children: int, report_only: bool) -> dic
         module = module_of(name)
         if names and not any(fnmatch.fnmatchcase(name, pattern) for pattern in names):
             continue
-        if status != "killed" and in_process.get(name) == "killed":
-            status = "killed in a process"
+        if status != "killed" and in_process.get(name) in ("killed", "survived"):
+            # run against the tests that start its process: their verdict stands
+            status = "killed in a process" if in_process[name] == "killed" else "survived"
         by_module[module][status] += 1
         functions.add(function_of(name))
         if status not in ("killed", "killed in a process"):
@@ -611,6 +639,13 @@ def main() -> None:
         help=f"then run the mutants no in-process test reaches against {PROCESS_TESTS.name}",
     )
     parser.add_argument(
+        "--process-sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--process runs at most N mutants of each function, evenly spread",
+    )
+    parser.add_argument(
         "--hand-suite",
         action="store_true",
         help="run the whole unit suite against each hand-written mutant, not its tests",
@@ -625,7 +660,7 @@ def main() -> None:
             seconds = report["seconds"]
             started = time.monotonic()
             try:
-                process_mutants(names, args.max_children)
+                process_mutants(names, args.max_children, args.process_sample)
             except RuntimeError as exc:
                 sys.exit(str(exc))
             report = mutmut_report(names, args.max_children, report_only=True)
