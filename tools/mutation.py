@@ -454,8 +454,8 @@ def run_process_mutants(
         outcome, said = _pytest_with_mutant(mutants, name, target.tests, run, timeout)
         status = {"failed": "killed", "passed": "survived"}.get(outcome, outcome)
         row = {"status": status, "seconds": round(time.monotonic() - started)}
-        if status not in ("killed", "survived"):
-            row["detail"] = said
+        if status != "survived":
+            row["detail"] = said  # which test failed, and how: a kill is worth a look
         with recording:
             record(name, row)
             progress(f"{status:9} {name} ({row['seconds']} s)")
@@ -497,6 +497,8 @@ def process_mutants(names: Sequence[str], workers: int, at_most: int | None = No
     def keep(name: str, row: dict[str, Any]) -> None:
         found[name] = row["status"]
         PROCESS_RESULTS.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+        with PROCESS_RESULTS.with_suffix(".log").open("a") as log:
+            log.write(json.dumps({"mutant": name, **row}) + "\n")
 
     run_process_mutants(
         every_nth(candidates, at_most),
