@@ -180,6 +180,44 @@ def test_the_static_env_is_mounted_at_the_directory_of_its_path(path, mounted_at
     assert policy.env_mount_dir == mounted_at
 
 
+def test_every_admission_variable_the_readme_documents_reaches_the_webhook_s_policy():
+    from webhook.admission.policy import AdmissionPolicy
+    from webhook.admission.wsgi import admission_policy
+
+    env = {
+        "WHOEXEC_IDENTITY_VARIABLE": "MYCO_ID",
+        "WHOEXEC_ENV_PATH": "/bin/env",
+        "WHOEXEC_EXCLUDE_NAMESPACES": "kube-*,infra",
+        "WHOEXEC_EXCLUDE_USERS": "system:serviceaccount:kube-system:*",
+        "WHOEXEC_EXCLUDE_GROUPS": "break-glass",
+        "WHOEXEC_CLOCK_SKEW_SECONDS": "60",
+        "WHOEXEC_ENV_VOLUME_PATH": "/opt/who/env",
+        "WHOEXEC_IMAGES_WITHOUT_ENV": "gcr.io/distroless/*",
+        "WHOEXEC_ENV_TRUSTED_NAMESPACES": "shop",
+        "WHOEXEC_ENV_TRUSTED_IMAGES": "debian:*",
+        "WHOEXEC_STATIC_ENV_CPU": "20m",
+        "WHOEXEC_STATIC_ENV_MEMORY": "32Mi",
+        "WHOEXEC_STATIC_ENV_IMAGE": "registry.example/whoexec:1.2.3",
+    }
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert all(f"`{name}`" in readme or name in readme for name in env)
+    assert admission_policy(Settings.from_env(env)) == AdmissionPolicy(
+        identity_variable="MYCO_ID",
+        env_path="/bin/env",
+        exclude_namespaces=("kube-*", "infra"),
+        exclude_users=("system:serviceaccount:kube-system:*",),
+        exclude_groups=("break-glass",),
+        clock_skew_seconds=60,
+        env_volume_path="/opt/who/env",
+        images_without_env=("gcr.io/distroless/*",),
+        env_trusted_namespaces=("shop",),
+        env_trusted_images=("debian:*",),
+        static_env_cpu="20m",
+        static_env_memory="32Mi",
+        static_env_image="registry.example/whoexec:1.2.3",
+    )
+
+
 # --- what production builds from the defaults ---------------------------------------------
 # The lineage tests pass their own ReplayPolicy; these go through Settings ->
 # build_consumer, as `whoexec consume` does, so a changed default cannot pass unseen.

@@ -195,3 +195,73 @@ def test_a_missing_trusted_key_is_an_error_not_skipped(tmp_path):
     run_certs(tmp_path)
     with pytest.raises(ConfigError, match=r"gone\.pub"):
         load_webhook_keys(tmp_path / "certs", [tmp_path / "gone.pub"])
+
+
+# --- the certificates' profile: what each may be used for, and for how long ----------------
+
+
+def key_usage(cert: x509.Certificate) -> tuple[bool, set[str]]:
+    """Whether the key usage is critical, and the usages it allows."""
+    extension = cert.extensions.get_extension_for_class(x509.KeyUsage)
+    usage = extension.value
+    names = ("digital_signature", "key_encipherment", "content_commitment", "data_encipherment",
+             "key_agreement", "key_cert_sign", "crl_sign")  # fmt: skip
+    allowed = {name for name in names if getattr(usage, name)}
+    if usage.key_agreement:
+        allowed |= {n for n in ("encipher_only", "decipher_only") if getattr(usage, n)}
+    return extension.critical, allowed
+
+
+def test_the_ca_signs_only_leaves_and_a_leaf_can_sign_nothing(tmp_path):
+    from webhook.admission.certs import generate_certs, issue_serving_certificate
+
+    now = datetime.datetime(2026, 12, 4, 12, 0, tzinfo=datetime.UTC)
+    generate_certs(tmp_path / "certs", "whoexec", "sec", now, days=30)
+    out = tmp_path / "certs"
+    ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    leaf = x509.load_pem_x509_certificate((out / "tls.crt").read_bytes())
+
+    constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert (constraints.critical, constraints.value.ca, constraints.value.path_length) == (
+        True, True, 0,
+    ), "a CA of leaves only: no intermediate it signs can sign"  # fmt: skip
+    assert key_usage(ca) == (True, {"digital_signature", "key_cert_sign", "crl_sign"})
+
+    constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert (constraints.critical, constraints.value.ca) == (True, False)
+    assert key_usage(leaf) == (True, {"digital_signature"})
+    usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert (usage.critical, list(usage.value)) == (False, [x509.ExtendedKeyUsageOID.SERVER_AUTH])
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert sans.critical is False
+    assert leaf.subject.rfc4514_string() == "CN=whoexec.sec.svc"
+    assert ca.subject.rfc4514_string() == "CN=whoexec CA (sec)"
+    for cert in (ca, leaf):
+        # five minutes back, for a node whose clock is a little behind
+        assert cert.not_valid_before_utc == now - datetime.timedelta(minutes=5)
+        assert cert.not_valid_after_utc == now + datetime.timedelta(days=30)
+
+    ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), None)
+    client, _ = issue_serving_certificate(ca, ca_key, ("falco",), now, 1, client=True)  # type: ignore[arg-type]
+    usage = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert list(usage.value) == [x509.ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert client.subject.rfc4514_string() == "CN=falco", "a single name is its own CN"
+    client.verify_directly_issued_by(ca)
+
+
+def test_the_api_token_is_256_random_bits_in_hex_and_each_install_gets_its_own(tmp_path):
+    from webhook.admission.certs import generate_certs
+
+    now = datetime.datetime.now(datetime.UTC)
+    tokens = []
+    for name in ("a", "b"):
+        generate_certs(tmp_path / name, "whoexec", "sec", now)
+        tokens.append((tmp_path / name / "api-token").read_text())
+    assert all(len(t) == 65 and t.endswith("\n") for t in tokens)
+    assert all(int(t, 16) >= 0 for t in tokens) and tokens[0] != tokens[1]
+
+
+def test_certs_makes_the_directories_it_is_given(tmp_path):
+    result = CliRunner().invoke(main, ["certs", "--out", str(tmp_path / "a" / "b" / "certs")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / "b" / "certs" / "ca.crt").is_file()
