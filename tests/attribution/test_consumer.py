@@ -860,6 +860,43 @@ def test_the_consumer_s_metrics_live_in_its_state_dir_and_start_clean(tmp_path, 
     assert directory.stat().st_mode & 0o077 == 0
 
 
+def test_a_first_start_makes_the_state_dir_for_its_metrics(tmp_path, monkeypatch):
+    from webhook.serving import prepare_metrics_dir
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    directory = prepare_metrics_dir(2, tmp_path / "new" / "state" / "metrics")
+    assert directory is not None and directory.is_dir()
+    assert prepare_metrics_dir(1, tmp_path / "one") is None, "one process needs no directory"
+    assert not (tmp_path / "one").exists()
+
+
+@pytest.mark.slow
+def test_the_webhook_s_temporary_metrics_dir_outlives_its_workers_and_goes_with_it(tmp_path):
+    # `whoexec serve` has no state dir: its metrics live in a temporary directory, which a
+    # gunicorn worker exiting first must not take away from the others
+    code = (
+        "import os, sys\n"
+        "from webhook.serving import prepare_metrics_dir\n"
+        "made = prepare_metrics_dir(2)\n"
+        "assert os.environ['PROMETHEUS_MULTIPROC_DIR'] == str(made)\n"
+        "worker = os.fork()\n"
+        "if worker == 0:\n"
+        "    sys.exit(0)\n"
+        "os.waitpid(worker, 0)\n"
+        "print(made, made.is_dir(), oct(made.stat().st_mode & 0o777))\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    made, alive, mode = done.stdout.split()
+    assert Path(made).parent == tmp_path and Path(made).name.startswith("whoexec-metrics-")
+    assert (alive, mode) == ("True", "0o700"), "still there after a worker exited"
+    assert not Path(made).exists(), "removed when the server exits"
+
+
 def test_a_line_is_done_only_once_every_alert_it_carried_is():
     # an inbox body can carry several alerts: it may be forgotten only when the last of
     # them, held back for a late root, has reached the sinks

@@ -85,3 +85,26 @@ def test_a_stop_flag_not_set_waits_out_its_timeout_and_says_so():
     assert flag.wait(0.01) is False
     flag.set()
     assert flag.is_set() and flag.wait(0) is True
+
+
+def test_a_stop_flag_waits_its_whole_timeout_in_slices_and_not_a_slice_more(monkeypatch):
+    from webhook import stopflag
+
+    now = [100.0]
+    slept: list[float] = []
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return now[0]
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            assert 0 < seconds <= 1.0, f"a slice of {seconds} s"
+            slept.append(seconds)
+            now[0] += seconds
+
+    monkeypatch.setattr(stopflag, "time", Clock)
+    monkeypatch.setattr(stopflag, "SLICE_SECONDS", 1.0)
+    assert StopFlag().wait(3.5) is False
+    assert slept == [1.0, 1.0, 1.0, 0.5]

@@ -781,3 +781,45 @@ def test_an_alert_is_stored_once_however_often_it_is_read_and_only_then(change, 
     assert (alert_key(change(alert)) == alert_key(alert)) is same
     assert alert_key(alert).startswith("sha256:")
     assert alert_key({**alert, "uuid": "u-1"}) == alert_key({**change(alert), "uuid": "u-1"})
+
+
+def test_a_batch_sorted_back_from_its_facts_is_the_same_batch():
+    # the writer splits a batch the store refused into its facts, and stores the others
+    # as batches again: each fact must land back in its own list
+    from webhook.sessions.store.model import (
+        AlertFact,
+        AuditFact,
+        Batch,
+        FindingFact,
+        ProcessFact,
+        SessionFact,
+    )
+
+    batch = Batch(
+        sessions=[SessionFact("s-1", 1, "token"), SessionFact("s-2", 2, "audit")],
+        processes=[ProcessFact("s-1", "node-a", 40, 0, 30, "sh", 1)],
+        alerts=[AlertFact("k", 1, "r", "Notice", "syscall", "o", "{}", "verified", "node-a")],
+        audits=[
+            AuditFact(
+                "a-1",
+                "ResponseComplete",
+                1,
+                "create",
+                "exec",
+                "shop",
+                "web-0",
+                "app",
+                ("sh",),
+                "alice",
+                None,
+                "/api",
+                101,
+                "s-1",
+                "injected",
+                "{}",
+            )
+        ],
+        findings=[FindingFact("f", "kind", 1, "detail")],
+    )
+    assert Batch.of(batch.facts()) == batch
+    assert Batch.of([]) == Batch()
