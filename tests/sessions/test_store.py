@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import threading
@@ -823,3 +824,47 @@ def test_a_batch_sorted_back_from_its_facts_is_the_same_batch():
     )
     assert Batch.of(batch.facts()) == batch
     assert Batch.of([]) == Batch()
+
+
+def test_prune_names_what_it_deleted_table_by_table(store_url):
+    consume_into(store_url, "shell_and_grandchild", "replay_reused_within_window")
+    ingest_audit(store_url)
+    store = open_store(store_url)
+    try:
+        store.crosscheck(LATER, 60 * 10**9)
+        before = {
+            "sessions": len(store.sessions(SessionQuery(since_ns=EVER))),
+            "findings": len(store.findings(EVER)),
+        }
+        deleted = store.prune(LATER + 10**9)
+        assert set(deleted) == {"alerts", "processes", "sessions", "audit_events", "findings"}
+        assert (deleted["sessions"], deleted["findings"]) == (
+            before["sessions"],
+            before["findings"],
+        )
+        assert deleted["alerts"] > 0 and deleted["processes"] > 0 and deleted["audit_events"] > 0
+        assert sum(store.prune(LATER + 10**9).values()) == 0, "nothing left to delete"
+    finally:
+        store.close()
+
+
+def test_crosscheck_accuses_no_session_before_its_grace_has_passed_on_its_own_clock(store_url):
+    # the apiserver's clock runs ahead of the consumer's: its audit log already shows an
+    # event past carol's grace, but on the clock that judges, the grace has not passed
+    consume_into(store_url, "replay_reused_within_window")
+    store = open_store(store_url)
+    try:
+        started = store.session(CAROL_SID)["started_ns"]  # type: ignore[index]
+    finally:
+        store.close()
+    grace = 60 * 10**9
+    ahead = datetime.datetime.fromtimestamp((started + grace) / 1e9 + 5, datetime.UTC)
+    event = json.loads(AUDIT_LOG.read_text().splitlines()[0])
+    event.update(auditID="ahead-1", stageTimestamp=ahead.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    ingest_audit_lines(store_url, json.dumps(event) + "\n")
+    store = open_store(store_url)
+    try:
+        assert store.crosscheck(started + 10 * 10**9, grace) == 0, "10 s after it started"
+        assert store.crosscheck(started + grace + 10 * 10**9, grace) == 1
+    finally:
+        store.close()
