@@ -227,12 +227,17 @@ class _Parsing:
     early: tuple[int, bytes] | None = None
 
 
-class _Abort(Exception):
-    """Stop parsing this connection: answer ``status`` and close."""
+def _error(message: str) -> bytes:
+    return orjson.dumps({"error": message})
 
-    def __init__(self, status: int, message: str) -> None:
+
+class _Abort(Exception):
+    """Stop parsing this connection: answer ``status`` with ``reply`` (JSON), and close."""
+
+    def __init__(self, status: int, message: str, reply: bytes | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reply = reply if reply is not None else _error(message)
 
 
 def _response(
@@ -390,27 +395,27 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except _Abort as abort:
-            self._abort(abort.status, str(abort))
+            self._abort(abort.status, abort.reply)
             return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, _Abort):
-                self._abort(cause.status, str(cause))
+                self._abort(cause.status, cause.reply)
             else:
                 log.error("the HTTP parser failed: %r", cause)
-                self._abort(400, "malformed HTTP request")
+                self._abort(400, _error("malformed HTTP request"))
             return
         except httptools.HttpParserUpgrade:
-            self._abort(400, "protocol upgrades are not supported")
+            self._abort(400, _error("protocol upgrades are not supported"))
             return
         except httptools.HttpParserError as exc:
-            self._abort(400, f"malformed HTTP request: {exc}")
+            self._abort(400, _error(f"malformed HTTP request: {exc}"))
             return
         if len(self.queue) >= MAX_QUEUED:
             self._pause_reading()
         self._run_queue()
 
-    def _abort(self, status: int, message: str) -> None:
+    def _abort(self, status: int, reply: bytes) -> None:
         """A request that cannot be parsed or is refused before its body: answer, close."""
         if status == 0:  # refused on its headers: answered in turn by _run_queue
             self._run_queue()
@@ -418,7 +423,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is None or self.closing:
             return
         self.queue.clear()
-        self.transport.write(_json_response(status, orjson.dumps({"error": message}), False))
+        self.transport.write(_json_response(status, reply, False))
         self._close()
 
     # --- httptools callbacks ------------------------------------------------------------
@@ -475,8 +480,10 @@ class _Connection(asyncio.Protocol):
         limit = self.server.falco.max_body_bytes if parsing.falco else self.server.max_body_bytes
         if parsing.body_bytes > limit:
             # a chunked body announces no length: refused as soon as it passes the limit
-            status, reply = self.server.falco.too_large() if parsing.falco else (413, b"")
-            raise _Abort(status, orjson.loads(reply)["error"] if reply else "body too large")
+            if parsing.falco:  # Falco's own answer, as for a Content-Length over the limit
+                status, reply = self.server.falco.too_large()
+                raise _Abort(status, "body too large", reply)
+            raise _Abort(413, "body too large")
         parsing.body.append(body)
 
     def on_message_complete(self) -> None:
