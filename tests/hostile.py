@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,35 +205,50 @@ class Hostile:
 
 
 def pipeline_unread(
-    port: int, request: bytes, *, seconds: float, max_bytes: int
+    port: int,
+    request: bytes,
+    *,
+    seconds: float,
+    max_bytes: int,
+    while_open: Callable[[], object] | None = None,
 ) -> tuple[int, bool]:
     """Pipeline ``request`` into one connection for ``seconds`` without reading an answer,
     at most ``max_bytes``: the bytes the server took, and whether it stopped taking them
-    (the kernel's buffers filled because the server stopped reading)."""
+    (the kernel's buffers filled because the server stopped reading). ``while_open`` is
+    called once sending stops, before the connection is closed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        result = _pipeline_into(sock, port, request, seconds, max_bytes)
+        if while_open is not None:
+            while_open()
+    return result
+
+
+def _pipeline_into(
+    sock: socket.socket, port: int, request: bytes, seconds: float, max_bytes: int
+) -> tuple[int, bool]:
     sent = 0
     stalled_since: float | None = None
     batch = request * max(1, 65536 // len(request))
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # a small receive window, as an attacker would choose: the answers it never reads
-        # fill it at once, so the server's own buffers fill within the attack however slow
-        # the machine is (with the default window, megabytes of answers, a loaded machine
-        # took longer than the attack to fill it and the server was never seen to pause)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(5)
-        sock.connect(("127.0.0.1", port))
-        sock.setblocking(False)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and sent < max_bytes:
-            try:
-                sent += sock.send(batch)
-                stalled_since = None
-            except BlockingIOError:
-                stalled_since = stalled_since or time.monotonic()
-                if time.monotonic() - stalled_since > 2.0:
-                    return sent, True  # nothing taken for 2 s: the server stopped reading
-                time.sleep(0.01)
-            except OSError:
-                return sent, True  # the server closed it
+    # a small receive window, as an attacker would choose: the answers it never reads
+    # fill it at once, so the server's own buffers fill within the attack however slow
+    # the machine is (with the default window, megabytes of answers, a loaded machine
+    # took longer than the attack to fill it and the server was never seen to pause)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and sent < max_bytes:
+        try:
+            sent += sock.send(batch)
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 2.0:
+                return sent, True  # nothing taken for 2 s: the server stopped reading
+            time.sleep(0.01)
+        except OSError:
+            return sent, True  # the server closed it
     return sent, False
 
 

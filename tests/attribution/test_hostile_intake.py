@@ -189,7 +189,8 @@ def test_clients_that_pipeline_and_never_read_are_paused_and_memory_stays_bounde
     results: list[tuple[int, bool]] = []
 
     def attack() -> None:
-        results.append(pipeline_unread(consumer.port, request, seconds=8, max_bytes=512 * MiB))
+        # up to 20 s: on a loaded machine the server takes longer to fill its buffers and stop
+        results.append(pipeline_unread(consumer.port, request, seconds=20, max_bytes=512 * MiB))
 
     attackers = [threading.Thread(target=attack) for _ in range(2)]
     for thread in attackers:
@@ -216,10 +217,15 @@ def test_a_client_that_stops_reading_its_answers_is_closed_at_the_write_deadline
 
     before = closed()
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    _, stopped = pipeline_unread(consumer.port, request, seconds=10, max_bytes=64 * MiB)
+    _, stopped = pipeline_unread(
+        consumer.port,
+        request,
+        seconds=20,
+        max_bytes=64 * MiB,
+        # the client stays, reading nothing: its answers wait unread past the deadline
+        while_open=lambda: eventually(lambda: closed() > before, what="a write_timeout close"),
+    )
     assert stopped
-    # its answers waited unread past the deadline: the connection is closed, and counted
-    eventually(lambda: closed() > before, what="a write_timeout close")
     consumer.nothing_acknowledged_is_lost()
 
 
