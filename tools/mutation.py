@@ -509,24 +509,28 @@ def process_mutants(names: Sequence[str], workers: int, at_most: int | None = No
     )
 
 
+def run_mutmut(names: list[str], max_children: int) -> None:
+    run = subprocess.run(
+        [*MUTMUT, "run", "--max-children", str(max_children), *names],
+        cwd=ROOT,
+        # the same fuzz examples in every run, so that scores can be compared
+        env={**os.environ, "WHOEXEC_HYPOTHESIS_PROFILE": "mutation"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if run.returncode != 0:
+        # its progress is one long line of spinner frames: show the end of what it said
+        said = (run.stdout + run.stderr).replace("\r", "\n").splitlines()[-15:]
+        sys.exit("\n".join([*said, f"mutmut run failed with status {run.returncode}"]))
+
+
 def mutmut_report(names: list[str], max_children: int, report_only: bool) -> dict[str, Any]:
     """Run mutmut (unless ``report_only``) and sort what it left: the report's modules."""
     equivalents = load_equivalents()
     started = time.monotonic()
     if not report_only:
-        run = subprocess.run(
-            [*MUTMUT, "run", "--max-children", str(max_children), *names],
-            cwd=ROOT,
-            # the same fuzz examples in every run, so that scores can be compared
-            env={**os.environ, "WHOEXEC_HYPOTHESIS_PROFILE": "mutation"},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if run.returncode != 0:
-            # its progress is one long line of spinner frames: show the end of what it said
-            said = (run.stdout + run.stderr).replace("\r", "\n").splitlines()[-15:]
-            sys.exit("\n".join([*said, f"mutmut run failed with status {run.returncode}"]))
+        run_mutmut(names, max_children)
     elapsed = time.monotonic() - started
     by_module: dict[str, Counter[str]] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
@@ -657,17 +661,21 @@ def main() -> None:
     if not args.hand_only:
         # a module runs all its mutants; a pattern or a mutant's own name, those it names
         names = [arg if "*" in arg or "__mutmut_" in arg else f"{arg}.*" for arg in args.modules]
-        report = mutmut_report(names, args.max_children, args.report_only)
         if args.process:
-            seconds = report["seconds"]
+            started = time.monotonic()
+            if not args.report_only:
+                run_mutmut(names, args.max_children)
+            seconds = round(time.monotonic() - started)
             started = time.monotonic()
             try:
                 process_mutants(names, args.max_children, args.process_sample)
             except RuntimeError as exc:
                 sys.exit(str(exc))
+            process_seconds = round(time.monotonic() - started)
             report = mutmut_report(names, args.max_children, report_only=True)
-            report["seconds"] = seconds
-            report["process_seconds"] = round(time.monotonic() - started)
+            report.update(seconds=seconds, process_seconds=process_seconds)
+        else:
+            report = mutmut_report(names, args.max_children, args.report_only)
         print_mutmut(report)
     if args.hand or args.hand_only:
         started = time.monotonic()
