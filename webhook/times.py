@@ -32,20 +32,29 @@ def parse_time_ns(text: str, now_ns: int) -> int:
     if _DURATION.fullmatch(text):
         return clamped(now_ns - parse_duration_ns(text))
     try:
+        return clamped(rfc3339_ns(text))
+    except ValueError:
+        raise ValueError(
+            f"{text[:40]!r} is neither a duration (30m, 24h, 7d, 2w) nor an RFC 3339 time "
+            "(2026-11-22T10:00:00Z)"
+        ) from None
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def rfc3339_ns(text: str) -> int:
+    """An RFC 3339 time (``Z`` or an offset; none is UTC) as ns since the epoch, to the
+    microsecond Python reads; ValueError when it is not one."""
+    try:
         stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
         if stamp.tzinfo is None:
             stamp = stamp.replace(tzinfo=datetime.UTC)
         # whole seconds apart: a float of ns since the epoch would round away the last digits
         seconds = (stamp - _EPOCH) // datetime.timedelta(seconds=1)
-    except (ValueError, OverflowError):
-        raise ValueError(
-            f"{text[:40]!r} is neither a duration (30m, 24h, 7d, 2w) nor an RFC 3339 time "
-            "(2026-11-22T10:00:00Z)"
-        ) from None
-    return clamped(seconds * 1_000_000_000 + stamp.microsecond * 1000)
-
-
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{text[:40]!r} is not an RFC 3339 time") from exc
+    return seconds * 1_000_000_000 + stamp.microsecond * 1000
 
 
 def format_utc(ns: int | None) -> str:

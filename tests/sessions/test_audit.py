@@ -289,3 +289,35 @@ def test_a_flood_of_bad_audit_lines_keeps_the_first_thousand_reasons_and_counts_
     ingestor.close()
     assert (ingestor.stats["malformed"], len(ingestor.errors)) == (1001, 1000)
     assert ingestor.errors[-1] == "audit log line 1000: an audit event is a JSON object"
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"kind": "EventList"}, "expected kind Event, apiVersion audit.k8s.io/v1; got kind "
+         "'EventList', apiVersion 'audit.k8s.io/v1'"),
+        ({"apiVersion": "audit.k8s.io/v1beta1"}, "expected kind Event, apiVersion "
+         "audit.k8s.io/v1; got kind 'Event', apiVersion 'audit.k8s.io/v1beta1'"),
+        ({"auditID": 7}, "field 'auditID' must be a string"),
+        ({"stage": None}, "field 'stage' must be a string"),
+        ({"verb": ["create"]}, "field 'verb' must be a string"),
+        ({"requestURI": {}}, "field 'requestURI' must be a string"),
+        ({"user": "alice"}, "field 'user' must be an object"),
+        ({"objectRef": []}, "field 'objectRef' must be an object"),
+        ({"annotations": "x"}, "field 'annotations' must be an object"),
+        ({"impersonatedUser": 1}, "field 'impersonatedUser' must be an object"),
+        ({"responseStatus": True}, "field 'responseStatus' must be an object"),
+    ],
+)  # fmt: skip
+def test_an_audit_event_of_the_wrong_kind_or_with_a_field_of_the_wrong_type_is_named(
+    changes, error
+):
+    from webhook.errors import MalformedAuditEvent
+
+    with pytest.raises(MalformedAuditEvent) as refused:
+        check_event(debug_event(**changes), "audit.log line 3")
+    assert str(refused.value) == f"audit.log line 3: {error}"
+    # absent or null optional objects are fine
+    event = debug_event(impersonatedUser=None, responseStatus=None)
+    del event["annotations"]
+    assert check_event(event) is event

@@ -22,12 +22,12 @@ only reads.
 
 from __future__ import annotations
 
-import datetime
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from webhook.errors import MalformedAuditEvent
+from webhook.times import MAX_NS, MIN_NS, rfc3339_ns
 
 #: the pod subresources whose events are sessions: exec, attach, and kubectl debug's
 SUBRESOURCES = ("exec", "attach", "ephemeralcontainers")
@@ -93,21 +93,16 @@ class ExecAudit:
         return self.subresource == "exec"
 
 
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-#: what the store holds: a signed 64-bit count of ns since the epoch (1677 to 2262)
-_MIN_NS, _MAX_NS = -(2**63), 2**63 - 1
 
 
 def parse_time_ns(text: str, field: str) -> int:
+    if not isinstance(text, str):
+        raise MalformedAuditEvent(f"{field} {str(text)[:40]!r} is not an RFC 3339 time")
     try:
-        stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=datetime.UTC)
-        seconds = (stamp - _EPOCH) // datetime.timedelta(seconds=1)
-    except (ValueError, AttributeError, OverflowError):
-        raise MalformedAuditEvent(f"{field} {str(text)[:40]!r} is not an RFC 3339 time") from None
-    ns = seconds * 1_000_000_000 + stamp.microsecond * 1000
-    if not _MIN_NS <= ns <= _MAX_NS:
+        ns = rfc3339_ns(text)
+    except ValueError:
+        raise MalformedAuditEvent(f"{field} {text[:40]!r} is not an RFC 3339 time") from None
+    if not MIN_NS <= ns <= MAX_NS:  # what the store holds: signed 64-bit ns
         raise MalformedAuditEvent(f"{field} {text[:40]!r} is out of range (1677 to 2262)")
     return ns
 
