@@ -387,6 +387,22 @@ def test_unreachable_postgres_is_a_clear_error_without_the_password():
     assert "s3cretpw" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://whoexec:s3cretpw@db.example:5433/whoexec", "postgresql://db.example:5433/whoexec"),
+        ("postgresql://whoexec:s3cretpw@db.example/whoexec", "postgresql://db.example/whoexec"),
+        ("postgresql:///whoexec?password=s3cretpw", "postgresql://localhost/whoexec"),
+    ],
+)  # fmt: skip
+def test_a_postgres_store_is_named_in_errors_by_its_server_and_database_alone(url, shown):
+    from webhook.sessions.store.sql import PostgresStore
+
+    store = PostgresStore.__new__(PostgresStore)  # named, never connected
+    store.url = url
+    assert store._redacted() == shown
+
+
 def test_unusable_sqlite_path_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(StoreUnavailable, match="cannot open SQLite store"):
@@ -866,5 +882,42 @@ def test_crosscheck_accuses_no_session_before_its_grace_has_passed_on_its_own_cl
     try:
         assert store.crosscheck(started + 10 * 10**9, grace) == 0, "10 s after it started"
         assert store.crosscheck(started + grace + 10 * 10**9, grace) == 1
+    finally:
+        store.close()
+
+
+def test_an_exec_s_audit_event_shows_where_it_came_from_and_only_what_the_event_says(store_url):
+    consume_into(store_url, "shell_and_grandchild")
+    lines = [
+        json.loads(line) for line in AUDIT_LOG.read_text().splitlines() if line.startswith('{"')
+    ]
+    # alice's exec as its ResponseComplete stage wrote it, with the webhook's session id
+    event = [e for e in lines if e.get("auditID") == "7b36f2ea-2e64-4b4a-a946-f387c75b7d72"][-1]
+    odd = {**event, "auditID": "odd-1", "sourceIPs": "10.0.0.9", "userAgent": None}
+    ingest_audit_lines(store_url, "\n".join(json.dumps(e) for e in (event, odd)) + "\n")
+    store = open_store(store_url)
+    try:
+        session = store.session(ALICE_SID)
+    finally:
+        store.close()
+    assert session is not None
+    shown = {e["audit_id"]: e for e in session["audit_events"]}
+    assert (shown[event["auditID"]]["source_ips"], shown[event["auditID"]]["user_agent"]) == (
+        event["sourceIPs"],
+        event["userAgent"],
+    )
+    assert shown[event["auditID"]]["command"] == ["/bin/bash"]
+    # a sourceIPs that is not a list is shown as none, never as its characters
+    assert (shown["odd-1"]["source_ips"], shown["odd-1"]["user_agent"]) == ([], None)
+
+
+def test_users_and_findings_without_a_start_reach_back_to_the_first(store_url):
+    consume_into(store_url, "shell_and_grandchild", "replay_reused_within_window")
+    ingest_audit(store_url)
+    store = open_store(store_url)
+    try:
+        store.crosscheck(LATER, 60 * 10**9)
+        assert store.users(None) == store.users(EVER) != []
+        assert store.findings(None) == store.findings(EVER) != []
     finally:
         store.close()
