@@ -1029,3 +1029,39 @@ def test_an_app_that_fails_is_a_500_logged_with_its_request_and_the_connection_g
     (logged,) = [r for r in caplog.records if r.getMessage().startswith("GET b'/boom?")]
     assert logged.getMessage() == f"GET {(b'/boom?' + b'q' * 300)[:200]!r} failed"
     assert logged.exc_info is not None
+
+
+@pytest.mark.parametrize(
+    ("listen", "family", "host"),
+    [
+        ("127.0.0.1:0", socket.AF_INET, "127.0.0.1"),
+        ("[::1]:0", socket.AF_INET6, "::1"),
+        ("::1:0", socket.AF_INET6, "::1"),  # the port is after the last colon
+    ],
+)
+def test_the_intake_listens_on_the_address_and_family_it_is_given(listen, family, host):
+    sock = bind(listen)
+    try:
+        assert (sock.family, sock.getsockname()[0]) == (family, host)
+        assert sock.getsockname()[1] > 0, "port 0: the kernel picked one"
+    finally:
+        sock.close()
+
+
+def test_a_tls_client_that_leaves_mid_handshake_gives_its_slot_back(start, tls_certs):
+    from webhook.tls import ReloadingContext
+
+    tls = ReloadingContext(tls_certs / "tls.crt", tls_certs / "tls.key").current
+    intake = start(tls=tls, handshake_timeout=30, max_connections_per_peer=2)
+    for _ in range(3):  # each would hold a slot of the peer's 2 until the 30 s deadline
+        with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as leaving:
+            leaving.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello, cut
+            eventually(lambda: intake.server.slots, "the connection taken in")
+        eventually(lambda: not intake.server.slots, "the slot of the one that left released")
+    client = ssl.create_default_context(cafile=str(tls_certs / "ca.crt"))
+    conn = intake.connection(client)
+    try:
+        conn.request("POST", "/falco", body=LINES[0], headers=FALCO_HEADERS)
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()

@@ -1,0 +1,31 @@
+"""What every whoexec server under gunicorn shares: its settings and the open-files limit."""
+
+from __future__ import annotations
+
+import resource
+
+from webhook.serving import configure, raise_open_files_limit
+
+
+def test_every_server_turns_gunicorn_s_control_socket_off_and_keeps_its_own_settings():
+    # gunicorn >= 25.1 opens a control socket under $HOME, which a read-only root
+    # filesystem has no place for
+    from gunicorn.config import Config
+
+    cfg = Config()
+    assert "control_socket_disable" in cfg.settings, "the gunicorn whoexec pins has it"
+    configure(cfg, {"workers": 3, "timeout": 7})
+    assert (cfg.control_socket_disable, cfg.workers, cfg.timeout) == (True, 3, 7)
+
+
+def test_the_open_files_limit_is_raised_up_to_the_hard_limit_and_never_lowered():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        assert raise_open_files_limit(512) == 512
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (512, hard)
+        assert raise_open_files_limit(300) == 512, "never lowered"
+        if hard != resource.RLIM_INFINITY:
+            assert raise_open_files_limit(hard + 1000) == hard, "at most the hard limit"
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
