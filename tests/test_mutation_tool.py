@@ -328,6 +328,7 @@ def test_a_kill_in_a_process_counts_in_the_module_s_score(monkeypatch, tmp_path)
             (f"{SERVE}__mutmut_2", "no tests"),
             (f"{SERVE}__mutmut_3", "no tests"),
             (f"{SERVE}__mutmut_4", "survived"),
+            (f"{SERVE}__mutmut_5", "not checked"),  # left out of a sample
         ],
     )
     monkeypatch.setattr(mutation, "changed_lines", lambda name: (["a = 1"], ["a = 2"]))
@@ -340,6 +341,7 @@ def test_a_kill_in_a_process_counts_in_the_module_s_score(monkeypatch, tmp_path)
     assert (row["killed"], row["killed_in_a_process"], row["mutants"], row["score"]) == (
         2, 1, 4, 0.5,
     )  # fmt: skip
+    assert row["not_run"] == 1, "counted apart, not in the score"
     # one that survived its process is a survivor like any other, to be explained
     assert row["left_because"] == {"unexplained": 2}
     assert row["survived"] == 2

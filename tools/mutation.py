@@ -539,9 +539,13 @@ def mutmut_report(names: list[str], max_children: int, report_only: bool) -> dic
     used: set[Equivalent] = set()
     functions: set[str] = set()  # those whose mutants were looked at
     in_process = load_process_results()
+    not_run: Counter[str] = Counter()
     for name, status in results():
         module = module_of(name)
         if names and not any(fnmatch.fnmatchcase(name, pattern) for pattern in names):
+            continue
+        if status == "not checked":  # left out of a sampled run: not in the score
+            not_run[module] += 1
             continue
         if status != "killed" and in_process.get(name) in ("killed", "survived"):
             # run against the tests that start its process: their verdict stands
@@ -564,6 +568,7 @@ def mutmut_report(names: list[str], max_children: int, report_only: bool) -> dic
                 "mutants": sum(counts.values()),
                 "killed": counts["killed"] + counts["killed in a process"],
                 "killed_in_a_process": counts["killed in a process"],
+                "not_run": not_run[module],
                 "survived": counts["survived"],
                 "other": {
                     k: v
@@ -602,9 +607,10 @@ def mutmut_report(names: list[str], max_children: int, report_only: bool) -> dic
 def print_mutmut(report: dict[str, Any]) -> None:
     for module, row in report["modules"].items():
         why = ", ".join(f"{k} {v}" for k, v in row["left_because"].items())
+        sample = f"  ({row['not_run']} more not run)" if row.get("not_run") else ""
         print(
             f"{module:32} {row['killed']:5}/{row['mutants']:<5} killed  score {row['score']:.1%}"
-            f"  left: {why}"
+            f"  left: {why}{sample}"
         )
     total = report["total"]
     print(
