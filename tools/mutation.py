@@ -281,18 +281,26 @@ def apply_hand_mutant(tree: Path, mutant: HandMutant) -> str:
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
-def _pytest(tree: Path, tests: Sequence[str], run: Run, timeout: float) -> tuple[str, str]:
-    """Run ``tests`` in the copy at ``tree``: ("passed" | "failed" | "error" | "timeout",
-    the end of what pytest said)."""
+def _pytest(
+    tree: Path,
+    tests: Sequence[str],
+    run: Run,
+    timeout: float,
+    env_extra: dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """Run ``tests`` in the copy at ``tree``, with ``env_extra`` in their environment:
+    ("passed" | "failed" | "error" | "timeout", the end of what pytest said)."""
     command = [
         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x",
         "-m", "not e2e", *tests,
     ]  # fmt: skip
     env = {
         **os.environ,
-        # the copy's package, not the installed (editable) one
+        # the copy's package, not the installed (editable) one, here and in every server
+        # the tests start (`python -m webhook.cli` inherits the environment)
         "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])),
         "WHOEXEC_HYPOTHESIS_PROFILE": "mutation",
+        **(env_extra or {}),
     }
     try:
         done = run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
@@ -396,23 +404,7 @@ def _pytest_with_mutant(
 ) -> tuple[str, str]:
     """``tests`` run in mutmut's copy with mutant ``name`` switched on ("" for none), in
     this process and in every server the tests start (they inherit the environment)."""
-    command = [
-        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x",
-        "-m", "not e2e", *tests,
-    ]  # fmt: skip
-    env = {
-        **os.environ,
-        "MUTANT_UNDER_TEST": name,
-        # `python -m webhook.cli` in a test's server imports mutmut's copy, not the tree
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(mutants), os.environ.get("PYTHONPATH")])),
-        "WHOEXEC_HYPOTHESIS_PROFILE": "mutation",
-    }
-    try:
-        done = run(command, cwd=mutants, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return "timeout", f"no answer in {timeout:.0f} s"
-    said = "\n".join((done.stdout + done.stderr).strip().splitlines()[-3:])
-    return {0: "passed", 1: "failed"}.get(done.returncode, "error"), said
+    return _pytest(mutants, tests, run, timeout, {"MUTANT_UNDER_TEST": name})
 
 
 def run_process_mutants(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -803,21 +805,14 @@ def test_an_alert_is_stored_once_however_often_it_is_read_and_only_then(change, 
 def test_a_batch_sorted_back_from_its_facts_is_the_same_batch():
     # the writer splits a batch the store refused into its facts, and stores the others
     # as batches again: each fact must land back in its own list
-    from webhook.sessions.store.model import (
-        AlertFact,
-        AuditFact,
-        Batch,
-        FindingFact,
-        ProcessFact,
-        SessionFact,
-    )
+    from webhook.sessions.store import model as m
 
-    batch = Batch(
-        sessions=[SessionFact("s-1", 1, "token"), SessionFact("s-2", 2, "audit")],
-        processes=[ProcessFact("s-1", "node-a", 40, 0, 30, "sh", 1)],
-        alerts=[AlertFact("k", 1, "r", "Notice", "syscall", "o", "{}", "verified", "node-a")],
+    batch = m.Batch(
+        sessions=[m.SessionFact("s-1", 1, "token"), m.SessionFact("s-2", 2, "audit")],
+        processes=[m.ProcessFact("s-1", "node-a", 40, 0, 30, "sh", 1)],
+        alerts=[m.AlertFact("k", 1, "r", "Notice", "syscall", "o", "{}", "verified", "node-a")],
         audits=[
-            AuditFact(
+            m.AuditFact(
                 "a-1",
                 "ResponseComplete",
                 1,
@@ -836,18 +831,27 @@ def test_a_batch_sorted_back_from_its_facts_is_the_same_batch():
                 "{}",
             )
         ],
-        findings=[FindingFact("f", "kind", 1, "detail")],
+        findings=[m.FindingFact("f", "kind", 1, "detail")],
     )
-    assert Batch.of(batch.facts()) == batch
-    assert Batch.of([]) == Batch()
+    assert m.Batch.of(batch.facts()) == batch
+    assert m.Batch.of([]) == m.Batch()
+
+
+@contextlib.contextmanager
+def crosschecked(url: str) -> Iterator[store_sql.SqlStore]:
+    """A store with alice's and carol's sessions, the audit log, and its findings."""
+    consume_into(url, "shell_and_grandchild", "replay_reused_within_window")
+    ingest_audit(url)
+    store = open_store(url)
+    try:
+        store.crosscheck(LATER, 60 * 10**9)
+        yield store
+    finally:
+        store.close()
 
 
 def test_prune_names_what_it_deleted_table_by_table(store_url):
-    consume_into(store_url, "shell_and_grandchild", "replay_reused_within_window")
-    ingest_audit(store_url)
-    store = open_store(store_url)
-    try:
-        store.crosscheck(LATER, 60 * 10**9)
+    with crosschecked(store_url) as store:
         before = {
             "sessions": len(store.sessions(SessionQuery(since_ns=EVER))),
             "findings": len(store.findings(EVER)),
@@ -860,8 +864,6 @@ def test_prune_names_what_it_deleted_table_by_table(store_url):
         )
         assert deleted["alerts"] > 0 and deleted["processes"] > 0 and deleted["audit_events"] > 0
         assert sum(store.prune(LATER + 10**9).values()) == 0, "nothing left to delete"
-    finally:
-        store.close()
 
 
 def test_crosscheck_accuses_no_session_before_its_grace_has_passed_on_its_own_clock(store_url):
@@ -912,12 +914,6 @@ def test_an_exec_s_audit_event_shows_where_it_came_from_and_only_what_the_event_
 
 
 def test_users_and_findings_without_a_start_reach_back_to_the_first(store_url):
-    consume_into(store_url, "shell_and_grandchild", "replay_reused_within_window")
-    ingest_audit(store_url)
-    store = open_store(store_url)
-    try:
-        store.crosscheck(LATER, 60 * 10**9)
+    with crosschecked(store_url) as store:
         assert store.users(None) == store.users(EVER) != []
         assert store.findings(None) == store.findings(EVER) != []
-    finally:
-        store.close()

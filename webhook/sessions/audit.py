@@ -93,8 +93,6 @@ class ExecAudit:
         return self.subresource == "exec"
 
 
-
-
 def parse_time_ns(text: str, field: str) -> int:
     if not isinstance(text, str):
         raise MalformedAuditEvent(f"{field} {str(text)[:40]!r} is not an RFC 3339 time")
