@@ -228,7 +228,13 @@ def test_connections_past_the_cap_give_way_to_new_admissions(small_webhook, atta
 
 
 def test_a_client_that_pipelines_and_never_reads_holds_no_memory(webhook):
+    from tests.hostile_servers import eventually
+
+    def closed() -> float:
+        return webhook.metric("whoexec_webhook_connections_closed_total", 'reason="write_timeout"')
+
     rss_before = tree_rss(webhook.server.pid)
+    before = closed()
     with (
         socket.create_connection(("127.0.0.1", webhook.port), timeout=10) as plain,
         webhook.ctx.wrap_socket(plain, server_hostname="localhost") as tls,
@@ -244,6 +250,8 @@ def test_a_client_that_pipelines_and_never_reads_holds_no_memory(webhook):
             except OSError:
                 break  # closed by the server: its answers went unread past the deadline
         assert webhook.admit() < BOUND
+        # still connected, reading nothing: closed at the write deadline, and counted
+        eventually(lambda: closed() > before, what="a write_timeout close")
     assert tree_rss(webhook.server.pid) < rss_before + 64 * 1024 * 1024
 
 
