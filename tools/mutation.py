@@ -672,6 +672,9 @@ def main() -> None:
             process_seconds = round(time.monotonic() - started)
             report = mutmut_report(names, args.max_children, report_only=True)
             report.update(seconds=seconds, process_seconds=process_seconds)
+            log = PROCESS_RESULTS.with_suffix(".log")
+            if log.exists():  # each process mutant run, and the test that killed it
+                report["process_runs"] = [json.loads(x) for x in log.read_text().splitlines()]
         else:
             report = mutmut_report(names, args.max_children, args.report_only)
         print_mutmut(report)
