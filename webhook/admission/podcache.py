@@ -74,6 +74,7 @@ class PodCache:
         self.backoff = backoff
         self.synced = threading.Event()
         self.relists = 0
+        self.watches = 0  # watch requests made: a resumed watch counts, a relist does not
         self._pods: dict[PodKey, PodFacts] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -182,6 +183,7 @@ class PodCache:
             _request_timeout=(5, self.watch_timeout + 30),
         )
         self._response = reply
+        self.watches += 1
         buffer = b""
         try:
             if self._stop.is_set():  # stop() ran while the request was on its way
