@@ -4,11 +4,13 @@ import base64
 import datetime
 import ipaddress
 import stat
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from webhook.admission.certs import ALL_FILES, PRIVATE_FILES
@@ -89,6 +91,7 @@ def test_certs_refuses_to_overwrite_without_force(tmp_path):
     before = (tmp_path / "certs" / "identity.key").read_bytes()
     result = run_certs(tmp_path)
     assert result.exit_code == 1
+    assert "already holds ca.crt, ca.key, tls.crt" in result.output, "names what it would lose"
     assert "--force" in result.output
     assert (tmp_path / "certs" / "identity.key").read_bytes() == before
     assert run_certs(tmp_path, "--force").exit_code == 0
@@ -119,7 +122,10 @@ def test_rotating_the_identity_signs_with_a_new_key_and_keeps_the_old_one_truste
     assert set(ring) == {old.kid, new.kid}
     assert verify_token(token, ring, NOW) == IDENTITY, "old sessions still verify"
     assert stat.S_IMODE((out / "identity.key").stat().st_mode) == 0o600
+    for public in ("identity.pub", "identity.previous.pub"):  # the consumers read them
+        assert stat.S_IMODE((out / public).stat().st_mode) == 0o644, public
     assert {name: (out / name).read_bytes() for name in untouched} == untouched
+    assert "no longer trusted" not in result.output, "a new install's one key stays trusted"
 
 
 def test_a_second_rotation_drops_the_key_before_the_previous_one_and_says_so(tmp_path):
@@ -265,3 +271,109 @@ def test_certs_makes_the_directories_it_is_given(tmp_path):
     result = CliRunner().invoke(main, ["certs", "--out", str(tmp_path / "a" / "b" / "certs")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "a" / "b" / "certs" / "ca.crt").is_file()
+
+
+def test_generating_into_a_filled_directory_without_being_told_to_overwrite_is_refused(tmp_path):
+    from webhook.admission.certs import generate_certs
+
+    now = datetime.datetime.now(datetime.UTC)
+    generate_certs(tmp_path, "whoexec", "sec", now)
+    before = (tmp_path / "identity.key").read_bytes()
+
+    with pytest.raises(ConfigError, match="pass --force to overwrite"):
+        generate_certs(tmp_path, "whoexec", "sec", now)
+    assert (tmp_path / "identity.key").read_bytes() == before
+
+
+def test_certificates_are_valid_for_a_year_unless_told_otherwise(tmp_path):
+    from webhook.admission.certs import generate_certs
+
+    now = datetime.datetime(2026, 12, 4, 12, 0, tzinfo=datetime.UTC)
+    generate_certs(tmp_path, "whoexec", "sec", now)
+
+    for name in ("ca.crt", "tls.crt"):
+        cert = x509.load_pem_x509_certificate((tmp_path / name).read_bytes())
+        assert cert.not_valid_after_utc == now + datetime.timedelta(days=365), name
+
+
+@pytest.mark.parametrize(
+    ("names", "common_name"),
+    [
+        (("falco",), "falco"),
+        (("a", "b"), "b"),
+        (("a", "b", "c"), "c"),
+        (("a", "b", "c", "d"), "c"),  # the Service's "<name>.<namespace>.svc" form
+    ],
+)
+def test_a_leaf_s_common_name_is_its_third_name_or_its_last_of_fewer(names, common_name):
+    from webhook.admission.certs import issue_serving_certificate
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    leaf, _ = issue_serving_certificate(ca, ca_key, names, now, 1)
+
+    assert leaf.subject.rfc4514_string() == f"CN={common_name}"
+
+
+def test_a_rotation_of_a_new_install_drops_no_key(tmp_path):
+    from webhook.admission.certs import generate_certs, rotate_identity
+
+    generate_certs(tmp_path, "whoexec", "sec", datetime.datetime.now(datetime.UTC))
+    first = load_signer(tmp_path / "identity.key").kid
+
+    rotation = rotate_identity(tmp_path)
+
+    assert (rotation.previous, rotation.dropped) == (first, None)
+
+
+def test_each_file_is_written_beside_its_place_under_a_hidden_name_and_then_renamed(
+    tmp_path, monkeypatch
+):
+    """os.replace is atomic only within one filesystem, and a reader listing the
+    directory (a consumer reads every .pub in it) must not meet a half-written file."""
+    import os
+
+    from webhook.admission import certs
+
+    renames = []
+    real_replace = os.replace
+
+    def replace(source, target):
+        renames.append((Path(source), Path(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(certs.os, "replace", replace)
+    certs.generate_certs(tmp_path, "whoexec", "sec", datetime.datetime.now(datetime.UTC))
+
+    assert {target.name for _, target in renames} == set(ALL_FILES)
+    for source, target in renames:
+        assert source.parent == target.parent == tmp_path
+        assert source.name.startswith(f".{target.name}."), source.name
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
+    from webhook.admission import certs
+
+    (tmp_path / "ca.crt").write_bytes(b"old")
+
+    def refuse(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(certs.os, "replace", refuse)
+    with pytest.raises(OSError, match="No space"):
+        certs._write(tmp_path / "ca.crt", b"new", private=False)
+
+    assert [p.name for p in tmp_path.iterdir()] == ["ca.crt"]
+    assert (tmp_path / "ca.crt").read_bytes() == b"old"

@@ -51,9 +51,8 @@ PRIVATE_FILES = frozenset({CA_KEY, TLS_KEY, IDENTITY_KEY, API_TOKEN})
 
 @dataclass(frozen=True, slots=True)
 class CertBundle:
-    """What ``whoexec certs`` wrote."""
+    """What ``whoexec certs`` wrote, for what it prints."""
 
-    directory: Path
     ca_bundle: str  # base64 of ca.crt, for the MutatingWebhookConfiguration's caBundle
     dns_names: tuple[str, ...]
 
@@ -211,7 +210,7 @@ def generate_certs(
     }
     for name, data in files.items():
         _write(out / name, data, private=name in PRIVATE_FILES)
-    return CertBundle(out, base64.b64encode(ca_pem).decode("ascii"), dns_names)
+    return CertBundle(base64.b64encode(ca_pem).decode("ascii"), dns_names)
 
 
 @dataclass(frozen=True, slots=True)
