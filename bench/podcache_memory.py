@@ -27,7 +27,7 @@ import resource, sys
 from webhook.admission import podcache
 podcache.LIST_PAGE = int(sys.argv[2])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-cache = podcache.PodCache(podcache.api_client(sys.argv[1], 60.0))
+cache = podcache.PodCache(podcache.api_client(sys.argv[1]))
 cache.relist()
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(len(cache), before // 1024, after // 1024)

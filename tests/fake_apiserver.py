@@ -7,11 +7,12 @@ Where it answers, it answers as kube-apiserver does:
 - ``GET /api/v1/pods`` is a ``PodList`` with ``metadata.resourceVersion`` (``limit`` and
   ``continue`` page it);
 - ``?watch=true&resourceVersion=RV`` streams, one JSON event per line in a chunked
-  response, every change after RV, then every new one, to **each** watcher (they do not
-  share a queue); ``allowWatchBookmarks=true`` gets ``BOOKMARK`` events carrying the
-  current version; a version older than the last compaction gets an ``ERROR`` event
-  with a 410 ``Status`` ("too old resource version") and the stream ends; the stream
-  ends after ``timeoutSeconds``;
+  response (one event a chunk, or all that are pending in one with ``rechunk``, as a
+  proxy between may send them: chunks are hop-by-hop), every change after RV, then every
+  new one, to **each** watcher (they do not share a queue); ``allowWatchBookmarks=true``
+  gets ``BOOKMARK`` events carrying the current version; a version older than the last
+  compaction gets an ``ERROR`` event with a 410 ``Status`` ("too old resource version")
+  and the stream ends; the stream ends after ``timeoutSeconds``;
 - ``GET /api/v1/namespaces/NS/pods/NAME`` is the Pod or a 404 ``Status``.
 """
 
@@ -92,6 +93,9 @@ class FakeApiserver:
         self._before_next_watch: list[Any] = []
         self.lists = 0
         self.watches: list[str] = []  # the resourceVersion each watch asked for
+        self.watch_timeouts: list[str] = []  # the timeoutSeconds each watch asked for
+        #: send what is pending as one chunk, as a proxy may re-chunk (chunks are hop-by-hop)
+        self.rechunk = False
         self.sent: list[int] = []  # per watch: the version of the last event it sent
         self.open_watches = 0
         self.expired: list[str] = []  # versions answered with 410
@@ -165,8 +169,8 @@ class FakeApiserver:
                     {"kind": "PodList", "apiVersion": "v1", "metadata": metadata, "items": page},
                 )
 
-            def _send(self, event: dict[str, Any]) -> bool:
-                line = json.dumps(event).encode() + b"\n"
+            def _send(self, *events: dict[str, Any]) -> bool:
+                line = b"".join(json.dumps(event).encode() + b"\n" for event in events)
                 try:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
                     self.wfile.flush()
@@ -190,6 +194,7 @@ class FakeApiserver:
                         change()  # what happened while the client was between two watches
                     outer._before_next_watch.clear()
                     outer.watches.append(asked)
+                    outer.watch_timeouts.append(query.get("timeoutSeconds", [""])[0])
                     outer.sent.append(0)
                     me = len(outer.watches) - 1
                     outer.open_watches += 1
@@ -234,8 +239,9 @@ class FakeApiserver:
                             or outer._closed.is_set()
                             or time.monotonic() >= deadline
                         )
-                    for event in events:
-                        if not self._send(event):
+                    batches = [events] if outer.rechunk and events else [[e] for e in events]
+                    for batch in batches:
+                        if not self._send(*batch):
                             return
                     with outer._changed:
                         outer.sent[me] = since

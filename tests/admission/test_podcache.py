@@ -34,7 +34,7 @@ def apiserver() -> Iterator[FakeApiserver]:
 @pytest.fixture
 def cache(apiserver) -> Iterator[PodCache]:
     pods = PodCache(
-        api_client(apiserver.url, 1.0), lookup_timeout=0.3, watch_timeout=30, backoff=(0.05, 0.2)
+        api_client(apiserver.url), lookup_timeout=0.3, watch_timeout=30, backoff=(0.05, 0.2)
     )
     pods.start()
     assert pods.synced.wait(10), "the cache never synced"
@@ -118,7 +118,7 @@ def during_a_compaction(apiserver: FakeApiserver, change) -> None:
 def test_a_pod_deleted_while_the_cache_was_not_watching_is_gone_after_the_relist(apiserver, gap):
     # room for three pods: a relist that kept what it had would go past it
     cache = PodCache(
-        api_client(apiserver.url, 1.0),
+        api_client(apiserver.url),
         max_pods=3,
         lookup_timeout=10.0,  # the look-up below must be answered, even on a loaded machine
         watch_timeout=30,
@@ -152,9 +152,7 @@ def test_a_pod_deleted_while_the_cache_was_not_watching_is_gone_after_the_relist
 
 
 def test_the_cache_holds_at_most_max_pods_dropping_the_pod_it_has_known_longest(apiserver):
-    cache = PodCache(
-        api_client(apiserver.url, 1.0), max_pods=2, watch_timeout=30, backoff=(0.05, 0.2)
-    )
+    cache = PodCache(api_client(apiserver.url), max_pods=2, watch_timeout=30, backoff=(0.05, 0.2))
     cache.start()
     try:
         assert cache.synced.wait(10), "the cache never synced"
@@ -178,7 +176,7 @@ def test_a_hanging_apiserver_costs_the_lookup_timeout_not_the_hang(cache, apiser
 
 def test_unsynced_cache_is_not_ready(apiserver):
     apiserver.down = True
-    pods = PodCache(api_client(apiserver.url, 1.0), backoff=(0.05, 0.1))
+    pods = PodCache(api_client(apiserver.url), backoff=(0.05, 0.1))
     pods.start()
     try:
         apiserver.wait_for(lambda: apiserver.refused >= 2, what="the failed lists")
@@ -277,7 +275,7 @@ def test_readyz_waits_for_the_pod_cache(apiserver, signer, trusted):
     from webhook.admission.decide import AdmissionPolicy
     from webhook.admission.server import WebhookState, create_app
 
-    pods = PodCache(api_client(apiserver.url, 1.0), watch_timeout=5)
+    pods = PodCache(api_client(apiserver.url), watch_timeout=5)
     client = create_app(
         WebhookState(
             AdmissionPolicy(env_trusted_namespaces=("*",)), signer, trusted, 1024, pods=pods
@@ -458,7 +456,7 @@ def test_a_pod_that_opts_out_while_watched_is_seen_opted_out(cache, apiserver):
 
 
 def test_an_outage_is_retried_after_a_delay_that_doubles_up_to_the_cap(apiserver, caplog):
-    cache = PodCache(api_client(apiserver.url, 1.0), watch_timeout=30, backoff=(0.1, 0.4))
+    cache = PodCache(api_client(apiserver.url), watch_timeout=30, backoff=(0.1, 0.4))
     cache.start()
     try:
         assert cache.synced.wait(10), "the cache never synced"
@@ -484,7 +482,7 @@ def test_a_relist_reads_every_page_and_keeps_at_most_max_pods(apiserver, monkeyp
     for n in range(3):
         apiserver.add(make_pod("shop", f"batch-{n}", f"uid-batch-{n}", 0))
     for max_pods, kept in ((5, 5), (4, 4)):
-        cache = PodCache(api_client(apiserver.url, 1.0), max_pods=max_pods, watch_timeout=30)
+        cache = PodCache(api_client(apiserver.url), max_pods=max_pods, watch_timeout=30)
         lists = apiserver.lists
         version = cache.relist()
         assert apiserver.lists - lists == 3, "five pods in pages of two"
@@ -497,7 +495,7 @@ def test_a_relist_reads_every_page_and_keeps_at_most_max_pods(apiserver, monkeyp
 
 def unconnected_cache(max_pods: int = 200_000) -> PodCache:
     """A cache whose events the test hands it: nothing is ever asked of an apiserver."""
-    return PodCache(api_client("http://127.0.0.1:9", 0.1), max_pods=max_pods)
+    return PodCache(api_client("http://127.0.0.1:9"), max_pods=max_pods)
 
 
 def event(kind: str, name: str, version: str | None = None) -> dict:
@@ -588,3 +586,144 @@ def test_a_cache_stopped_before_it_started_stops_quietly():
     cache = unconnected_cache()
     cache.stop()  # a worker that exits before its cache thread started
     assert cache._thread is None and cache._stop.is_set()
+
+
+# --- the watch stream as the wire may cut it, and the bounds of each request -------------
+
+
+def test_a_pod_event_larger_than_one_read_is_put_together_before_it_is_applied(cache, apiserver):
+    # a Pod may weigh up to etcd's 1.5 MiB; urllib3 hands a chunk over in reads of 64 KiB
+    pod = make_pod("shop", "big-0", "uid-big-0", 0, annotations={"note": "x" * 200_000})
+    apiserver.add(pod)
+    apiserver.add(make_pod("shop", "after-big", "uid-after-big", 0))
+    apiserver.wait_for(lambda: ("shop", "after-big") in cache._pods, what="the next event")
+    assert ("shop", "big-0") in cache._pods
+    assert apiserver.lists == 1 and cache.relists == 1, "read from the watch, no relist"
+
+
+def test_events_that_arrive_in_one_chunk_are_each_applied_in_order(cache, apiserver):
+    apiserver.rechunk = True
+    with apiserver._changed:  # three changes at once: one chunk of three lines
+        for n in range(3):
+            apiserver.add(make_pod("shop", f"burst-{n}", f"uid-burst-{n}", 0))
+        apiserver.delete("shop", "burst-1")
+    apiserver.wait_for(lambda: ("shop", "burst-2") in cache._pods, what="the burst")
+    apiserver.wait_for(lambda: ("shop", "burst-1") not in cache._pods, what="the deletion")
+    assert ("shop", "burst-0") in cache._pods
+    apiserver.end_watches()
+    apiserver.wait_for(lambda: len(apiserver.watches) == 2, what="the resumed watch")
+    assert apiserver.watches[1] == str(apiserver.rv), "resumed after the last of them"
+    assert apiserver.lists == 1
+
+
+def test_each_watch_asks_the_apiserver_to_end_it_after_the_watch_timeout(cache, apiserver):
+    """A watch whose connection died silently (a NAT or a load balancer dropped it) is
+    replaced when the apiserver was due to end it, not never."""
+    apiserver.end_watches()
+    apiserver.wait_for(lambda: len(apiserver.watches) == 2, what="the resumed watch")
+    assert apiserver.watch_timeouts == ["30", "30"]
+
+
+def test_no_request_of_the_cache_can_wait_unbounded_for_the_apiserver(
+    cache, apiserver, monkeypatch
+):
+    """(connect, read) bounds on every call: a list that stalls is cut after a minute, a
+    watch half a minute after the apiserver should have ended it, a look-up at once."""
+    asked: list[tuple[str, object]] = []
+    for method in ("list_pod_for_all_namespaces", "read_namespaced_pod"):
+        real = getattr(cache.core, method)
+
+        def spy(*args, _real=real, _method=method, **kwargs):
+            called = "watch" if kwargs.get("watch") else _method
+            asked.append((called, kwargs["_request_timeout"]))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(cache.core, method, spy)
+    cache.relist()
+    cache.lookup("shop", "not-cached-0")
+    apiserver.end_watches()
+    apiserver.wait_for(lambda: len(apiserver.watches) == 2, what="the resumed watch")
+
+    bounds = dict(asked)
+    assert set(bounds) == {"list_pod_for_all_namespaces", "read_namespaced_pod", "watch"}
+    list_connect, list_read = bounds["list_pod_for_all_namespaces"]
+    watch_connect, watch_read = bounds["watch"]
+    assert list_connect <= 5 and watch_connect <= 5
+    assert list_read <= 60
+    assert cache.watch_timeout < watch_read <= cache.watch_timeout + 30
+    assert bounds["read_namespaced_pod"] == cache.lookup_timeout == 0.3
+
+
+def test_an_apiserver_down_at_start_is_retried_after_the_short_delay_not_the_cap(apiserver):
+    """The first relist of a worker that starts during an apiserver restart (or before
+    its network is up) is retried at once, as after a watch that failed."""
+    cache = PodCache(api_client(apiserver.url), watch_timeout=30, backoff=(0.05, 600.0))
+    apiserver.down = True
+    cache.start()
+    try:
+        apiserver.wait_for(lambda: apiserver.refused >= 1, what="the refused first list")
+        apiserver.down = False
+        assert cache.synced.wait(20), "the cache waited the cap, not the first delay"
+        apiserver.down = True
+        apiserver.end_watches()
+        apiserver.wait_for(lambda: apiserver.refused >= 2, what="the refused relist")
+        apiserver.down = False
+        apiserver.wait_for(lambda: cache.relists == 2, seconds=20, what="the retried relist")
+    finally:
+        cache.stop()
+
+
+def test_the_cache_runs_in_a_named_daemon_thread_that_stop_ends(cache, apiserver):
+    """A daemon: a gunicorn worker that exits does not wait on a watch. Stopped, the
+    thread ends though the watch it was reading had nothing to send."""
+    thread = cache._thread
+    assert thread is not None
+    assert (thread.name, thread.daemon) == ("whoexec-pod-cache", True)
+    apiserver.wait_for(lambda: cache._response is not None, what="the watch's response")
+    cache.stop()
+    assert not thread.is_alive()
+    assert apiserver.open_watches in (0, 1)  # the fake notices the close at its next write
+
+
+# --- api_client: how the cache reaches the apiserver --------------------------------------
+
+
+def test_a_kubeconfig_names_the_apiserver_and_the_credentials(tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://10.1.2.3:6443',"
+        " insecure-skip-tls-verify: true}}]\n"
+        "users: [{name: u, user: {token: t0ken}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    api = api_client(str(kubeconfig))
+    assert api.configuration.host == "https://10.1.2.3:6443"
+    assert api.configuration.auth_settings()["BearerToken"]["value"] == "Bearer t0ken"
+    assert api.configuration.retries is False
+
+
+def test_in_cluster_reads_the_service_account_that_kubelet_mounts(tmp_path, monkeypatch):
+    from kubernetes.config import incluster_config
+
+    (tmp_path / "token").write_text("sa-t0ken")
+    (tmp_path / "ca.crt").write_text("a PEM bundle\n")  # read by urllib3 only on a request
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+
+    api = api_client("in-cluster")
+
+    assert api.configuration.host == "https://10.96.0.1:443"
+    assert api.configuration.auth_settings()["BearerToken"]["value"].lower() == "bearer sa-t0ken"
+    assert api.configuration.ssl_ca_cert == str(tmp_path / "ca.crt")
+
+
+@pytest.mark.parametrize("kube", ["in-cluster", "/nonexistent/kubeconfig"])
+def test_a_client_that_cannot_be_configured_is_an_error_naming_where_it_looked(kube, monkeypatch):
+    from webhook.errors import ConfigError
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ConfigError, match=f"cannot configure the Kubernetes client from '{kube}'"):
+        api_client(kube)

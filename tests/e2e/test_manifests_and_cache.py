@@ -78,7 +78,7 @@ def test_the_pod_cache_follows_the_real_apiserver_as_the_service_account(
     # pages of 2: the relist goes through the real apiserver's limit/continue
     monkeypatch.setattr(podcache, "LIST_PAGE", 2)
     sa_kubeconfig = cluster.dir / "whoexec-webhook.kubeconfig"
-    cache = podcache.PodCache(podcache.api_client(str(sa_kubeconfig), 5.0), watch_timeout=30)
+    cache = podcache.PodCache(podcache.api_client(str(sa_kubeconfig)), watch_timeout=30)
     cluster.kubectl("create", "namespace", "cache", check=False)
     for n in range(3):
         cluster.apply(
@@ -118,7 +118,7 @@ def test_the_pod_cache_resumes_each_ended_watch_without_relisting(cluster: Clust
     # the real apiserver ends each watch after timeoutSeconds: the cache resumes it from
     # the last version it saw, and a pod created in a later watch arrives through it
     admin = cluster.admin
-    cache = podcache.PodCache(podcache.api_client(str(admin), 5.0), watch_timeout=1)
+    cache = podcache.PodCache(podcache.api_client(str(admin)), watch_timeout=1)
     cache.start()
     try:
         eventually(cache.synced.is_set)
@@ -145,11 +145,11 @@ def test_a_miss_is_one_get_and_the_cache_is_bounded_on_the_real_apiserver(
     pods = cluster.get("pods", "-A")["items"]
     assert len(pods) > 2
     some = pods[0]["metadata"]
-    cold = podcache.PodCache(podcache.api_client(str(admin), 5.0), lookup_timeout=5)
+    cold = podcache.PodCache(podcache.api_client(str(admin)), lookup_timeout=5)
     facts, how = cold.lookup(some["namespace"], some["name"])  # never started: a miss
     assert (how, facts.uid if facts else None) == ("fetched", some["uid"])
     assert cold.lookup(some["namespace"], some["name"])[1] == "cached"
     assert cold.lookup(some["namespace"], "no-such-pod") == (None, "not-found")
-    bounded = podcache.PodCache(podcache.api_client(str(admin), 5.0), max_pods=2)
+    bounded = podcache.PodCache(podcache.api_client(str(admin)), max_pods=2)
     assert bounded.relist()
     assert len(bounded) == 2

@@ -34,7 +34,7 @@ CACHED = Gauge("whoexec_pod_cache_pods", "Pods in the cache.", multiprocess_mode
 PodKey = tuple[str, str]  # (namespace, name)
 
 
-def api_client(kube: str, timeout: float) -> Any:
+def api_client(kube: str) -> Any:
     """``in-cluster``, a kubeconfig path, or an apiserver URL (``http(s)://...``)."""
     from kubernetes import client, config
 

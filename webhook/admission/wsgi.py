@@ -89,7 +89,7 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
 
             # built here, started in each worker after fork (threads do not survive fork)
             self.pods = PodCache(
-                api_client(settings.kube, settings.pod_lookup_timeout),
+                api_client(settings.kube),
                 lookup_timeout=settings.pod_lookup_timeout,
             )
         state = WebhookState(
