@@ -308,6 +308,7 @@ def test_session_alerts_name_their_process_and_audit_events_where_they_came_from
     assert audit["user_agent"].startswith("kubectl/v1.34.1")
     event = store.audit_event(audit["audit_id"])
     assert event is not None and event["event"]["auditID"] == audit["audit_id"]
+    assert event["command"] == audit["command"] == ["/bin/bash"], "a list, as the session's is"
     assert store.audit_event("no-such-event") is None
     # the exec the webhook did not see is a finding that names its audit event
     (unattributed,) = [f for f in store.findings(EVER) if f["kind"] == FINDING_UNATTRIBUTED]
