@@ -70,3 +70,14 @@ def test_a_length_of_time_has_at_most_30_digits():
     for text in ("1" * 31 + "s", "5y", "h", "-1h", "1.5h"):
         with pytest.raises(ValueError, match=r"is not a duration such as 90d, 12h or 30m$"):
             parse_duration_ns(text)
+
+
+def test_an_audit_time_refused_is_quoted_in_at_most_40_characters():
+    for text, why in (
+        ("2026-" + "9" * 200, "is not an RFC 3339 time"),
+        ("2263-01-01T00:00:00." + "0" * 200 + "Z", "is out of range (1677 to 2262)"),
+        ([1] * 30, "is not an RFC 3339 time"),
+    ):
+        with pytest.raises(MalformedAuditEvent) as refused:
+            audit_time_ns(text, "t")  # type: ignore[arg-type]
+        assert str(refused.value) == f"t {str(text)[:40]!r} {why}"

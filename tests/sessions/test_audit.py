@@ -321,3 +321,63 @@ def test_an_audit_event_of_the_wrong_kind_or_with_a_field_of_the_wrong_type_is_n
     event = debug_event(impersonatedUser=None, responseStatus=None)
     del event["annotations"]
     assert check_event(event) is event
+
+
+# --- an exec event's fields, as kube-apiserver writes them, and the ones it never should ---
+
+
+def exec_event(**changes) -> dict:
+    """The real debug event made an exec of ``sh -c ''`` (an empty last argument)."""
+    event = debug_event(
+        verb="create",
+        requestURI="/api/v1/namespaces/shop/pods/web-0/exec?command=sh&command=-c&command="
+        "&container=app&stdin=true&stdout=true&tty=true",
+        objectRef={**REAL["objectRef"], "subresource": "exec"},
+    )
+    return {**event, **changes}
+
+
+def test_an_exec_s_empty_argument_is_kept_in_its_command():
+    audit = exec_audit(check_event(exec_event()), WEBHOOK)
+    assert audit is not None
+    assert (audit.container, audit.command) == ("app", ("sh", "-c", ""))
+
+
+def test_an_event_without_a_stage_timestamp_is_timed_when_it_was_received():
+    event = exec_event()
+    del event["stageTimestamp"]
+    audit = exec_audit(check_event(event), WEBHOOK)
+    assert audit is not None
+    assert audit.time_ns == 1_796_326_954_585_216_000  # requestReceivedTimestamp
+
+
+@pytest.mark.parametrize("code", [True, "101", 101.0])
+def test_a_response_code_that_is_not_an_integer_is_kept_as_unknown(code):
+    audit = exec_audit(check_event(exec_event(responseStatus={"code": code})), WEBHOOK)
+    assert audit is not None and audit.response_code is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"impersonatedUser": {"username": 7}}, "impersonatedUser.username"),
+        ({"annotations": {f"{WEBHOOK}/session-id": ["s"]}}, "annotations"),
+        ({"annotations": {f"{WEBHOOK}/outcome": {"injected": 1}}}, "annotations"),
+    ],
+)
+def test_a_string_field_of_another_type_is_refused_by_its_name_and_place(changes, field):
+    from webhook.errors import MalformedAuditEvent
+
+    event = check_event(exec_event(**changes), "audit.log line 9")
+    with pytest.raises(MalformedAuditEvent) as refused:
+        exec_audit(event, WEBHOOK, "audit.log line 9")
+    assert str(refused.value) == f"audit.log line 9: field {field!r} must be a string"
+
+
+@pytest.mark.parametrize("body", [[], "EventList", {"kind": "Event", "items": []}, {"items": []}])
+def test_a_body_that_is_not_an_event_list_is_refused_as_one(body):
+    from webhook.errors import MalformedAuditEvent
+    from webhook.sessions.audit import events_in_list
+
+    with pytest.raises(MalformedAuditEvent, match=r"^body must be an audit\.k8s\.io/v1 EventList$"):
+        events_in_list(body)

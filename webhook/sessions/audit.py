@@ -68,8 +68,6 @@ class ExecAudit:
     container: str
     command: tuple[str, ...]
     user: str
-    user_uid: str
-    user_groups: tuple[str, ...]
     impersonated_user: str | None
     request_uri: str
     response_code: int | None
@@ -157,9 +155,6 @@ def exec_audit(event: AuditEvent, webhook_name: str, where: str = "event") -> Ex
     if not isinstance(stamp, str):
         raise MalformedAuditEvent(f"{where}: no stageTimestamp or requestReceivedTimestamp")
     code = status.get("code")
-    groups = user.get("groups") or []
-    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-        raise MalformedAuditEvent(f"{where}: field 'user.groups' must be a list of strings")
     return ExecAudit(
         audit_id=event["auditID"],
         stage=event["stage"],
@@ -171,8 +166,6 @@ def exec_audit(event: AuditEvent, webhook_name: str, where: str = "event") -> Ex
         container=(query.get("container") or [""])[0],
         command=tuple(query.get("command", [])),
         user=str(user.get("username", "")),
-        user_uid=str(user.get("uid", "")),
-        user_groups=tuple(groups),
         impersonated_user=_text(impersonated.get("username"), where, "impersonatedUser.username"),
         request_uri=event["requestURI"],
         response_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
