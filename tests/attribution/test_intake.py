@@ -1037,6 +1037,7 @@ def test_an_app_that_fails_is_a_500_logged_with_its_request_and_the_connection_g
         ("127.0.0.1:0", socket.AF_INET, "127.0.0.1"),
         ("[::1]:0", socket.AF_INET6, "::1"),
         ("::1:0", socket.AF_INET6, "::1"),  # the port is after the last colon
+        (":0", socket.AF_INET, "0.0.0.0"),  # --listen :PORT: every IPv4 address
     ],
 )
 def test_the_intake_listens_on_the_address_and_family_it_is_given(listen, family, host):
@@ -1065,3 +1066,65 @@ def test_a_tls_client_that_leaves_mid_handshake_gives_its_slot_back(start, tls_c
         assert conn.getresponse().status == 200
     finally:
         conn.close()
+
+
+def test_a_tls_peer_past_its_cap_is_refused_before_its_handshake_and_others_are_served(
+    start, tls_certs
+):
+    """The cap counts by address under TLS too: from the TCP connection, before a
+    handshake costs the server anything."""
+    from webhook.tls import ReloadingContext
+
+    tls = ReloadingContext(tls_certs / "tls.crt", tls_certs / "tls.key").current
+    intake = start(tls=tls, handshake_timeout=10, max_connections_per_peer=2)
+    client = ssl.create_default_context(cafile=str(tls_certs / "ca.crt"))
+    before = _refused("per_peer")
+    other = ("127.0.0.2", 0)  # another address of this machine: another peer
+    held = [socket.create_connection(("127.0.0.1", intake.port), 10, other) for _ in range(2)]
+    try:
+        eventually(lambda: intake.server.per_peer == {"127.0.0.2": 2}, "both counted")
+        with socket.create_connection(("127.0.0.1", intake.port), 10, other) as one_more:
+            assert one_more.recv(4096) == b"", "closed at once, with no 503: no TLS yet"
+        assert _refused("per_peer") == before + 1
+        conn = intake.connection(client)  # Falco, from 127.0.0.1: a cap of its own
+        try:
+            conn.request("POST", "/falco", body=LINES[0], headers=FALCO_HEADERS)
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+    finally:
+        for sock in held:
+            sock.close()
+    eventually(lambda: intake.server.per_peer == {} and not intake.server.slots, "all released")
+
+
+def test_a_client_that_reads_its_answers_late_is_then_kept_alive_not_cut_at_the_write_deadline(
+    start,
+):
+    """Answers left unread pause the connection under a write deadline; once the client
+    reads them, it is an idle kept-alive connection again, and its next request is read."""
+    intake = start(body_timeout=1.0, keepalive=30)
+    big = b"x" * 200_000  # echoed back: a few of them fill the write buffer
+    request = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big)
+    count = 20
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", intake.port))
+        # the server stops reading once it is paused: the last requests wait in the kernel
+        sender = threading.Thread(target=sock.sendall, args=(request * count,), daemon=True)
+        sender.start()
+        eventually(
+            lambda: any(c.writing_paused for c in intake.server.connections), "writing paused"
+        )
+        answers = b""
+        while answers.count(b"HTTP/1.1 201 ") < count or not answers.endswith(b'"}'):
+            answers += sock.recv(1 << 20)
+        sender.join(10)
+        eventually(lambda: not any(c.writing_paused for c in intake.server.connections), "resumed")
+        threading.Event().wait(1.5)  # past the write deadline the pause had set
+        sock.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        after = b""
+        while chunk := sock.recv(65536):
+            after += chunk
+    assert after.startswith(b"HTTP/1.1 201 ") and b'"path": "/after"' in after, after[:200]
