@@ -1045,6 +1045,7 @@ def test_the_intake_listens_on_the_address_and_family_it_is_given(listen, family
     try:
         assert (sock.family, sock.getsockname()[0]) == (family, host)
         assert sock.getsockname()[1] > 0, "port 0: the kernel picked one"
+        assert sock.type == socket.SOCK_STREAM and not sock.getblocking(), "for the loop"
     finally:
         sock.close()
 
