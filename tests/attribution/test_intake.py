@@ -1037,7 +1037,7 @@ def test_an_app_that_fails_is_a_500_logged_with_its_request_and_the_connection_g
         ("127.0.0.1:0", socket.AF_INET, "127.0.0.1"),
         ("[::1]:0", socket.AF_INET6, "::1"),
         ("::1:0", socket.AF_INET6, "::1"),  # the port is after the last colon
-        (":0", socket.AF_INET, "0.0.0.0"),  # --listen :PORT: every IPv4 address
+        (":0", socket.AF_INET, "0.0.0.0"),  # noqa: S104 (--listen :PORT: every IPv4 address)
     ],
 )
 def test_the_intake_listens_on_the_address_and_family_it_is_given(listen, family, host):
