@@ -152,9 +152,13 @@ def test_prune_older_than(db):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["sessions", "--since", "yesterday"], "neither a duration"),
+        (
+            ["sessions", "--since", "yesterday"],
+            "Invalid value for '--since': 'yesterday' is neither",
+        ),
         (["sessions", "--format", "xml"], "'xml' is not one of"),
-        (["prune", "--older-than", "forever"], "not a duration"),
+        (["prune", "--older-than", "forever"], "Invalid value for '--older-than': "),
+        (["audit", "crosscheck", "--grace", "-1"], "Invalid value for '--grace'"),
         (["prune"], "Missing option '--older-than'"),
     ],
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from webhook.commandline import F, friendly
+from webhook.commandline import friendly
 from webhook.sessions.report import (
     FINDING_COLUMNS,
     SESSION_COLUMNS,
@@ -56,14 +56,13 @@ class DurationParam(click.ParamType[int]):
             self.fail(str(exc), param, ctx)
 
 
-def _db_option(func: F) -> F:
-    return click.option(
-        "--db",
-        envvar="WHOEXEC_DB",
-        default=DEFAULT_DB,
-        show_default=True,
-        help="Session store: sqlite:///path or postgresql://... [WHOEXEC_DB].",
-    )(func)
+_db_option = click.option(
+    "--db",
+    envvar="WHOEXEC_DB",
+    default=DEFAULT_DB,
+    show_default=True,
+    help="Session store: sqlite:///path or postgresql://... [WHOEXEC_DB].",
+)
 
 
 @contextlib.contextmanager
@@ -83,14 +82,13 @@ def _reader(db: str) -> Iterator[Any]:
         store.close()
 
 
-def _format_option(func: F) -> F:
-    return click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(["table", "json", "csv"]),
-        default="table",
-        show_default=True,
-    )(func)
+_format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
 
 
 def _emit(rows: list[dict[str, Any]], fmt: str, columns: Columns) -> None:
@@ -328,17 +326,16 @@ def ui(
     serve_ui(settings, workers=workers)
 
 
-def _grace_option(func: F) -> F:
-    return click.option(
-        "--grace",
-        "grace_seconds",
-        type=click.IntRange(0),
-        envvar="WHOEXEC_AUDIT_GRACE_SECONDS",
-        default=300,
-        show_default=True,
-        help="Seconds the audit log must have moved past a session before its absence "
-        "there is a finding.",
-    )(func)
+_grace_option = click.option(
+    "--grace",
+    "grace_seconds",
+    type=click.IntRange(0),
+    envvar="WHOEXEC_AUDIT_GRACE_SECONDS",
+    default=300,
+    show_default=True,
+    help="Seconds the audit log must have moved past a session before its absence "
+    "there is a finding.",
+)
 
 
 @click.group()
