@@ -81,3 +81,25 @@ def test_an_audit_time_refused_is_quoted_in_at_most_40_characters():
         with pytest.raises(MalformedAuditEvent) as refused:
             audit_time_ns(text, "t")  # type: ignore[arg-type]
         assert str(refused.value) == f"t {str(text)[:40]!r} {why}"
+
+
+def test_a_utc_time_is_shown_to_the_second_it_is_in_and_nothing_for_none():
+    from webhook.times import format_utc
+
+    assert format_utc(None) == ""
+    second = 1_796_314_360 * 10**9
+    assert format_utc(second + 999_999_999) == format_utc(second) == "2026-12-03T16:12:40Z"
+
+
+@pytest.mark.parametrize(
+    ("read", "text"),
+    [
+        (parse_duration_ns, "9" * 100 + "x"),
+        (lambda t: parse_time_ns(t, 0), "y" * 100),
+        (rfc3339_ns, "2026-" + "1" * 100),
+    ],
+)
+def test_a_time_or_duration_refused_is_quoted_in_at_most_40_characters(read, text):
+    with pytest.raises(ValueError, match=r"^'") as refused:
+        read(text)
+    assert str(refused.value).startswith(f"{text[:40]!r} is ")

@@ -251,3 +251,33 @@ def test_each_plugin_verdict_is_taken_exactly_as_far_as_it_checks_out(plugin, ex
     named = {"alice": alice(), "S1": s1_token()}
     values = {k: named.get(v, v) if isinstance(v, str) else v for k, v in expected.items()}
     assert attribute(enriched(**plugin)) == Attribution(**values)
+
+
+@pytest.mark.parametrize("token", [7, ["v1.x"], ""])
+def test_a_plugin_token_that_is_not_a_string_or_empty_is_no_token(token: Any):
+    attribution = attribute(enriched(whoexec__token=token))
+    assert attribution is not None and attribution.status == "unverified"
+    assert attribution.reason == (
+        "the Falco plugin named a user but passed no whoexec.token to check"
+    )
+
+
+def test_a_token_is_from_the_future_only_past_the_allowed_skew_in_whole_seconds():
+    from dataclasses import replace
+
+    from webhook.identity import DEFAULT_CLOCK_SKEW_SECONDS as SKEW
+
+    alert = enriched()
+    facts = process_facts(alert, "WHOEXEC_IDENTITY", token_pattern("WHOEXEC_IDENTITY"))
+    issued = payload(s1_token())["iat"]
+
+    def at(seconds: float):  # type: ignore[no-untyped-def]
+        ns = int(seconds * 1_000_000_000)
+        return plugin_attribution(alert, replace(facts, time_ns=ns), verifier())
+
+    assert at(issued - SKEW).status == "verified", "the skew allowed, to the second"
+    early = at(issued - SKEW - 0.5)  # the event's second is one before the skew allows
+    assert early.status == "unverified"
+    assert early.reason == (
+        f"TokenFromFuture: token iat {issued} is {SKEW + 1}s after the event (allowed skew {SKEW}s)"
+    )

@@ -381,3 +381,38 @@ def test_a_body_that_is_not_an_event_list_is_refused_as_one(body):
 
     with pytest.raises(MalformedAuditEvent, match=r"^body must be an audit\.k8s\.io/v1 EventList$"):
         events_in_list(body)
+
+
+def test_an_event_the_store_cannot_hold_is_dead_lettered_whole_and_every_kind_is_counted(
+    tmp_path,
+):
+    from webhook.deadletters import DeadLetters
+
+    def exec_(audit_id: str, **changes) -> dict:
+        return {**LATER_EXEC, "auditID": audit_id, **changes}
+
+    unattributed = {"annotations": {}}  # admitted without the webhook: a finding each
+    nul = exec_("n", objectRef={**LATER_EXEC["objectRef"], "name": "web-0\x00"})
+    events = [
+        exec_("u1", **unattributed),
+        exec_("u2", **unattributed),
+        exec_("o1", objectRef={"resource": "configmaps"}),
+        exec_("o2", objectRef={"resource": "secrets"}),
+        nul,  # line 5
+        LATER_EXEC,
+    ]
+    letters = DeadLetters(tmp_path / "dead-letters.jsonl")
+    url = f"sqlite:///{tmp_path}/whoexec.db"
+    ingestor = AuditIngestor(StoreWriter(open_store(url)), WEBHOOK, letters)
+    ingestor.feed([json.dumps(e).encode() for e in events], where="audit.log")
+    ingestor.close()
+
+    stats = ingestor.stats
+    assert (stats["exec"], stats["unattributed"], stats["other"], stats["malformed"]) == (
+        3, 2, 2, 1,
+    )  # fmt: skip
+    assert ingestor.errors == ["audit.log line 5: SessionFact.pod holds a NUL character "
+                               "(PostgreSQL's text cannot hold one)"]  # fmt: skip
+    (dead,) = [json.loads(x) for x in (tmp_path / "dead-letters.jsonl").read_bytes().splitlines()]
+    assert (dead["where"], dead["detail"]) == ("audit.log line 5", ingestor.errors[0])
+    assert json.loads(dead["line"]) == nul, "the event as read: nothing is lost"

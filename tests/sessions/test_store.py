@@ -836,6 +836,10 @@ def test_a_batch_sorted_back_from_its_facts_is_the_same_batch():
     )
     assert m.Batch.of(batch.facts()) == batch
     assert m.Batch.of([]) == m.Batch()
+    twice = m.Batch()
+    twice.extend(batch)
+    twice.extend(batch)
+    assert twice == m.Batch.of(batch.facts() + batch.facts()), "each kind added to, in order"
 
 
 @contextlib.contextmanager
