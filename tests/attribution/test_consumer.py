@@ -232,14 +232,34 @@ def test_follow_waits_for_a_file_that_does_not_exist_yet(tmp_path):
 
 def start_following(log: Path, state_dir: Path, output: Path) -> subprocess.Popen[bytes]:
     """`whoexec consume --input LOG --follow` as an operator starts it, its alerts to
-    ``output``."""
+    ``output``, what it logs to ``output`` + ``.log``: a file, which never fills and
+    blocks it as an unread pipe would."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
-    with output.open("wb") as out:
+    with output.open("wb") as out, output.with_suffix(".log").open("wb") as said:
         return subprocess.Popen(
             [sys.executable, "-m", "webhook.cli", "consume", "--input", str(log), "--follow",
              "--identity-pub", PUB, "--hold", "0", "--state-dir", str(state_dir)],
-            stdout=out, stderr=subprocess.PIPE, env=env,
+            stdout=out, stderr=said, env=env,
         )  # fmt: skip
+
+
+def interrupt(follower: subprocess.Popen[bytes], output: Path) -> str:
+    """Ctrl-C, as an operator stops it; what it logged. One that does not stop within
+    30 s is killed, so that no test leaves it behind, and fails the test."""
+    import signal
+
+    follower.send_signal(signal.SIGINT)
+    try:
+        follower.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        follower.kill()
+        follower.wait()
+        raise AssertionError(
+            "still running 30 s after SIGINT:\n" + output.with_suffix(".log").read_text()
+        ) from None
+    said = output.with_suffix(".log").read_text()
+    assert follower.returncode == 0, said
+    return said
 
 
 def saved_offset(path: Path) -> int | None:
@@ -257,32 +277,27 @@ def rules_in(output: Path) -> list[str]:
 def test_whoexec_consume_follow_passes_on_what_is_appended_and_a_restart_resumes_there(
     tmp_path,
 ):
-    import signal
-
     log, state = tmp_path / "events.json", tmp_path / "state"
+    first_out, second_out = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     append(log, rule_lines("before", 2))
-    first = start_following(log, state, tmp_path / "first.jsonl")
+    first = start_following(log, state, first_out)
     try:
-        wait_until(lambda: len(rules_in(tmp_path / "first.jsonl")) == 2, seconds=30)
+        wait_until(lambda: len(rules_in(first_out)) == 2, seconds=30)
         append(log, rule_lines("appended", 1))
-        wait_until(lambda: len(rules_in(tmp_path / "first.jsonl")) == 3, seconds=30)
+        wait_until(lambda: len(rules_in(first_out)) == 3, seconds=30)
         # the offset is kept under --state-dir, named after the file, once passed on
         wait_until(lambda: saved_offset(state / "events.json.offset") == log.stat().st_size)
     finally:
-        first.send_signal(signal.SIGINT)  # Ctrl-C: the consumer is closed, the exit clean
-        _, stderr = first.communicate(timeout=30)
-    assert first.returncode == 0, stderr.decode()
-    assert rules_in(tmp_path / "first.jsonl") == ["before 0", "before 1", "appended 0"]
+        interrupt(first, first_out)  # the consumer is closed, the exit clean
+    assert rules_in(first_out) == ["before 0", "before 1", "appended 0"]
 
     append(log, rule_lines("while-down", 2))
-    second = start_following(log, state, tmp_path / "second.jsonl")
+    second = start_following(log, state, second_out)
     try:
-        wait_until(lambda: len(rules_in(tmp_path / "second.jsonl")) >= 2, seconds=30)
+        wait_until(lambda: len(rules_in(second_out)) >= 2, seconds=30)
     finally:
-        second.send_signal(signal.SIGINT)
-        _, stderr = second.communicate(timeout=30)
-    assert second.returncode == 0, stderr.decode()
-    assert rules_in(tmp_path / "second.jsonl") == ["while-down 0", "while-down 1"]
+        interrupt(second, second_out)
+    assert rules_in(second_out) == ["while-down 0", "while-down 1"]
 
 
 # --- forwarding ---------------------------------------------------------------------------
