@@ -98,8 +98,21 @@ def test_a_reviewed_equivalent_explains_only_the_mutant_it_was_written_for():
 def test_a_reviewed_entry_without_its_reason_is_refused(tmp_path, entry):
     path = tmp_path / "equivalents.json"
     path.write_text(json.dumps([entry]))
-    with pytest.raises(ValueError, match=r"equivalents.json\[0\] needs function, removed"):
+    said = (
+        r"needs the reason it changes nothing"
+        if "why" in entry and len(entry) == 4
+        else r"needs exactly added, function, removed, why"
+    )
+    with pytest.raises(ValueError, match=r"^equivalents.json\[0\] " + said + "$"):
         mutation.load_equivalents(path)
+
+
+@pytest.mark.parametrize("load", ["load_equivalents", "load_hand_mutants", "load_process_targets"])
+def test_a_reviewed_list_whose_entry_is_not_an_object_is_refused_by_its_place(tmp_path, load):
+    path = tmp_path / "list.json"
+    path.write_text('[["function", "removed"]]')
+    with pytest.raises(ValueError, match=r"^list.json\[0\] needs exactly "):
+        getattr(mutation, load)(path)
 
 
 def test_every_reviewed_equivalent_names_a_mutated_function_and_gives_a_reason():

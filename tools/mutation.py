@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,13 +153,25 @@ class Equivalent:
         )
 
 
+def _reviewed(path: Path, keys: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each entry of a reviewed list in ``path``, named for its errors (``file[3]``); one
+    without exactly ``keys`` is refused."""
+    for index, entry in enumerate(json.loads(path.read_text())):
+        where = f"{path.name}[{index}]"
+        if not isinstance(entry, dict) or set(entry) != keys:
+            raise ValueError(f"{where} needs exactly {', '.join(sorted(keys))}")
+        yield where, entry
+
+
+_EQUIVALENT_KEYS = {"function", "removed", "added", "why"}
+
+
 def load_equivalents(path: Path = EQUIVALENTS) -> list[Equivalent]:
     """The reviewed list; an entry without a reason, or with an unknown key, is refused."""
-    entries = json.loads(path.read_text())
     loaded = []
-    for index, entry in enumerate(entries):
-        if set(entry) != {"function", "removed", "added", "why"} or not entry["why"].strip():
-            raise ValueError(f"{path.name}[{index}] needs function, removed, added and why")
+    for where, entry in _reviewed(path, _EQUIVALENT_KEYS):
+        if not entry["why"].strip():
+            raise ValueError(f"{where} needs the reason it changes nothing")
         removed, added = tuple(entry["removed"]), tuple(entry["added"])
         loaded.append(Equivalent(entry["function"], removed, added, entry["why"]))
     return loaded
@@ -236,10 +248,7 @@ def load_hand_mutants(path: Path = HAND_MUTANTS) -> list[HandMutant]:
     """The reviewed list; an entry without its bug or tests, an unknown key, or a
     replacement that changes nothing, is refused."""
     loaded = []
-    for index, entry in enumerate(json.loads(path.read_text())):
-        where = f"{path.name}[{index}]"
-        if set(entry) != _HAND_KEYS:
-            raise ValueError(f"{where} needs exactly {', '.join(sorted(_HAND_KEYS))}")
+    for where, entry in _reviewed(path, _HAND_KEYS):
         if not entry["bug"].strip() or not entry["tests"] or not entry["original"]:
             raise ValueError(f"{where} needs the bug it stands for and the tests to kill it")
         if entry["original"] == entry["replacement"]:
@@ -379,10 +388,7 @@ _PROCESS_KEYS = {"functions", "tests", "process"}
 def load_process_targets(path: Path = PROCESS_TESTS) -> list[ProcessTarget]:
     """The reviewed list; an entry without its functions, tests or process is refused."""
     loaded = []
-    for index, entry in enumerate(json.loads(path.read_text())):
-        where = f"{path.name}[{index}]"
-        if set(entry) != _PROCESS_KEYS:
-            raise ValueError(f"{where} needs exactly {', '.join(sorted(_PROCESS_KEYS))}")
+    for where, entry in _reviewed(path, _PROCESS_KEYS):
         if not entry["functions"] or not entry["tests"] or not entry["process"].strip():
             raise ValueError(f"{where} needs its functions, its tests and the process")
         loaded.append(
