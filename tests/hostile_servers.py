@@ -148,14 +148,18 @@ def start_consumer(folder: Path, keys: Keys, *extra: str) -> Served:
     return served
 
 
-def start_ui(db: str, folder: Path, token: str, *extra: str) -> Served:
-    """``whoexec ui --bind 127.0.0.1:0`` with a token, as served to others."""
+def start_ui(db: str, folder: Path, token: str, *extra: str, certs: Path | None = None) -> Served:
+    """``whoexec ui --bind 127.0.0.1:0`` with a token, as served to others; with ``certs``,
+    over TLS with their serving certificate."""
+    tls = [] if certs is None else ["--tls-cert", str(certs / "tls.crt"), "--tls-key"]
+    tls += [] if certs is None else [str(certs / "tls.key")]
     server = ServerProcess(
-        [sys.executable, "-m", "webhook.cli", "ui", "--db", db, "--bind", "127.0.0.1:0", *extra],
+        [sys.executable, "-m", "webhook.cli", "ui", "--db", db, "--bind", "127.0.0.1:0", *tls,
+         *extra],
         folder / "ui.log",
         clean_env(WHOEXEC_UI_TOKEN=token, WHOEXEC_STATE_DIR=str(folder / "ui-state")),
-    )
-    served = Served(server)
+    )  # fmt: skip
+    served = Served(server) if certs is None else ServedTLS(server, certs)
     server.wait_until(lambda: http_ok(served.connection, "/healthz"), "whoexec ui")
     return served
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import ssl
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,6 +201,39 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     served = start_ui(url, folder, UI_TOKEN, "--workers", "2")
     yield served
     served.server.stop()
+
+
+def test_the_ui_given_a_certificate_answers_only_tls_1_2_or_newer(certs, tmp_path):
+    url = f"sqlite:///{tmp_path}/whoexec.db"
+    open_store(url).close()
+    served = start_ui(url, tmp_path, UI_TOKEN, "--workers", "1", certs=certs)
+    try:
+        status, headers, _ = served.request("GET", "/sessions")
+        assert (status, headers["Location"]) == (303, "/login?next=%2Fsessions")
+        with (
+            socket.create_connection(("127.0.0.1", served.port), 15) as raw,
+            served.context.wrap_socket(raw, server_hostname="whoexec.whoexec.svc") as tls,
+        ):
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+            served_cert = tls.getpeercert(binary_form=True)
+        expected = ssl.PEM_cert_to_DER_cert((certs / "tls.crt").read_text())
+        assert served_cert == expected
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.load_verify_locations(str(certs / "ca.crt"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 is deprecated: the point
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with (
+            socket.create_connection(("127.0.0.1", served.port), 15) as raw,
+            pytest.raises(ssl.SSLError),
+        ):
+            old.wrap_socket(raw, server_hostname="whoexec.whoexec.svc")
+        with socket.create_connection(("127.0.0.1", served.port), 15) as raw:
+            raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"200 OK" not in raw.recv(4096), "no plain HTTP beside TLS"
+    finally:
+        served.server.stop()
 
 
 def login(ui: Served, target: str) -> tuple[int, dict[str, str]]:
