@@ -5,6 +5,8 @@ from __future__ import annotations
 import resource
 import shutil
 
+import pytest
+
 from webhook.serving import configure, raise_open_files_limit
 
 
@@ -62,3 +64,43 @@ def test_without_a_state_dir_the_metrics_dir_is_temporary_and_only_its_maker_rem
         assert not directory.exists(), "the maker's exit removes it, with what is in it"
     finally:
         shutil.rmtree(directory, ignore_errors=True)  # type: ignore[arg-type]
+
+
+class FakeLimits:
+    """RLIMIT_NOFILE as a container may give it: an infinite hard limit, or a kernel that
+    refuses to raise the soft one."""
+
+    RLIMIT_NOFILE, RLIM_INFINITY = resource.RLIMIT_NOFILE, resource.RLIM_INFINITY
+
+    def __init__(self, soft: int, hard: int, refuse: type[Exception] | None = None) -> None:
+        self.limits, self.refuse, self.set = (soft, hard), refuse, 0
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        assert which == resource.RLIMIT_NOFILE
+        return self.limits
+
+    def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        assert which == resource.RLIMIT_NOFILE
+        self.set += 1
+        if self.refuse is not None:
+            raise self.refuse("not permitted")
+        self.limits = limits
+
+
+def test_under_an_infinite_hard_limit_the_soft_one_is_raised_to_what_is_wanted(monkeypatch):
+    from webhook import serving
+
+    fake = FakeLimits(1024, resource.RLIM_INFINITY)
+    monkeypatch.setattr(serving, "resource", fake)
+    assert raise_open_files_limit(65536) == 65536
+    assert fake.limits == (65536, resource.RLIM_INFINITY), "not unlimited: what was asked"
+
+
+@pytest.mark.parametrize("refused", [ValueError, OSError])
+def test_a_limit_the_kernel_will_not_raise_is_the_limit_in_force_not_an_error(monkeypatch, refused):
+    from webhook import serving
+
+    fake = FakeLimits(1024, 4096, refused)
+    monkeypatch.setattr(serving, "resource", fake)
+    assert raise_open_files_limit(65536) == 1024
+    assert fake.set == 1
