@@ -204,6 +204,15 @@ def test_a_client_past_its_header_or_body_deadline_is_told_408(webhook):
         assert h.closed[attack].answers[0].startswith(b"HTTP/1.1 408 "), h.closed[attack].answers
 
 
+@pytest.mark.parametrize("attack", ["partial_headers", "slow_body"])
+def test_a_client_that_stops_sending_mid_request_is_told_408_at_the_deadline(webhook, attack):
+    """Not only a client that drips past the deadline (its next byte meets it): one that
+    sends nothing more at all, after its handshake, is closed when its phase is due."""
+    with Hostile(webhook.port, {attack: 2}, tls=webhook.ctx, path="/mutate", drip=60) as h:
+        wait_all_closed(h, seconds=10 * DEADLINE)
+    assert all(a.startswith(b"HTTP/1.1 408 ") for a in h.closed[attack].answers), h.closed
+
+
 def test_two_hundred_hostile_connections_at_once_delay_no_admission(webhook):
     attacks = {"tls_stall": 80, "silent": 40, "partial_headers": 40, "slow_body": 40}
     rss_before = tree_rss(webhook.server.pid)
