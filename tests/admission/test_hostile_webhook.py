@@ -122,10 +122,12 @@ def certs(tmp_path_factory) -> Path:
 def start_webhook(certs: Path, log: Path, **env_extra: str) -> ServerProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHOEXEC_")}
     env.update(
-        WHOEXEC_HANDSHAKE_TIMEOUT=str(DEADLINE),
-        WHOEXEC_HEADER_TIMEOUT=str(DEADLINE),
-        WHOEXEC_BODY_TIMEOUT=str(DEADLINE),
-        **env_extra,
+        {
+            "WHOEXEC_HANDSHAKE_TIMEOUT": str(DEADLINE),
+            "WHOEXEC_HEADER_TIMEOUT": str(DEADLINE),
+            "WHOEXEC_BODY_TIMEOUT": str(DEADLINE),
+            **env_extra,
+        }
     )
     return ServerProcess(
         serve_argv(
@@ -234,6 +236,35 @@ def test_connections_past_the_cap_give_way_to_new_admissions(small_webhook, atta
         took = [hook.admit() for _ in range(20)]  # new connections: they need room
         assert max(took) < BOUND, sorted(took)[-5:]
     assert hook.metric("whoexec_webhook_connections_closed_total", 'reason="made_room"') > before
+
+
+def test_at_the_cap_a_request_under_way_never_gives_way(certs, tmp_path):
+    """Only a connection waiting on its client (handshake, headers, idle) may be closed
+    for a new one: a body still arriving is a request under way, ended by its own
+    deadline with a 408, never by the cap."""
+    served = start_webhook(
+        certs,
+        tmp_path / "serve.log",
+        WHOEXEC_WORKER_CONNECTIONS=str(PER_WORKER),
+        WHOEXEC_BODY_TIMEOUT="6",  # time for the flood to come while the bodies arrive
+    )
+    hook = Webhook(served, certs)
+    try:
+        served.wait_until(lambda: http_ok(hook.connection, "/readyz"), "whoexec serve")
+        # fewer than a worker's reserve below its cap, however the two workers share them
+        count = PER_WORKER // 3
+        bodies = Hostile(hook.port, {"slow_body": count}, tls=hook.ctx, drip=0.3)
+        with bodies:
+            time.sleep(2.0)  # past every handshake and header: each body is under way
+            bodies.reopen = False
+            with Hostile(hook.port, {"silent": 3 * PER_WORKER}, seconds=30):
+                wait_all_closed(bodies, seconds=20)
+        assert hook.metric("whoexec_webhook_connections_closed_total", 'reason="made_room"')
+        answers = bodies.closed["slow_body"].answers
+        assert len(answers) == count, "none was closed before the flood"
+        assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers
+    finally:
+        assert served.stop() == 0, served.output()
 
 
 def test_a_client_that_pipelines_and_never_reads_holds_no_memory(webhook):
