@@ -339,6 +339,24 @@ def test_expect_100_continue_gets_its_interim_answer_then_the_admission(webhook)
     assert b'"patch"' in answer
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_of_exactly_the_limit_is_read_and_the_connection_kept_alive(webhook, chunked):
+    limit = 3 * 1024 * 1024  # kube-apiserver's own, the webhook's default
+    body = b"[" + b" " * (limit - 2) + b"]"  # JSON, but no AdmissionReview: a 400
+    headers = {"Content-Type": "application/json"}
+    if not chunked:
+        headers["Content-Length"] = str(limit)
+    conn = webhook.connection()
+    try:
+        conn.request("POST", "/mutate", body=iter([body]) if chunked else body, headers=headers)
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 400 and first.getheader("Connection") != "close"
+        webhook.admit(conn)  # the same connection, its next request
+    finally:
+        conn.close()
+
+
 def test_a_body_over_the_limit_gets_413_and_the_rest_is_never_read(webhook):
     answer = webhook.raw(
         b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n" + b"x" * 100
