@@ -338,6 +338,18 @@ def test_a_rotation_of_a_new_install_drops_no_key(tmp_path):
     assert (rotation.previous, rotation.dropped) == (first, None)
 
 
+def test_a_rotation_of_an_install_older_than_the_previous_key_file_drops_no_key(tmp_path):
+    from webhook.admission.certs import generate_certs, rotate_identity
+
+    generate_certs(tmp_path, "whoexec", "sec", datetime.datetime.now(datetime.UTC))
+    (tmp_path / "identity.previous.pub").unlink()  # made before the file was shipped
+
+    rotation = rotate_identity(tmp_path)
+
+    assert rotation.dropped is None
+    assert (tmp_path / "identity.previous.pub").is_file()
+
+
 def test_each_file_is_written_beside_its_place_under_a_hidden_name_and_then_renamed(
     tmp_path, monkeypatch
 ):

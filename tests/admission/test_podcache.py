@@ -622,6 +622,7 @@ def test_each_watch_asks_the_apiserver_to_end_it_after_the_watch_timeout(cache, 
     apiserver.end_watches()
     apiserver.wait_for(lambda: len(apiserver.watches) == 2, what="the resumed watch")
     assert apiserver.watch_timeouts == ["30", "30"]
+    assert cache.watches == 2, "each watch request counted once"
 
 
 def test_no_request_of_the_cache_can_wait_unbounded_for_the_apiserver(

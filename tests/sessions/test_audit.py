@@ -341,6 +341,17 @@ def test_an_exec_s_empty_argument_is_kept_in_its_command():
     audit = exec_audit(check_event(exec_event()), WEBHOOK)
     assert audit is not None
     assert (audit.container, audit.command) == ("app", ("sh", "-c", ""))
+    assert audit.request_uri == exec_event()["requestURI"], "kept whole, as it was asked"
+
+
+def test_an_event_with_neither_time_is_refused_by_its_place():
+    from webhook.errors import MalformedAuditEvent
+
+    event = exec_event()
+    del event["stageTimestamp"], event["requestReceivedTimestamp"]
+    with pytest.raises(MalformedAuditEvent) as refused:
+        exec_audit(check_event(event), WEBHOOK, "audit.log line 4")
+    assert str(refused.value) == "audit.log line 4: no stageTimestamp or requestReceivedTimestamp"
 
 
 def test_an_event_without_a_stage_timestamp_is_timed_when_it_was_received():
