@@ -12,8 +12,11 @@ webhook's and UI's share of "also seen" (500,000 groups, a cookie that never exp
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import json
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -264,8 +267,19 @@ def test_a_session_cookie_expires_and_signing_out_revokes_every_copy(ui):
     jar = {"Cookie": cookie}
     # several requests: the two workers share who is signed in
     assert {ui.request("GET", "/users", headers=jar)[0] for _ in range(6)} == {200}
+    # in the file they share, as the README says: the id's digest, never the id
+    digest = hashlib.sha256(cookie.split("=", 1)[1].encode()).hexdigest()
+    shared = ui.server.log.parent / "ui-state" / "ui-sessions.db"
+    assert digest in signed_in(shared)
+    assert cookie.split("=", 1)[1].encode() not in shared.read_bytes()
     assert ui.request("POST", "/logout", headers=jar)[0] == 303
     assert {ui.request("GET", "/users", headers=jar)[0] for _ in range(6)} == {303}
+    assert digest not in signed_in(shared), "revoked in the shared file: in every worker"
+
+
+def signed_in(path: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return [digest for (digest,) in db.execute("SELECT digest FROM ui_sessions")]
 
 
 BEARER = {"Authorization": f"Bearer {UI_TOKEN}"}
