@@ -12,6 +12,7 @@ import socket
 import ssl
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,14 @@ def start_webhook(folder: Path, certs: Path, *extra: str) -> ServedTLS:
     served = ServedTLS(server, certs)
     server.wait_until(lambda: http_ok(served.connection, "/readyz"), "whoexec serve")
     return served
+
+
+def tls_1_1_client(ca: Path) -> ssl.SSLContext:
+    """A client that trusts ``ca`` and offers nothing newer than TLS 1.1."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(str(ca))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 is deprecated: the point
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+    return context

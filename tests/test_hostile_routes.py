@@ -20,7 +20,6 @@ import sqlite3
 import ssl
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from webhook.sessions.store import AlertFact, Batch, ProcessFact, SessionFact, o
 from webhook.sessions.ui.app import ALERT_PAGE
 
 from .conftest import load_json
-from .hostile_servers import Served, ServedTLS, start_ui, start_webhook
+from .hostile_servers import Served, ServedTLS, start_ui, start_webhook, tls_1_1_client
 
 pytestmark = pytest.mark.slow
 UI_TOKEN = "ui-token-for-the-hostile-tests-0123456789"
@@ -221,12 +220,7 @@ def test_the_ui_given_a_certificate_answers_only_tls_1_2_or_newer(certs, tmp_pat
             served_cert = tls.getpeercert(binary_form=True)
         expected = ssl.PEM_cert_to_DER_cert((certs / "tls.crt").read_text())
         assert served_cert == expected
-        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        old.load_verify_locations(str(certs / "ca.crt"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 is deprecated: the point
-            old.minimum_version = ssl.TLSVersion.TLSv1
-            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        old = tls_1_1_client(certs / "ca.crt")
         with (
             socket.create_connection(("127.0.0.1", served.port), 15) as raw,
             pytest.raises(ssl.SSLError),

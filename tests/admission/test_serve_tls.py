@@ -12,7 +12,6 @@ import ssl
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import http_ok, load_json
+from tests.hostile_servers import tls_1_1_client
 from tests.servers import ServerProcess, serve_argv
 from webhook.admission.certs import issue_serving_certificate, service_dns_names
 from webhook.identity import verify_token
@@ -152,13 +152,7 @@ def test_malformed_review_over_tls_gets_400(connect):
 
 
 def test_tls_below_1_2_is_refused(connect, certs):
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(str(certs / "ca.crt"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 is deprecated: the point
-        context.minimum_version = ssl.TLSVersion.TLSv1
-        context.maximum_version = ssl.TLSVersion.TLSv1_1
-    conn = connect(context)
+    conn = connect(tls_1_1_client(certs / "ca.crt"))
     with pytest.raises(ssl.SSLError):
         conn.connect()
 
