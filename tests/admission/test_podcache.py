@@ -622,7 +622,8 @@ def test_each_watch_asks_the_apiserver_to_end_it_after_the_watch_timeout(cache, 
     apiserver.end_watches()
     apiserver.wait_for(lambda: len(apiserver.watches) == 2, what="the resumed watch")
     assert apiserver.watch_timeouts == ["30", "30"]
-    assert cache.watches == 2, "each watch request counted once"
+    # counted once its answer has come: the fake has seen the request before that
+    apiserver.wait_for(lambda: cache.watches == 2, what="each watch request counted once")
 
 
 def test_no_request_of_the_cache_can_wait_unbounded_for_the_apiserver(
@@ -665,6 +666,8 @@ def test_an_apiserver_down_at_start_is_retried_after_the_short_delay_not_the_cap
         apiserver.wait_for(lambda: apiserver.refused >= 1, what="the refused first list")
         apiserver.down = False
         assert cache.synced.wait(20), "the cache waited the cap, not the first delay"
+        # its watch open first: one that arrives after end_watches() would not be ended
+        apiserver.wait_for(lambda: apiserver.open_watches == 1, what="the cache's watch")
         apiserver.down = True
         apiserver.end_watches()
         apiserver.wait_for(lambda: apiserver.refused >= 2, what="the refused relist")
