@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
+
+from webhook.stopflag import StopFlag
 
 log = logging.getLogger("whoexec.consumer")
 
@@ -45,7 +47,7 @@ class FileFollower:
         self.path = path
         self.state_path = state_path
         self.poll = poll
-        self._stop = threading.Event()
+        self._stop = StopFlag()  # set by a signal handler too: see follow_until_signalled
         # what the follower has seen, for its operator's log and for tests to wait on
         self.absent_polls = 0  # polls while the file did not exist
         self.caught_up = 0  # polls with nothing new to read
@@ -130,3 +132,20 @@ class FileFollower:
             self._stop.wait(self.poll)
         if opened is not None:
             opened[0].close()
+
+
+def follow_until_signalled(follower: FileFollower, pipeline: LineConsumer) -> None:
+    """``follower.run(pipeline)`` until SIGINT or SIGTERM, which stop it at its next poll.
+
+    Not Python's default KeyboardInterrupt, raised wherever the main thread is: inside a
+    ``with lock:`` of the pipeline or its store it can leave the lock held, and the close
+    after it then waits for ever (a Ctrl-C that never returned, seen in CI)."""
+    previous = {
+        signum: signal.signal(signum, lambda *_: follower.stop())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        follower.run(pipeline)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -243,12 +244,11 @@ def start_following(log: Path, state_dir: Path, output: Path) -> subprocess.Pope
         )  # fmt: skip
 
 
-def interrupt(follower: subprocess.Popen[bytes], output: Path) -> str:
-    """Ctrl-C, as an operator stops it; what it logged. One that does not stop within
-    30 s is killed, so that no test leaves it behind, and fails the test."""
-    import signal
-
-    follower.send_signal(signal.SIGINT)
+def interrupt(follower: subprocess.Popen[bytes], output: Path, signum: int = signal.SIGINT) -> str:
+    """Ctrl-C (or ``signum``: SIGTERM, as Kubernetes stops a pod), as an operator stops
+    it; what it logged. One that does not stop within 30 s is killed, so that no test
+    leaves it behind, and fails the test."""
+    follower.send_signal(signum)
     try:
         follower.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -299,7 +299,7 @@ def test_whoexec_consume_follow_passes_on_what_is_appended_and_a_restart_resumes
     try:
         wait_until(lambda: len(rules_in(second_out)) >= 2, seconds=30)
     finally:
-        interrupt(second, second_out)
+        interrupt(second, second_out, signal.SIGTERM)  # a clean exit too
     assert rules_in(second_out) == ["while-down 0", "while-down 1"]
 
 

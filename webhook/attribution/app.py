@@ -47,7 +47,7 @@ from webhook.attribution.pipeline import (
 from webhook.attribution.spool import Spool
 from webhook.deadletters import DeadLetters
 from webhook.errors import ConfigError, MalformedAuditEvent, StoreUnavailable
-from webhook.follow import FileFollower
+from webhook.follow import FileFollower, follow_until_signalled
 from webhook.keyfiles import load_key_ring
 from webhook.sessions.store.sql import SqlStore
 from webhook.settings import Settings, is_loopback
@@ -155,11 +155,11 @@ def run_batch(consumer: Consumer, stream: IO[bytes]) -> int:
 
 
 def run_follow(consumer: Consumer, path: Path, state_dir: Path) -> None:
-    """Follow a file until interrupted."""
+    """Follow a file until SIGINT or SIGTERM, then close the consumer."""
     name = path.name.replace("/", "_")
     follower = FileFollower(path, state_dir / f"{name}.offset")
     try:
-        follower.run(consumer.pipeline)
+        follow_until_signalled(follower, consumer.pipeline)
     finally:
         consumer.close()
 

@@ -374,7 +374,7 @@ def audit_ingest(
     and kept whole in STATE_DIR/audit-dead-letters.jsonl; the rest is ingested.
     """
     from webhook.deadletters import DeadLetters
-    from webhook.follow import FileFollower
+    from webhook.follow import FileFollower, follow_until_signalled
     from webhook.sessions.auditlog import AuditIngestor
     from webhook.sessions.store import open_store
     from webhook.sessions.store.writer import StoreWriter
@@ -388,8 +388,7 @@ def audit_ingest(
     try:
         if follow:
             follower = FileFollower(path, state_dir / f"audit-{path.name}.offset")
-            with contextlib.suppress(KeyboardInterrupt):
-                follower.run(ingestor)
+            follow_until_signalled(follower, ingestor)
         elif str(path) == "-":
             ingestor.feed(sys.stdin.buffer, where="stdin")
         else:
