@@ -152,8 +152,7 @@ def start_consumer(folder: Path, keys: Keys, *extra: str) -> Served:
 def start_ui(db: str, folder: Path, token: str, *extra: str, certs: Path | None = None) -> Served:
     """``whoexec ui --bind 127.0.0.1:0`` with a token, as served to others; with ``certs``,
     over TLS with their serving certificate."""
-    tls = [] if certs is None else ["--tls-cert", str(certs / "tls.crt"), "--tls-key"]
-    tls += [] if certs is None else [str(certs / "tls.key")]
+    tls = ["--tls-cert", f"{certs}/tls.crt", "--tls-key", f"{certs}/tls.key"] if certs else []
     server = ServerProcess(
         [sys.executable, "-m", "webhook.cli", "ui", "--db", db, "--bind", "127.0.0.1:0", *tls,
          *extra],

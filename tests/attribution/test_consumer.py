@@ -244,10 +244,12 @@ def start_following(log: Path, state_dir: Path, output: Path) -> subprocess.Pope
         )  # fmt: skip
 
 
-def interrupt(follower: subprocess.Popen[bytes], output: Path, signum: int = signal.SIGINT) -> str:
+def interrupt(
+    follower: subprocess.Popen[bytes], output: Path, signum: signal.Signals = signal.SIGINT
+) -> None:
     """Ctrl-C (or ``signum``: SIGTERM, as Kubernetes stops a pod), as an operator stops
-    it; what it logged. One that does not stop within 30 s is killed, so that no test
-    leaves it behind, and fails the test."""
+    it: a clean exit. One that does not stop within 30 s is killed, so that no test
+    leaves it behind, and fails the test with what it logged."""
     follower.send_signal(signum)
     try:
         follower.wait(timeout=30)
@@ -255,11 +257,9 @@ def interrupt(follower: subprocess.Popen[bytes], output: Path, signum: int = sig
         follower.kill()
         follower.wait()
         raise AssertionError(
-            "still running 30 s after SIGINT:\n" + output.with_suffix(".log").read_text()
+            f"still running 30 s after {signum.name}:\n" + output.with_suffix(".log").read_text()
         ) from None
-    said = output.with_suffix(".log").read_text()
-    assert follower.returncode == 0, said
-    return said
+    assert follower.returncode == 0, output.with_suffix(".log").read_text()
 
 
 def saved_offset(path: Path) -> int | None:
