@@ -388,7 +388,8 @@ def audit_ingest(
     try:
         if follow:
             follower = FileFollower(path, state_dir / f"audit-{path.name}.offset")
-            follow_until_signalled(follower, ingestor)
+            with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C before the handlers
+                follow_until_signalled(follower, ingestor)
         elif str(path) == "-":
             ingestor.feed(sys.stdin.buffer, where="stdin")
         else:
